@@ -1,0 +1,1 @@
+"""Card templates rendered by `longqa` (datasets) and `sft` (models)."""

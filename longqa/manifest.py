@@ -1,0 +1,109 @@
+"""Counts that prove nothing was lost, statistics of what was written, and the manifest that holds them."""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections import Counter, defaultdict
+from pathlib import Path
+
+import numpy as np
+import pyarrow as pa
+
+from longqa.paths import resolve_path
+
+
+class Tally:
+    """Per source: records read, written per split, rejected per reason. `read == written + rejected` must hold."""
+
+    def __init__(self):
+        self.read: Counter[str] = Counter()
+        self.written: dict[str, Counter[str]] = defaultdict(Counter)
+        self.rejected: dict[str, Counter[str]] = defaultdict(Counter)
+        self.other_shards = 0
+
+    def as_dict(self) -> dict:
+        sources = sorted(set(self.read) | set(self.written) | set(self.rejected))
+        by_source = {s: {"read": self.read[s], "written": dict(sorted(self.written[s].items())),
+                         "rejected": dict(sorted(self.rejected[s].items()))} for s in sources}
+        by_split: Counter[str] = sum((self.written[s] for s in sources), Counter())
+        by_reason: Counter[str] = sum((self.rejected[s] for s in sources), Counter())
+        read, written, rejected = sum(self.read.values()), sum(by_split.values()), sum(by_reason.values())
+        return {"read": read, "written": written, "rejected": rejected, "balanced": read == written + rejected,
+                "by_split": dict(sorted(by_split.items())), "by_reason": dict(sorted(by_reason.items())),
+                "by_source": by_source, "other_shards": self.other_shards}
+
+    @classmethod
+    def from_dicts(cls, parts: list[dict]) -> "Tally":
+        tally = cls()
+        for counts in parts:
+            for source, c in counts["by_source"].items():
+                tally.read[source] += c["read"]
+                tally.written[source].update(c["written"])
+                tally.rejected[source].update(c["rejected"])
+        return tally
+
+
+def length_stats(lengths: np.ndarray) -> dict:
+    if len(lengths) == 0:
+        return {"samples": 0, "tokens": 0}
+    return {"samples": int(len(lengths)), "tokens": int(lengths.sum()), "min": int(lengths.min()),
+            "median": float(np.median(lengths)), "p90": float(np.percentile(lengths, 90)),
+            "max": int(lengths.max()), "mean": round(float(lengths.mean()), 1)}
+
+
+def fingerprint(table: pa.Table) -> str:
+    """sha256 over the rows in order, column by column: independent of how rows were batched, sharded or stored.
+
+    Each column feeds its own streaming hashes (integer lists: lengths and values apart), so chunk boundaries do not
+    change the result.
+    """
+    h = hashlib.sha256()
+    for name in table.column_names:
+        lengths, values = hashlib.sha256(), hashlib.sha256()
+        for chunk in table.column(name).chunks:
+            if pa.types.is_list(chunk.type) and pa.types.is_integer(chunk.type.value_type):
+                lengths.update(np.asarray(chunk.value_lengths().fill_null(0), dtype=np.int64).tobytes())
+                values.update(np.asarray(chunk.flatten(), dtype=np.int64).tobytes())
+            else:
+                for value in chunk.to_pylist():
+                    values.update(json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+                    values.update(b"\n")
+        h.update(name.encode() + b"\x00" + lengths.digest() + values.digest())
+    return h.hexdigest()
+
+
+def file_sha256(path: Path) -> str:
+    """Hash of a file, or of every file below a folder (relative names included)."""
+    h = hashlib.sha256()
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    for file in files:
+        if path.is_dir():
+            h.update(str(file.relative_to(path)).encode())
+        with open(file, "rb") as f:
+            for block in iter(lambda: f.read(1 << 20), b""):
+                h.update(block)
+    return h.hexdigest()
+
+
+def describe_inputs(inputs) -> list[dict]:
+    out = []
+    for spec in inputs:
+        path = resolve_path(spec.path)
+        entry = {"path": spec.path, "resolved": str(path), "format": spec.format, "sha256": file_sha256(path)}
+        if spec.qa_file:
+            entry["qa_file_sha256"] = file_sha256(resolve_path(spec.qa_file))
+        out.append(entry)
+    return out
+
+
+def library_versions() -> dict:
+    import importlib.metadata as md
+
+    versions = {"python": platform.python_version()}
+    for dist in ("longqa", "datasets", "pyarrow", "tokenizers", "transformers", "numpy", "gguf"):
+        try:
+            versions[dist] = md.version(dist)
+        except md.PackageNotFoundError:
+            versions[dist] = None
+    return versions

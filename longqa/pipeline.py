@@ -1,0 +1,198 @@
+"""The build: read → validate → deduplicate → split → render → tokenize → write → describe.
+
+`build(cfg)` streams records through the stages in batches; every record read is either written to a split or
+appended to `rejects.jsonl` with a reason, and the `Tally` proves it in the manifest.
+"""
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from dataclasses import dataclass
+from itertools import islice
+from pathlib import Path
+from typing import Iterable, Iterator
+
+from tqdm.auto import tqdm
+
+from longqa.describe import describe
+from longqa.manifest import Tally
+from longqa.paths import resolve_path
+from longqa.readers import read_input
+from longqa.render import Renderer, Rendered
+from longqa.split import SPLITS, Deduplicator, Splitter, shard_of
+from longqa.tokenize import Encoded, OverBudget
+from longqa.validate import POLICY_REASONS, validate
+from longqa.write import DATASETS, StreamWriter, atomic_output, list_array, save_datasets
+from schemas import BuildConfig, Record, Reject
+
+log = logging.getLogger(__name__)
+
+
+class BuildError(RuntimeError):
+    """A record stopped a `--strict` build, or the build cannot go on; the message names file, line and field."""
+
+
+def load_tokenizer(ref: str):
+    """A fast tokenizer from a local folder, a .gguf file (or `pkg:` path to one), or a Hub id."""
+    from transformers import AutoTokenizer  # imported here: `import longqa` stays free of torch/transformers
+
+    path = resolve_path(ref)
+    if path.suffix == ".gguf":
+        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
+    elif path.exists():
+        tokenizer = AutoTokenizer.from_pretrained(str(path))
+    else:
+        tokenizer = AutoTokenizer.from_pretrained(ref)
+    if not tokenizer.is_fast:
+        raise ValueError(f"tokenizer {ref}: a fast (Rust) tokenizer is required")
+    return tokenizer
+
+
+@dataclass
+class Prepared:
+    """A record that passed the checks, with its document hash, split and rendered text."""
+
+    record: Record
+    doc_id: str
+    split: str
+    rendered: Rendered
+
+
+class RejectLog:
+    """Appends rejects to `rejects.jsonl`; in strict mode the first non-policy reject stops the build."""
+
+    def __init__(self, path: Path, tally: Tally, strict: bool):
+        self._file = open(path, "w", encoding="utf-8")
+        self.tally, self.strict = tally, strict
+
+    def add(self, reject: Reject) -> None:
+        self.tally.rejected[reject.source][reject.reason] += 1
+        self._file.write(json.dumps({"reason": reject.reason, "field": reject.field, "message": reject.message,
+                                     "origin": str(reject.origin), "source": reject.source, "seq": reject.seq,
+                                     "record": reject.record}, ensure_ascii=False) + "\n")
+        if self.strict and reject.reason not in POLICY_REASONS:
+            self._file.close()
+            raise BuildError(f"--strict: {reject.describe()}")
+
+    def close(self) -> None:
+        self._file.close()
+
+
+def numbered(cfg: BuildConfig) -> Iterator[Record | Reject]:
+    """All inputs in order, each item numbered with its global read position `seq`."""
+    seq = 0
+    for spec in cfg.inputs:
+        for item in read_input(spec):
+            item.seq = seq
+            seq += 1
+            yield item
+
+
+def prepare(cfg: BuildConfig, items: Iterable[Record | Reject], renderer: Renderer, tally: Tally,
+            rejects: RejectLog) -> Iterator[Prepared]:
+    """Shard, count, validate, split, deduplicate and render; rejected records go to `rejects`."""
+    splitter, dedup = Splitter(cfg), Deduplicator()
+    for item in items:
+        if isinstance(item, Reject):
+            if shard_of(str(item.origin), cfg.num_shards) != cfg.shard_index:
+                tally.other_shards += 1
+                continue
+            tally.read[item.source] += 1
+            rejects.add(item)
+            continue
+        doc_id = item.doc_id()
+        if shard_of(doc_id, cfg.num_shards) != cfg.shard_index:
+            tally.other_shards += 1
+            continue
+        tally.read[item.source] += 1
+        reject = validate(item, cfg)
+        split = splitter.assign(item, doc_id) if reject is None else None
+        if reject is None and split is None:
+            reject = _reject(item, "denied_document", "documents", f"document {doc_id} is in deny_docs {cfg.deny_docs}")
+        if reject is None and (earlier := dedup.first_seen(doc_id, item.question, item.seq)) is not None:
+            reject = _reject(item, "duplicate_pair", "question", f"same document and question as record #{earlier}")
+        if reject is not None:
+            rejects.add(reject)
+            continue
+        yield Prepared(item, doc_id, split, renderer.render(item))
+
+
+def _reject(record: Record, reason: str, field: str | None, message: str) -> Reject:
+    from longqa.validate import clip_record
+
+    return Reject(reason=reason, field=field, message=message, origin=record.origin, source=record.source,
+                  seq=record.seq, record=clip_record(record.model_dump(mode="json")))
+
+
+def batched(items: Iterable, size: int) -> Iterator[list]:
+    it = iter(items)
+    while batch := list(islice(it, size)):
+        yield batch
+
+
+def text_columns(batch: list[Prepared]) -> dict[str, list]:
+    return {
+        "id": [p.record.id for p in batch],
+        "doc_id": [p.doc_id for p in batch],
+        "messages": [p.rendered.messages for p in batch],
+        "question": [p.record.question.strip() for p in batch],
+        "answers": [[a.strip() for a in p.record.answers] for p in batch],
+        "title": [" / ".join(d.title for d in p.record.documents if d.title) or None for p in batch],
+        "source": [p.record.source for p in batch],
+        "license": [p.record.license for p in batch],
+        "origin": [str(p.record.origin) for p in batch],
+        "seq": [p.record.seq for p in batch],
+        "n_doc_chars": [len(p.rendered.material) for p in batch],
+        "n_doc_words": [len(p.rendered.material.split()) for p in batch],
+    }
+
+
+def token_columns(batch: list[Prepared], encoded: list[Encoded]) -> dict[str, list]:
+    return {
+        "id": [p.record.id for p in batch],
+        "doc_id": [p.doc_id for p in batch],
+        "input_ids": list_array([e.input_ids for e in encoded]),
+        "labels": list_array([e.labels for e in encoded]),
+        "length": [len(e.input_ids) for e in encoded],
+        "n_doc_tokens": [e.n_doc_tokens for e in encoded],
+        "n_doc_tokens_dropped": [e.n_doc_tokens_dropped for e in encoded],
+        "seq": [p.record.seq for p in batch],
+    }
+
+
+def build(cfg: BuildConfig, progress: bool = True) -> dict:
+    """Build the dataset described by `cfg` into `cfg.out`; returns the manifest."""
+    from longqa.encode_pool import encode_batches  # tokenizer machinery loads only when a build runs
+
+    started = time.time()
+    tokenizer = load_tokenizer(cfg.tokenizer)
+    renderer = Renderer(cfg, tokenizer)
+    tally = Tally()
+    with atomic_output(Path(cfg.out)) as tmp:
+        rejects = RejectLog(tmp / "rejects.jsonl", tally, cfg.strict)
+        streams = {name: {split: StreamWriter(tmp / f"{name}-{split}.arrow", features) for split in SPLITS}
+                   for name, features in DATASETS.items()}
+        reading = tqdm(numbered(cfg), desc="read", unit=" rec", disable=not progress)
+        batches = batched(prepare(cfg, reading, renderer, tally, rejects), cfg.batch_size)
+        tokenizing = tqdm(desc="tokenize", unit=" sample", disable=not progress)
+        for batch, encoded in encode_batches(batches, tokenizer, cfg):
+            tokenizing.update(len(batch))
+            for split in SPLITS:
+                kept = [(p, e) for p, e in zip(batch, encoded) if p.split == split and isinstance(e, Encoded)]
+                if kept:
+                    streams["text"][split].write(text_columns([p for p, _ in kept]))
+                    streams["tokenized"][split].write(token_columns(*map(list, zip(*kept))))
+                    for p, _ in kept:
+                        tally.written[p.record.source][split] += 1
+            for p, e in zip(batch, encoded):
+                if isinstance(e, OverBudget):
+                    rejects.add(_reject(p.record, "over_budget", "question", e.message))
+        reading.close()
+        tokenizing.close()
+        rejects.close()
+        save_datasets(tmp, streams, cfg.max_shard_size)
+        manifest = describe(tmp, cfg, tally, tokenizer=tokenizer, seconds=time.time() - started)
+    log.info("built %s in %.1fs", cfg.out, time.time() - started)
+    return manifest

@@ -1,0 +1,33 @@
+"""The read stage: one module per input format, each exposing `read(spec) -> Iterator[Record | Reject]`.
+
+Readers are pure generators: they stream their input (memory does not grow with its size), never raise on bad data
+(a bad item becomes a `Reject` with a reason code, the field at fault and its origin) and leave `Record.seq` at 0 for
+the pipeline to number. A missing input file or folder is a configuration error, raised at once by `read_input`
+(before the first record is asked for).
+"""
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+from longqa.readers import csv, docs, hf_disk, jsonl, longalpaca, longbench, parquet, squad
+from schemas.config import InputSpec
+from schemas.records import Record, Reject
+
+Reader = Callable[[InputSpec], Iterator[Record | Reject]]
+
+#: Input format (`InputSpec.format`) -> its reader.
+READERS: dict[str, Reader] = {
+    "longalpaca": longalpaca.read,
+    "longbench": longbench.read,
+    "squad": squad.read,
+    "jsonl": jsonl.read,
+    "csv": csv.read,
+    "parquet": parquet.read,
+    "hf-disk": hf_disk.read,
+    "docs": docs.read,
+}
+
+
+def read_input(spec: InputSpec) -> Iterator[Record | Reject]:
+    """Records and rejects of one input, in file order. Raises FileNotFoundError now if the input does not exist."""
+    return READERS[spec.format](spec)

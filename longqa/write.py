@@ -1,0 +1,160 @@
+"""Write the output: Arrow shards in the `datasets` format, atomically.
+
+Rows stream into one Arrow IPC file per (dataset, split) while the build runs; at the end each becomes a `datasets`
+DatasetDict saved with `save_to_disk` (so `datasets.load_from_disk` opens it). The whole output is assembled in a
+temporary folder beside the target and renamed into place only when complete: a killed build leaves no half output.
+"""
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+from typing import Iterator
+
+import datasets
+import numpy as np
+import pyarrow as pa
+
+TEXT_FEATURES = datasets.Features({
+    "id": datasets.Value("string"),
+    "doc_id": datasets.Value("string"),
+    "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
+    "question": datasets.Value("string"),
+    "answers": datasets.List(datasets.Value("string")),
+    "title": datasets.Value("string"),
+    "source": datasets.Value("string"),
+    "license": datasets.Value("string"),
+    "origin": datasets.Value("string"),
+    "seq": datasets.Value("int64"),
+    "n_doc_chars": datasets.Value("int64"),
+    "n_doc_words": datasets.Value("int64"),
+})
+
+TOKENIZED_FEATURES = datasets.Features({
+    "id": datasets.Value("string"),
+    "doc_id": datasets.Value("string"),
+    "input_ids": datasets.List(datasets.Value("int32")),
+    "labels": datasets.List(datasets.Value("int32")),
+    "length": datasets.Value("int32"),
+    "n_doc_tokens": datasets.Value("int32"),
+    "n_doc_tokens_dropped": datasets.Value("int32"),
+    "seq": datasets.Value("int64"),
+})
+
+DATASETS = {"text": TEXT_FEATURES, "tokenized": TOKENIZED_FEATURES}
+
+
+def _pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+@contextlib.contextmanager
+def atomic_output(out: Path) -> Iterator[Path]:
+    """Yield a temporary folder beside `out`; on success it replaces `out`, on failure it is removed.
+
+    Leftovers of killed builds (their process gone) are removed first, so a rerun succeeds.
+    """
+    out = out.resolve()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    for stale in out.parent.glob(f".{out.name}.partial-*"):
+        pid = stale.name.rsplit("-", 1)[-1]
+        if pid.isdigit() and not _pid_alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
+    shutil.rmtree(tmp, ignore_errors=True)
+    tmp.mkdir()
+    try:
+        yield tmp
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise
+    old = out.parent / f".{out.name}.old-{os.getpid()}"
+    if out.exists():
+        out.rename(old)
+    tmp.rename(out)
+    shutil.rmtree(old, ignore_errors=True)
+
+
+class RowHasher:
+    """Fingerprint of a split's rows, independent of batching and sharding (rows hashed one by one, in order)."""
+
+    def __init__(self):
+        self._h = hashlib.sha256()
+
+    def update_text(self, row: dict) -> None:
+        self._h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+
+    def update_tokens(self, row_id: str, input_ids: np.ndarray, labels: np.ndarray) -> None:
+        self._h.update(row_id.encode())
+        self._h.update(np.ascontiguousarray(input_ids, dtype=np.int32).tobytes())
+        self._h.update(np.ascontiguousarray(labels, dtype=np.int32).tobytes())
+        self._h.update(b"\x00")
+
+    def hexdigest(self) -> str:
+        return self._h.hexdigest()
+
+
+class StreamWriter:
+    """Appends record batches of one (dataset, split) to an Arrow IPC stream file."""
+
+    def __init__(self, path: Path, features: datasets.Features):
+        self.path = path
+        self.features = features
+        self.schema = features.arrow_schema
+        self._sink = pa.OSFile(str(path), "wb")
+        self._writer = pa.ipc.new_stream(self._sink, self.schema)
+        self.rows = 0
+
+    def write(self, columns: dict[str, pa.Array | list]) -> None:
+        batch = pa.RecordBatch.from_arrays([pa.array(columns[f.name], type=f.type) if not isinstance(
+            columns[f.name], pa.Array) else columns[f.name] for f in self.schema], schema=self.schema)
+        self._writer.write_batch(batch)
+        self.rows += batch.num_rows
+
+    def close(self) -> None:
+        self._writer.close()
+        self._sink.close()
+
+
+def list_array(arrays: list[np.ndarray]) -> pa.Array:
+    """A list<int32> Arrow array from int32 numpy arrays, without Python lists in between."""
+    lengths = np.fromiter((len(a) for a in arrays), dtype=np.int64, count=len(arrays))
+    offsets = np.zeros(len(arrays) + 1, dtype=np.int32)
+    np.cumsum(lengths, out=offsets[1:])
+    values = np.concatenate(arrays) if arrays else np.zeros(0, dtype=np.int32)
+    return pa.ListArray.from_arrays(pa.array(offsets), pa.array(values, type=pa.int32()))
+
+
+@contextlib.contextmanager
+def quiet_datasets() -> Iterator[None]:
+    """No `datasets` progress bars inside (the build shows its own)."""
+    was_enabled = datasets.is_progress_bar_enabled()
+    datasets.disable_progress_bars()
+    try:
+        yield
+    finally:
+        if was_enabled:
+            datasets.enable_progress_bars()
+
+
+def save_datasets(tmp: Path, streams: dict[str, dict[str, StreamWriter]], max_shard_size: str) -> None:
+    """Turn the streamed Arrow files into `datasets` folders `tmp/{text,tokenized}/{split}/`."""
+    for name, by_split in streams.items():
+        for writer in by_split.values():
+            writer.close()
+        dd = datasets.DatasetDict({
+            split: datasets.Dataset.from_file(str(writer.path)) for split, writer in by_split.items()})
+        with quiet_datasets():
+            dd.save_to_disk(str(tmp / name), max_shard_size=max_shard_size)
+        del dd
+        for writer in by_split.values():
+            writer.path.unlink()
