@@ -27,15 +27,20 @@ def tokenizer_info(tokenizer, ref: str) -> dict:
             "chat_template_sha256": hashlib.sha256(template.encode()).hexdigest() if template else None}
 
 
+def table_of(ds: datasets.Dataset):
+    """The Arrow table of a split (a split saved with no rows has no Arrow file to memory-map)."""
+    return ds.data.table if len(ds) else ds.features.arrow_schema.empty_table()
+
+
 def describe(out: Path, cfg: BuildConfig, tally: Tally, *, tokenizer=None, tokenizer_meta: dict | None = None,
              seconds: float | None = None, parts: list[str] | None = None) -> dict:
     tokenized = datasets.load_from_disk(str(out / "tokenized"))
     text = datasets.load_from_disk(str(out / "text"))
-    lengths = {split: np.asarray(ds.data.column("length").to_numpy(), dtype=np.int64)
+    lengths = {split: np.asarray(table_of(ds).column("length").to_numpy(), dtype=np.int64)
                for split, ds in tokenized.items()}
     truncation = {}
     for split, ds in tokenized.items():
-        dropped = ds.data.column("n_doc_tokens_dropped")
+        dropped = table_of(ds).column("n_doc_tokens_dropped")
         truncation[split] = {"samples_truncated": int(pc.sum(pc.greater(dropped, 0)).as_py() or 0),
                              "doc_tokens_dropped": int(pc.sum(dropped).as_py() or 0)}
     truncation["total"] = {k: sum(v[k] for v in truncation.values()) for k in ("samples_truncated",
@@ -50,8 +55,8 @@ def describe(out: Path, cfg: BuildConfig, tally: Tally, *, tokenizer=None, token
         "counts": tally.as_dict(),
         "tokens": {split: length_stats(v) for split, v in lengths.items()},
         "truncation": truncation,
-        "fingerprints": {"text": {s: fingerprint(ds.data.table) for s, ds in text.items()},
-                         "tokenized": {s: fingerprint(ds.data.table) for s, ds in tokenized.items()}},
+        "fingerprints": {"text": {s: fingerprint(table_of(ds)) for s, ds in text.items()},
+                         "tokenized": {s: fingerprint(table_of(ds)) for s, ds in tokenized.items()}},
         "files": {"text": "text/", "tokenized": "tokenized/", "rejects": "rejects.jsonl",
                   "plot": "lengths.png", "card": "README.md"},
     }

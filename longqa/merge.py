@@ -14,7 +14,7 @@ import datasets
 
 from longqa.describe import describe
 from longqa.manifest import Tally
-from longqa.write import DATASETS, atomic_output, quiet_datasets
+from longqa.write import DATASETS, atomic_output, save_dict
 from schemas import BuildConfig
 
 _PER_PART = ("shard_index", "out")
@@ -54,8 +54,7 @@ def merge(parts: list[Path], out: Path) -> dict:
             loaded = [datasets.load_from_disk(str(p / name)) for p in parts]
             merged = datasets.DatasetDict({split: datasets.concatenate_datasets([d[split] for d in loaded]).sort("seq")
                                            for split in loaded[0]})
-            with quiet_datasets():
-                merged.save_to_disk(str(tmp / name), max_shard_size=cfg.max_shard_size)
+            save_dict(merged, tmp / name, cfg.max_shard_size)
         rejects = [line for p in parts for line in (p / "rejects.jsonl").read_text(encoding="utf-8").splitlines()]
         rejects.sort(key=lambda line: json.loads(line)["seq"])
         (tmp / "rejects.jsonl").write_text("".join(line + "\n" for line in rejects), encoding="utf-8")

@@ -7,6 +7,7 @@ questions (SQuAD: dozens per article) is tokenized once and reused.
 """
 from __future__ import annotations
 
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -60,37 +61,47 @@ def truncate(ids: np.ndarray, budget: int, policy: str) -> np.ndarray:
 
 
 class Encoder:
-    """Encodes batches of rendered samples. `doc_keys` identify materials for the token cache (doc ids)."""
+    """Encodes batches of rendered samples. `doc_keys` identify materials for the token cache (doc ids).
+
+    It calls the Rust tokenizer behind the transformers tokenizer directly (`encode_batch_fast`, which releases the
+    GIL and uses every core); a second copy of it treats control-token text in documents and answers as plain text.
+    """
 
     def __init__(self, tokenizer, max_length: int, truncation: str, cache_size: int = 64):
-        self.tokenizer = tokenizer
+        from tokenizers import Tokenizer
+
+        backend = tokenizer.backend_tokenizer
+        self._template = Tokenizer.from_str(backend.to_str())
+        self._content = Tokenizer.from_str(backend.to_str())
+        # Content (documents, answers) never turns literal "<|im_end|>" text into a control token.
+        self._content.encode_special_tokens = True
         self.max_length = max_length
         self.truncation = truncation
         self._doc_cache: OrderedDict[str, np.ndarray] = OrderedDict()
         self._cache_size = cache_size
+        self._lock = threading.Lock()
 
     def _ids(self, texts: list[str], *, content: bool) -> list[np.ndarray]:
         if not texts:
             return []
-        # Content (documents, answers) never turns literal "<|im_end|>" text into a control token.
-        out = self.tokenizer(texts, add_special_tokens=False, split_special_tokens=content,
-                             return_attention_mask=False)["input_ids"]
-        return [np.asarray(ids, dtype=np.int32) for ids in out]
+        encodings = (self._content if content else self._template).encode_batch_fast(texts, add_special_tokens=False)
+        return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
 
     def _materials(self, samples: list[Rendered], doc_keys: list[str]) -> list[np.ndarray]:
+        with self._lock:
+            cached = {key: self._doc_cache[key] for key in doc_keys if key in self._doc_cache}
         missing: dict[str, str] = {}
         for sample, key in zip(samples, doc_keys):
-            if key not in self._doc_cache and key not in missing:
+            if key not in cached and key not in missing:
                 missing[key] = sample.material
-        for key, ids in zip(missing, self._ids(list(missing.values()), content=True)):
-            self._doc_cache[key] = ids
-        result = []
-        for key in doc_keys:
-            self._doc_cache.move_to_end(key)
-            result.append(self._doc_cache[key])
-        while len(self._doc_cache) > max(self._cache_size, len(set(doc_keys))):
-            self._doc_cache.popitem(last=False)
-        return result
+        cached.update(zip(missing, self._ids(list(missing.values()), content=True)))
+        with self._lock:
+            for key in doc_keys:
+                self._doc_cache[key] = cached[key]
+                self._doc_cache.move_to_end(key)
+            while len(self._doc_cache) > self._cache_size:
+                self._doc_cache.popitem(last=False)
+        return [cached[key] for key in doc_keys]
 
     def _template_ids(self, texts: list[str]) -> dict[str, np.ndarray]:
         unique = list(dict.fromkeys(texts))

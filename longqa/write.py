@@ -146,15 +146,25 @@ def quiet_datasets() -> Iterator[None]:
             datasets.enable_progress_bars()
 
 
+def save_dict(dd: datasets.DatasetDict, path: Path, max_shard_size: str) -> None:
+    """`save_to_disk` with at least one shard per split: `datasets` cannot load a split saved with zero shards."""
+    from datasets.utils.py_utils import convert_file_size_to_int
+
+    limit = convert_file_size_to_int(max_shard_size)
+    shards = {split: max(1, -(-ds.data.nbytes // limit)) for split, ds in dd.items()}
+    with quiet_datasets():
+        dd.save_to_disk(str(path), num_shards=shards)
+
+
 def save_datasets(tmp: Path, streams: dict[str, dict[str, StreamWriter]], max_shard_size: str) -> None:
     """Turn the streamed Arrow files into `datasets` folders `tmp/{text,tokenized}/{split}/`."""
     for name, by_split in streams.items():
         for writer in by_split.values():
             writer.close()
         dd = datasets.DatasetDict({
-            split: datasets.Dataset.from_file(str(writer.path)) for split, writer in by_split.items()})
-        with quiet_datasets():
-            dd.save_to_disk(str(tmp / name), max_shard_size=max_shard_size)
+            split: datasets.Dataset.from_file(str(writer.path)) if writer.rows else
+            datasets.Dataset.from_dict({k: [] for k in writer.features}, features=writer.features) for split, writer in by_split.items()})
+        save_dict(dd, tmp / name, max_shard_size)
         del dd
         for writer in by_split.values():
             writer.path.unlink()
