@@ -18,31 +18,7 @@ import datasets
 import numpy as np
 import pyarrow as pa
 
-TEXT_FEATURES = datasets.Features({
-    "id": datasets.Value("string"),
-    "doc_id": datasets.Value("string"),
-    "messages": datasets.List({"role": datasets.Value("string"), "content": datasets.Value("string")}),
-    "question": datasets.Value("string"),
-    "answers": datasets.List(datasets.Value("string")),
-    "title": datasets.Value("string"),
-    "source": datasets.Value("string"),
-    "license": datasets.Value("string"),
-    "origin": datasets.Value("string"),
-    "seq": datasets.Value("int64"),
-    "n_doc_chars": datasets.Value("int64"),
-    "n_doc_words": datasets.Value("int64"),
-})
-
-TOKENIZED_FEATURES = datasets.Features({
-    "id": datasets.Value("string"),
-    "doc_id": datasets.Value("string"),
-    "input_ids": datasets.List(datasets.Value("int32")),
-    "labels": datasets.List(datasets.Value("int32")),
-    "length": datasets.Value("int32"),
-    "n_doc_tokens": datasets.Value("int32"),
-    "n_doc_tokens_dropped": datasets.Value("int32"),
-    "seq": datasets.Value("int64"),
-})
+from schemas.arrow import TEXT_FEATURES, TOKENIZED_FEATURES
 
 DATASETS = {"text": TEXT_FEATURES, "tokenized": TOKENIZED_FEATURES}
 
