@@ -1,0 +1,78 @@
+"""Upload a staged folder to the Hugging Face Hub (or a mirror / private hub) in one commit.
+
+Shared by `python -m longqa.publish` (datasets) and `python -m sft.publish` (models). The token comes from
+`HF_TOKEN` or the stored login (`huggingface_hub.get_token`), is handed to the client only, and is never printed or
+written; an unreachable endpoint fails within seconds, before anything is staged for upload.
+"""
+from __future__ import annotations
+
+import logging
+import os
+import socket
+import time
+from pathlib import Path
+from urllib.parse import urlparse
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ENDPOINT = "https://huggingface.co"
+CONNECT_TIMEOUT_S = 5.0
+TRIES = 3
+
+
+class HubError(RuntimeError):
+    """Publishing failed; the message says why and never contains the token."""
+
+
+def resolve_endpoint(endpoint: str | None) -> str:
+    return (endpoint or os.environ.get("HF_ENDPOINT") or DEFAULT_ENDPOINT).rstrip("/")
+
+
+def check_reachable(endpoint: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
+    """Open a TCP connection to the endpoint's host, so an unreachable hub fails fast with a clear message."""
+    url = urlparse(endpoint)
+    if url.scheme not in ("http", "https") or not url.hostname:
+        raise HubError(f"endpoint {endpoint!r} is not an http(s) URL")
+    port = url.port or (443 if url.scheme == "https" else 80)
+    try:
+        socket.create_connection((url.hostname, port), timeout=timeout).close()
+    except OSError as e:
+        raise HubError(f"cannot reach the hub at {endpoint} ({e.__class__.__name__}: {e}); check --endpoint / "
+                       "HF_ENDPOINT and the network") from None
+
+
+def _transient(error: Exception) -> bool:
+    from huggingface_hub.errors import HfHubHTTPError
+
+    if isinstance(error, HfHubHTTPError):
+        status = getattr(error.response, "status_code", None)
+        return status is None or status >= 500 or status == 429
+    return isinstance(error, (ConnectionError, TimeoutError, OSError))
+
+
+def upload(folder: Path, repo_id: str, *, repo_type: str, private: bool = False, revision: str | None = None,
+           endpoint: str | None = None, commit_message: str = "Upload with longqa") -> str:
+    """Create the repo if missing and upload `folder` as one commit; returns the repo URL."""
+    from huggingface_hub import HfApi, get_token
+
+    endpoint = resolve_endpoint(endpoint)
+    check_reachable(endpoint)
+    token = get_token()
+    if not token:
+        raise HubError("no Hub token: set HF_TOKEN or run `hf auth login`")
+    api = HfApi(endpoint=endpoint, token=token)
+    for attempt in range(1, TRIES + 1):
+        try:
+            api.create_repo(repo_id, repo_type=repo_type, private=private, exist_ok=True)
+            if revision and revision != "main":
+                api.create_branch(repo_id, branch=revision, repo_type=repo_type, exist_ok=True)
+            api.upload_folder(folder_path=str(folder), repo_id=repo_id, repo_type=repo_type, revision=revision,
+                              commit_message=commit_message)
+            break
+        except Exception as e:  # noqa: BLE001 - classified below; the message never holds the token
+            if attempt == TRIES or not _transient(e):
+                raise HubError(f"upload to {endpoint} failed: {str(e).replace(token, '***')}") from None
+            log.warning("transient error (%s), retrying (%d/%d)", e.__class__.__name__, attempt, TRIES)
+            time.sleep(2 ** attempt)
+    prefix = "" if repo_type == "model" else f"{repo_type}s/"
+    return f"{endpoint}/{prefix}{repo_id}"

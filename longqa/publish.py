@@ -1,0 +1,132 @@
+"""python -m longqa.publish DATASET_DIR --repo-id ORG/NAME [--private] [--revision R] [--dry-run DIR] [--endpoint URL]
+
+Stage a built dataset exactly as the Hub shows it — parquet shards `data/{split}-{i:05d}-of-{n:05d}.parquet` (the chat
+text, default config) and `tokenized/…` (the tokenized config), `README.md` with the card and Hub YAML (configs,
+dataset_info, license, task categories, size category), the manifest and the length plot — verify that
+`datasets.load_dataset` on the staged folder gives the built splits, rows and features, then upload it in one commit.
+With --dry-run DIR it stops after staging and verifying DIR.
+"""
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import shutil
+import sys
+import tempfile
+from pathlib import Path
+
+import datasets
+
+from longqa.card import render_card
+from longqa.describe import table_of
+from longqa.hub import HubError, upload
+from longqa.manifest import fingerprint
+from longqa.write import quiet_datasets
+
+#: Hub config name -> (built dataset folder, staged folder). The first is the default config.
+LAYOUT = {"default": ("text", "data"), "tokenized": ("tokenized", "tokenized")}
+MAX_SHARD_BYTES = 500 * 1024**2
+
+
+class PublishError(ValueError):
+    pass
+
+
+def shard_name(folder: str, split: str, i: int, n: int) -> str:
+    return f"{folder}/{split}-{i:05d}-of-{n:05d}.parquet"
+
+
+def _dataset_info(built: dict[str, datasets.DatasetDict], staged: Path) -> dict:
+    """The `dataset_info` YAML of every config: features, split sizes, download size."""
+    from datasets.info import DatasetInfosDict
+    from huggingface_hub import DatasetCardData
+
+    infos = {}
+    for config, (name, folder) in LAYOUT.items():
+        dd = built[name]
+        first = next(iter(dd.values()))
+        info = copy.deepcopy(first.info)
+        info.config_name = config
+        info.splits = datasets.SplitDict()
+        for split, ds in dd.items():
+            info.splits.add(datasets.SplitInfo(name=split, num_bytes=table_of(ds).nbytes, num_examples=len(ds)))
+        info.download_size = sum(p.stat().st_size for p in (staged / folder).glob("*.parquet"))
+        info.dataset_size = sum(s.num_bytes for s in info.splits.values())
+        infos[config] = info
+    card_data = DatasetCardData()
+    DatasetInfosDict(infos).to_dataset_card_data(card_data)
+    return {"dataset_info": card_data.to_dict()["dataset_info"]}
+
+
+def stage(dataset_dir: Path, out: Path, repo_id: str) -> dict:
+    """Write the Hub tree of `dataset_dir` into `out` (emptied first); returns the manifest."""
+    manifest_file = dataset_dir / "manifest.json"
+    if not manifest_file.is_file():
+        raise PublishError(f"{dataset_dir}: no manifest.json — not a finished `python -m longqa.build` output")
+    manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
+    if out.exists():
+        shutil.rmtree(out)
+    out.mkdir(parents=True)
+    built = {name: datasets.load_from_disk(str(dataset_dir / name)) for name, _ in LAYOUT.values()}
+    data_files = {}
+    with quiet_datasets():
+        for config, (name, folder) in LAYOUT.items():
+            (out / folder).mkdir()
+            data_files[config] = {}
+            for split, ds in built[name].items():
+                n = max(1, -(-table_of(ds).nbytes // MAX_SHARD_BYTES))
+                for i in range(n):
+                    ds.shard(n, i, contiguous=True).to_parquet(str(out / shard_name(folder, split, i, n)))
+                data_files[config][split] = f"{folder}/{split}-*.parquet"
+    for extra in ("manifest.json", "lengths.png"):
+        shutil.copy2(dataset_dir / extra, out / extra)
+    card = render_card(manifest, repo_id=repo_id, data_files=data_files, extra=_dataset_info(built, out))
+    (out / "README.md").write_text(card, encoding="utf-8")
+    return manifest
+
+
+def verify(staged: Path, manifest: dict) -> None:
+    """`datasets.load_dataset` on the staged folder gives the built splits, rows (by fingerprint) and features."""
+    with quiet_datasets():
+        for config, (name, _) in LAYOUT.items():
+            loaded = datasets.load_dataset(str(staged), config, cache_dir=str(staged.parent / f".{staged.name}-cache"))
+            expected = manifest["fingerprints"][name]
+            if set(loaded) != set(expected):
+                raise PublishError(f"{staged}: config {config} loads splits {sorted(loaded)}, built {sorted(expected)}")
+            for split, ds in loaded.items():
+                if fingerprint(ds.data.table) != expected[split]:
+                    raise PublishError(f"{staged}: config {config} split {split} does not load the built rows")
+    shutil.rmtree(staged.parent / f".{staged.name}-cache", ignore_errors=True)
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m longqa.publish", description=__doc__.split("\n\n")[1])
+    p.add_argument("dataset_dir", type=Path, help="output folder of python -m longqa.build")
+    p.add_argument("--repo-id", required=True, help="ORG/NAME of the Hub dataset repo")
+    p.add_argument("--private", action="store_true", help="create the repo private")
+    p.add_argument("--revision", help="branch to commit to (created if missing; default main)")
+    p.add_argument("--dry-run", type=Path, metavar="DIR", help="stage and verify into DIR; upload nothing")
+    p.add_argument("--endpoint", help="Hub URL (default HF_ENDPOINT or https://huggingface.co)")
+    args = p.parse_args(argv)
+    staged = args.dry_run or Path(tempfile.mkdtemp(prefix="longqa-publish-")) / "repo"
+    try:
+        manifest = stage(args.dataset_dir, staged, args.repo_id)
+        verify(staged, manifest)
+        print(f"staged and verified {staged}/ ({sum(1 for _ in staged.rglob('*.parquet'))} parquet shards)")
+        if args.dry_run:
+            return 0
+        url = upload(staged, args.repo_id, repo_type="dataset", private=args.private, revision=args.revision,
+                     endpoint=args.endpoint, commit_message=f"Upload {manifest['name']} with longqa")
+    except (PublishError, HubError, FileNotFoundError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    finally:
+        if not args.dry_run:
+            shutil.rmtree(staged.parent, ignore_errors=True)
+    print(url)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

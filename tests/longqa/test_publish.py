@@ -1,0 +1,91 @@
+"""Publishing a built dataset: the staged Hub tree loads with `datasets`, and the upload talks to a local hub."""
+from __future__ import annotations
+
+import json
+import socket
+import time
+from pathlib import Path
+
+import datasets
+import pytest
+import yaml
+
+from longqa.pipeline import build
+from longqa.publish import main as publish_main
+from tests.hub_server import FakeHub
+from tests.longqa.test_build import cfg_for, corpus
+
+TOKEN = "hf_testtoken_do_not_leak_0123456789"
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory, tiny_tokenizer_path):
+    tmp = tmp_path_factory.mktemp("publish")
+    cfg = cfg_for(tmp, tiny_tokenizer_path, [corpus(tmp / "lb.jsonl", n_docs=12)], heldout_fraction=0.3,
+                  license="cc-by-4.0")
+    build(cfg, progress=False)
+    return Path(cfg.out)
+
+
+def test_dry_run_stages_the_hub_tree_and_it_loads(built, tmp_path, capsys):
+    staged = tmp_path / "staged"
+    assert publish_main([str(built), "--repo-id", "org/longqa-test", "--dry-run", str(staged)]) == 0
+    files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
+    assert files == ["README.md", "data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet",
+                     "lengths.png", "manifest.json", "tokenized/test-00000-of-00001.parquet",
+                     "tokenized/train-00000-of-00001.parquet"]
+    loaded = datasets.load_dataset(str(staged), cache_dir=str(tmp_path / "cache"))
+    original = datasets.load_from_disk(str(built / "text"))
+    assert set(loaded) == set(original)
+    for split in original:
+        assert loaded[split].features == original[split].features
+        assert loaded[split].to_list() == original[split].to_list()
+    tokenized = datasets.load_dataset(str(staged), "tokenized", cache_dir=str(tmp_path / "cache"))
+    assert tokenized["train"]["input_ids"] == datasets.load_from_disk(str(built / "tokenized"))["train"]["input_ids"]
+    meta = yaml.safe_load((staged / "README.md").read_text().split("---")[1])
+    assert meta["license"] == "cc-by-4.0" and meta["size_categories"] == ["n<1K"]
+    assert meta["configs"][0] == {"config_name": "default", "default": True, "data_files": [
+        {"split": "train", "path": "data/train-*.parquet"}, {"split": "test", "path": "data/test-*.parquet"}]}
+    info = {c["config_name"]: c for c in meta["dataset_info"]}
+    assert {s["name"]: s["num_examples"] for s in info["default"]["splits"]} == {s: len(d) for s, d in original.items()}
+    assert 'load_dataset("org/longqa-test")' in (staged / "README.md").read_text()
+
+
+def test_dry_run_refuses_an_unfinished_build(tmp_path, capsys):
+    (tmp_path / "half").mkdir()
+    assert publish_main([str(tmp_path / "half"), "--repo-id", "a/b", "--dry-run", str(tmp_path / "s")]) == 1
+    assert "no manifest.json" in capsys.readouterr().err
+
+
+def test_upload_makes_one_commit_with_the_staged_files_and_never_leaks_the_token(built, tmp_path, monkeypatch,
+                                                                                 capsys, caplog):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with FakeHub(fail_commits=1) as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        code = publish_main([str(built), "--repo-id", "org/longqa-test", "--private"])
+    out = capsys.readouterr()
+    assert code == 0, out.err
+    assert out.out.strip().endswith(f"{hub.url}/datasets/org/longqa-test")
+    create = next(r for r in hub.requests if r["path"] == "/api/repos/create")
+    body = json.loads(create["body"])
+    assert body["type"] == "dataset" and (body.get("visibility") == "private" or body.get("private") is True)
+    assert len(hub.commits) == 1 and "/api/datasets/org/longqa-test/commit/main" in hub.commits[0]["path"]
+    assert sorted(hub.commits[0]["files"]) == ["README.md", "data/test-00000-of-00001.parquet",
+                                              "data/train-00000-of-00001.parquet", "lengths.png", "manifest.json",
+                                              "tokenized/test-00000-of-00001.parquet",
+                                              "tokenized/train-00000-of-00001.parquet"]
+    assert all(r["authorization"] == f"Bearer {TOKEN}" for r in hub.requests)  # the client used it...
+    leaked = [name for name, content in hub.commits[0]["files"].items() if TOKEN.encode() in content]
+    assert not leaked and TOKEN not in out.out + out.err + caplog.text  # ...and it appears nowhere else
+
+
+def test_unreachable_endpoint_fails_fast_with_a_clear_message(built, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    start = time.time()
+    code = publish_main([str(built), "--repo-id", "org/x", "--endpoint", f"http://127.0.0.1:{port}"])
+    err = capsys.readouterr().err
+    assert code == 1 and time.time() - start < 30
+    assert f"cannot reach the hub at http://127.0.0.1:{port}" in err and TOKEN not in err
