@@ -23,7 +23,7 @@ from longqa.readers import read_input
 from longqa.render import Renderer, Rendered
 from longqa.split import SPLITS, Deduplicator, Splitter, shard_of
 from longqa.tokenize import Encoded, OverBudget
-from longqa.validate import POLICY_REASONS, validate
+from longqa.validate import POLICY_REASONS, reject_record, validate
 from longqa.write import DATASETS, StreamWriter, atomic_output, list_array, save_datasets
 from schemas import BuildConfig, Record, Reject
 
@@ -110,20 +110,15 @@ def prepare(cfg: BuildConfig, items: Iterable[Record | Reject], renderer: Render
         reject = validate(item, cfg)
         split = splitter.assign(item, doc_id) if reject is None else None
         if reject is None and split is None:
-            reject = _reject(item, "denied_document", "documents", f"document {doc_id} is in deny_docs {cfg.deny_docs}")
+            reject = reject_record(item, "denied_document", "documents",
+                                   f"document {doc_id} is in deny_docs {cfg.deny_docs}")
         if reject is None and (earlier := dedup.first_seen(doc_id, item.question, item.seq)) is not None:
-            reject = _reject(item, "duplicate_pair", "question", f"same document and question as record #{earlier}")
+            reject = reject_record(item, "duplicate_pair", "question",
+                                   f"same document and question as record #{earlier}")
         if reject is not None:
             rejects.add(reject)
             continue
         yield Prepared(item, doc_id, split, renderer.render(item))
-
-
-def _reject(record: Record, reason: str, field: str | None, message: str) -> Reject:
-    from longqa.validate import clip_record
-
-    return Reject(reason=reason, field=field, message=message, origin=record.origin, source=record.source,
-                  seq=record.seq, record=clip_record(record.model_dump(mode="json")))
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -188,7 +183,7 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
                         tally.written[p.record.source][split] += 1
             for p, e in zip(batch, encoded):
                 if isinstance(e, OverBudget):
-                    rejects.add(_reject(p.record, "over_budget", "question", e.message))
+                    rejects.add(reject_record(p.record, "over_budget", "question", e.message))
         reading.close()
         tokenizing.close()
         rejects.close()

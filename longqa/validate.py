@@ -60,7 +60,8 @@ def clip_record(obj: Any, limit: int = CLIP_CHARS) -> Any:
     return clip_record(str(obj), limit)
 
 
-def _reject(record: Record, reason: str, field: str, message: str) -> Reject:
+def reject_record(record: Record, reason: str, field: str | None, message: str) -> Reject:
+    """A `Reject` for `record` with its origin and a clipped copy of it."""
     return Reject(reason=reason, origin=record.origin, field=field, message=message, source=record.source,
                   seq=record.seq, record=clip_record(record.model_dump(mode="python")))
 
@@ -79,30 +80,30 @@ def non_text(record: Record, cfg: BuildConfig) -> Reject | None:
     """Every document text, the question and every answer must be a `str` (not a number, list, null…)."""
     for i, doc in enumerate(record.documents):
         if not isinstance(doc.text, str):
-            return _reject(record, "non_text", f"documents[{i}].text",
+            return reject_record(record, "non_text", f"documents[{i}].text",
                            f"document text is {type(doc.text).__name__}, not text")
     if not isinstance(record.question, str):
-        return _reject(record, "non_text", "question", f"question is {type(record.question).__name__}, not text")
+        return reject_record(record, "non_text", "question", f"question is {type(record.question).__name__}, not text")
     for i, answer in enumerate(record.answers):
         if not isinstance(answer, str):
-            return _reject(record, "non_text", f"answers[{i}]", f"answer is {type(answer).__name__}, not text")
+            return reject_record(record, "non_text", f"answers[{i}]", f"answer is {type(answer).__name__}, not text")
     return None
 
 
 def empty_document(record: Record, cfg: BuildConfig) -> Reject | None:
     """A record needs at least one document, and no document may be empty or whitespace-only."""
     if not record.documents:
-        return _reject(record, "empty_document", "documents", "the record has no document")
+        return reject_record(record, "empty_document", "documents", "the record has no document")
     for i, doc in enumerate(record.documents):
         if _is_blank(doc.text):
-            return _reject(record, "empty_document", f"documents[{i}].text", "document is empty or whitespace-only")
+            return reject_record(record, "empty_document", f"documents[{i}].text", "document is empty or whitespace-only")
     return None
 
 
 def empty_question(record: Record, cfg: BuildConfig) -> Reject | None:
     """The question must hold non-whitespace text."""
     if _is_blank(record.question):
-        return _reject(record, "empty_question", "question", "question is empty or whitespace-only")
+        return reject_record(record, "empty_question", "question", "question is empty or whitespace-only")
     return None
 
 
@@ -110,7 +111,7 @@ def empty_answer(record: Record, cfg: BuildConfig) -> Reject | None:
     """At least one answer must hold text; empty ones beside a real one are dropped (in place), not rejected."""
     kept = [answer for answer in record.answers if not _is_blank(answer)]
     if not kept:
-        return _reject(record, "empty_answer", "answers", "no answer, or every answer is empty or whitespace-only")
+        return reject_record(record, "empty_answer", "answers", "no answer, or every answer is empty or whitespace-only")
     if len(kept) != len(record.answers):
         record.answers = kept
     return None
@@ -120,7 +121,7 @@ def document_too_short(record: Record, cfg: BuildConfig) -> Reject | None:
     """All documents together must have at least `cfg.min_doc_chars` characters."""
     n = doc_chars(record)
     if n < cfg.min_doc_chars:
-        return _reject(record, "document_too_short", "documents",
+        return reject_record(record, "document_too_short", "documents",
                        f"documents have {n} characters, fewer than min_doc_chars={cfg.min_doc_chars}")
     return None
 
@@ -129,7 +130,7 @@ def document_too_long(record: Record, cfg: BuildConfig) -> Reject | None:
     """All documents together must have at most `cfg.max_doc_chars` characters (when set)."""
     n = doc_chars(record)
     if cfg.max_doc_chars is not None and n > cfg.max_doc_chars:
-        return _reject(record, "document_too_long", "documents",
+        return reject_record(record, "document_too_long", "documents",
                        f"documents have {n} characters, more than max_doc_chars={cfg.max_doc_chars}")
     return None
 
