@@ -41,6 +41,18 @@ def check_reachable(endpoint: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
                        "HF_ENDPOINT and the network") from None
 
 
+def preflight(endpoint: str | None) -> tuple[str, str]:
+    """(endpoint, token) once the hub is known reachable and a token exists: call before any slow staging."""
+    from huggingface_hub import get_token
+
+    endpoint = resolve_endpoint(endpoint)
+    check_reachable(endpoint)
+    token = get_token()
+    if not token:
+        raise HubError("no Hub token: set HF_TOKEN or run `hf auth login`")
+    return endpoint, token
+
+
 def _transient(error: Exception) -> bool:
     from huggingface_hub.errors import HfHubHTTPError
 
@@ -53,13 +65,9 @@ def _transient(error: Exception) -> bool:
 def upload(folder: Path, repo_id: str, *, repo_type: str, private: bool = False, revision: str | None = None,
            endpoint: str | None = None, commit_message: str = "Upload with longqa") -> str:
     """Create the repo if missing and upload `folder` as one commit; returns the repo URL."""
-    from huggingface_hub import HfApi, get_token
+    from huggingface_hub import HfApi
 
-    endpoint = resolve_endpoint(endpoint)
-    check_reachable(endpoint)
-    token = get_token()
-    if not token:
-        raise HubError("no Hub token: set HF_TOKEN or run `hf auth login`")
+    endpoint, token = preflight(endpoint)
     api = HfApi(endpoint=endpoint, token=token)
     for attempt in range(1, TRIES + 1):
         try:

@@ -20,7 +20,7 @@ import datasets
 
 from longqa.card import render_card
 from longqa.describe import table_of
-from longqa.hub import HubError, upload
+from longqa.hub import HubError, preflight, upload
 from longqa.manifest import fingerprint
 from longqa.write import quiet_datasets
 
@@ -111,6 +111,8 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     staged = args.dry_run or Path(tempfile.mkdtemp(prefix="longqa-publish-")) / "repo"
     try:
+        if not args.dry_run:
+            preflight(args.endpoint)  # an unreachable hub or a missing token fails now, not after staging
         manifest = stage(args.dataset_dir, staged, args.repo_id)
         verify(staged, manifest)
         print(f"staged and verified {staged}/ ({sum(1 for _ in staged.rglob('*.parquet'))} parquet shards)")

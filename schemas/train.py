@@ -1,0 +1,145 @@
+"""`TrainConfig`: everything `python -m sft.run` needs (LongLoRA fine-tuning). Mirrored in `configs/train/*.yaml`.
+
+The defaults *are* the embedded default run (`configs/train/smollm2_squad.yaml` spells them out): SmolLM2-135M-Instruct
+fine-tuned on the default built dataset `out/` for a few steps, sized for a few minutes on 2 CPU cores. The paper's
+settings (Chen et al. 2023, Sec. 4.1) are named in the field descriptions.
+
+Field problems are collected by pydantic; cross-field problems are listed together by `_cross_checks`. Nothing here
+opens a file or imports torch (the path checks live in `sft.run.path_problems`).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.config import DEFAULT_TOKENIZER
+
+#: Names `trainable` accepts: the non-LoRA parameter groups LongLoRA trains (its "LoRA+", Sec. 3.3).
+TRAINABLE_GROUPS = ("embed", "norm", "head")
+
+
+class TrainConfig(BaseModel):
+    """LongLoRA fine-tuning: S2-Attn while training, LoRA + embeddings + norms, position interpolation."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    # model and data
+    model: str = Field(DEFAULT_TOKENIZER, description="base model: folder, Hub id, .gguf file or pkg:MODULE/path")
+    mode: Literal["sft", "extend"] = Field(
+        "sft", description="'sft': supervised fine-tuning on a built LongQA dataset (labels mask all but the answer); "
+        "'extend': continued pre-training on long plain text (the paper's first stage; labels = inputs)")
+    data: str | list[str] = Field(
+        "out", min_length=1, description="sft: the builder's output folder (holding tokenized/) or a tokenized "
+        "DatasetDict folder; extend: text files (.txt, .md, or .jsonl with a 'text' field) or folders of them")
+    split: str = Field("train", description="sft: the split of the built dataset to train on")
+    max_length: int = Field(
+        4096, ge=16, description="training context in tokens; also the target of RoPE position interpolation. The "
+        "default 4096 keeps ~18% of the default build (3.1k-8.2k tokens) for a CPU run; the paper trains 8k-100k")
+    too_long: Literal["drop", "error"] = Field(
+        "drop", description="sft samples longer than max_length: 'drop' (counted and printed) or 'error'. Never "
+        "truncated (that could cut the answer); to keep them, build with `python -m longqa.build --max-length N`")
+
+    # context extension (position interpolation, Sec. 3 / Chen et al. 2023b)
+    rope_scaling: Literal["linear", "dynamic", "yarn"] = Field(
+        "linear", description="RoPE scaling to max_length: 'linear' (position interpolation, the paper), 'dynamic' "
+        "(NTK) or 'yarn'; written into the saved model config")
+
+    # S2-Attn (Sec. 3.2)
+    s2_attn: bool = Field(True, description="shifted sparse attention while training (dense attention in eval)")
+    group_size_ratio: float = Field(0.25, gt=0.0, le=1.0, description="S2-Attn group size as a fraction of the "
+                                    "batch's padded length (paper: 1/4)")
+    wrap: Literal["none", "roll"] = Field("none", description="S2-Attn shifted heads: 'none' (default, as the "
+                                          "reference flash-attention code) or 'roll' (the paper's Algorithm 1)")
+
+    # LoRA+ (Sec. 3.3)
+    lora_r: int = Field(8, ge=1, description="LoRA rank (paper: 8)")
+    lora_alpha: int = Field(16, ge=1, description="LoRA alpha (paper: 16)")
+    lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout")
+    lora_target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1,
+                                           description="module names that get LoRA (paper: the attention projections)")
+    trainable: list[str] = Field(["embed", "norm"], description="non-LoRA modules trained fully as well: 'embed', "
+                                 "'norm' (the paper's LoRA+; without them long-context quality collapses), 'head' "
+                                 "(the output layer, when untied). A comma-separated string is accepted")
+
+    # optimisation
+    learning_rate: float = Field(2e-4, gt=0.0, description="peak learning rate. The default 2e-4 (LoRA's usual "
+                                 "1e-4..3e-4) makes the loss of the 8-step CPU demo visibly fall; the paper uses 2e-5 "
+                                 "for 7B/13B over 1000 steps")
+    weight_decay: float = Field(0.0, ge=0.0, description="AdamW weight decay (paper: 0)")
+    lr_scheduler: Literal["constant_with_warmup", "linear", "cosine"] = Field(
+        "constant_with_warmup", description="learning-rate schedule after warm-up (paper: constant)")
+    warmup_steps: int = Field(2, ge=0, description="linear warm-up steps (paper: 20)")
+    max_steps: int = Field(8, ge=1, description="optimizer steps (paper: 1000 for extension, 5 epochs for SFT)")
+    per_device_batch_size: int = Field(1, ge=1, description="samples per device and micro-step (paper: 1)")
+    gradient_accumulation_steps: int = Field(1, ge=1, description="micro-steps per optimizer step (paper: 8 on 8 "
+                                             "GPUs, global batch 64)")
+    max_grad_norm: float = Field(1.0, ge=0.0, description="gradient clipping (0 disables)")
+    gradient_checkpointing: bool = Field(
+        False, description="recompute activations in backward: needed for long contexts on GPUs; off in the CPU "
+        "default (4k tokens fit in memory, 1.8x faster)")
+    bf16: bool = Field(True, description="bfloat16 mixed precision (autocast; trainable weights and optimizer stay "
+                       "float32); ~5x faster than float32 on CPUs with bf16 units, slower on CPUs without")
+    model_dtype: Literal["float32", "bfloat16"] = Field(
+        "float32", description="dtype the frozen base weights are loaded in; trainable ones are always float32")
+    seed: int = Field(42, description="seed of the data order, LoRA initialisation and dropout")
+    group_by_length: bool = Field(True, description="batch samples of similar length together (less padding)")
+    dataloader_num_workers: int = Field(0, ge=0, description="data loading worker processes")
+
+    deepspeed: str | None = Field(
+        None, description="DeepSpeed JSON config passed to the Trainer (configs/deepspeed/zero2.json, zero3.json; "
+        "needs `pip install deepspeed` and a launch with `deepspeed`/`torchrun`/`accelerate launch`); null: none")
+
+    # held-out evaluation (loss with dense attention, before and after training)
+    eval_split: str | None = Field(
+        "test", description="sft: split of the built dataset whose loss is measured before and after training (model "
+        "in eval mode: dense attention), written to metrics.jsonl and printed; null, a missing split or no sample "
+        "within max_length: no evaluation")
+    eval_samples: int = Field(4, ge=0, description="held-out samples evaluated: the first ones of eval_split that fit "
+                              "max_length (a fixed set, so before and after compare); 0: no evaluation")
+
+    # outputs
+    output_dir: str = Field("runs/smollm2-squad", description="checkpoints, metrics.jsonl, train_config.yaml and the "
+                            "final adapter/ (LoRA + embeddings + norms, loadable with peft)")
+    logging_steps: int = Field(1, ge=1, description="optimizer steps between metric lines in metrics.jsonl")
+    save_steps: int = Field(4, ge=1, description="optimizer steps between checkpoints")
+    save_total_limit: int | None = Field(2, ge=1, description="checkpoints kept (oldest deleted); null keeps all")
+    resume: bool = Field(False, description="continue from the last checkpoint in output_dir (model, optimizer, "
+                         "scheduler, data order)")
+
+    @field_validator("trainable", mode="before")
+    @classmethod
+    def _split_commas(cls, value):
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("trainable")
+    @classmethod
+    def _known_groups(cls, value: list[str]) -> list[str]:
+        unknown = sorted(set(value) - set(TRAINABLE_GROUPS))
+        if unknown:
+            raise ValueError(f"unknown group(s) {unknown}, known: {list(TRAINABLE_GROUPS)}")
+        return value
+
+    @property
+    def data_paths(self) -> list[str]:
+        """`data` as a list."""
+        return [self.data] if isinstance(self.data, str) else list(self.data)
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "TrainConfig":
+        problems = []
+        if self.mode == "sft" and len(self.data_paths) > 1:
+            problems.append(f"data: sft trains on one built dataset folder, got {len(self.data_paths)} paths")
+        if self.s2_attn and self.group_size_ratio * self.max_length < 2:
+            problems.append(f"group_size_ratio: {self.group_size_ratio} x max_length {self.max_length} gives an "
+                            "S2-Attn group of fewer than 2 tokens")
+        if self.model_dtype == "bfloat16" and not self.bf16:
+            problems.append("model_dtype: bfloat16 base weights need bf16: true (autocast, with float32 trainable "
+                            "weights)")
+        if self.warmup_steps > self.max_steps:
+            problems.append(f"warmup_steps: {self.warmup_steps} exceeds max_steps ({self.max_steps})")
+        if problems:
+            raise ValueError("\n".join(problems))
+        return self

@@ -1,0 +1,1 @@
+"""LongLoRA fine-tuning: model loading, RoPE scaling, S2-Attn, LoRA+, collation, training, export, evaluation."""

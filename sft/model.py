@@ -1,0 +1,309 @@
+"""Model loading, RoPE position interpolation and LoRA+ adapters (LongLoRA, Chen et al. 2023, arXiv 2309.12307).
+
+Typical use (DESIGN.md, "LoRA+ and RoPE")::
+
+    config = load_config(ref)
+    apply_rope_scaling(config, target_length=16384)          # before the model is built: RoPE caches read the config
+    model, tokenizer = load_model(ref, config=config, attn_implementation="s2_attn")
+    model = add_lora_plus(model)                              # LoRA on attention + trainable embeddings and norms
+
+A model reference (`ref`) is a local folder of safetensors, a Hub id, a ``.gguf`` file (dequantized on load), or
+``pkg:MODULE/relative/path`` (see :func:`longqa.paths.resolve_path`).
+"""
+from __future__ import annotations
+
+import importlib
+import logging
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import nn
+from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+
+from longqa.paths import resolve_path
+
+logger = logging.getLogger(__name__)
+
+ROPE_KINDS = ("linear", "dynamic", "yarn")
+GGUF_SUFFIX = ".gguf"
+# attention implementations of this package: the module that registers each is imported only when it is asked for
+ATTENTION_MODULES = {"s2_attn": "sft.s2attn"}
+
+
+class AdapterSetupError(ValueError):
+    """The wrapped model's trainable parameters are not exactly LoRA plus the requested extras."""
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Loading
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model reference points: `location` (a folder or a Hub id) and, for GGUF, the file inside it.
+
+    `name` is what adapters record as their base: `ref` for ``pkg:`` references and Hub ids, else the absolute path.
+    """
+
+    ref: str
+    location: str
+    gguf_file: str | None = None
+    name: str = ""
+
+    def kwargs(self) -> dict:
+        """``from_pretrained`` arguments: GGUF files are converted by transformers, the rest must be safetensors."""
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {"use_safetensors": True}
+
+
+def resolve_source(ref: str) -> ModelSource:
+    """Split `ref` into a folder or Hub id and an optional GGUF file name."""
+    is_pkg = ref.startswith("pkg:")
+    if is_pkg or Path(ref).expanduser().exists():
+        path = resolve_path(ref).resolve()
+        name = ref if is_pkg else str(path)
+        if path.is_file():
+            if path.suffix != GGUF_SUFFIX:
+                raise ValueError(f"{ref}: a model file must be {GGUF_SUFFIX}; otherwise give the model's folder")
+            return ModelSource(ref, str(path.parent), path.name, name)
+        return ModelSource(ref, str(path), None, name)
+    if ref.endswith(GGUF_SUFFIX):
+        raise FileNotFoundError(f"{ref}: GGUF file not found")
+    return ModelSource(ref, ref, None, ref)  # a Hub id
+
+
+def load_config(ref: str) -> PretrainedConfig:
+    """The transformers config of `ref` (for GGUF, the one transformers derives from the file's metadata)."""
+    source = resolve_source(ref)
+    return AutoConfig.from_pretrained(source.location, **source.kwargs())
+
+
+def load_tokenizer(ref: str):
+    """The tokenizer of `ref` (for GGUF, rebuilt from the file's metadata, chat template included)."""
+    source = resolve_source(ref)
+    return AutoTokenizer.from_pretrained(source.location, **source.kwargs())
+
+
+def load_model(ref: str, *, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
+               config: PretrainedConfig | None = None) -> tuple[PreTrainedModel, object]:
+    """Load a causal LM and its tokenizer from `ref`.
+
+    `config` replaces the checkpoint's config (e.g. one passed through :func:`apply_rope_scaling`); it must be given
+    here rather than edited afterwards because the rotary embedding computes its frequencies when it is built.
+    GGUF weights are dequantized to `dtype` and the quantizer is detached so that ``save_pretrained`` writes a plain
+    model. ``model.name_or_path`` is set to the source's `name`, which peft records as the adapter's base.
+    """
+    source = resolve_source(ref)
+    kwargs = {"dtype": dtype, **source.kwargs()}
+    if attn_implementation is not None:
+        if attn_implementation in ATTENTION_MODULES:
+            importlib.import_module(ATTENTION_MODULES[attn_implementation])
+        kwargs["attn_implementation"] = attn_implementation
+    if config is not None:
+        kwargs["config"] = config
+    model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
+    quantizer = getattr(model, "hf_quantizer", None)
+    if source.gguf_file and quantizer is not None:  # weights are dequantized already; only the bookkeeping is left
+        quantizer.remove_quantization_config(model)
+    model.name_or_path = source.name
+    return model, load_tokenizer(ref)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# RoPE: position interpolation (LongLoRA Sec. 3; Chen et al. 2023, "Extending context window ... via PI")
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _flat_rope_parameters(config: PretrainedConfig) -> dict:
+    config.standardize_rope_params()  # old `rope_scaling` / `rope_theta` fields -> `rope_parameters`
+    rope = dict(getattr(config, "rope_parameters", None) or {})
+    if not rope or any(isinstance(v, dict) for v in rope.values()):
+        raise ValueError(f"{config.model_type}: RoPE scaling needs one global `rope_parameters` dict, got {rope!r}")
+    return rope
+
+
+def context_length(config: PretrainedConfig) -> int:
+    """The context the model's RoPE is set up for.
+
+    That is ``max_position_embeddings``, which :func:`apply_rope_scaling` sets to the target for linear and YaRN
+    scaling (YaRN keeps the pretraining length in ``original_max_position_embeddings``), except for dynamic NTK:
+    transformers starts its dynamic rescaling *beyond* ``max_position_embeddings``, so that field stays at the
+    unscaled length and the context is ``max_position_embeddings * factor``.
+    """
+    rope = _flat_rope_parameters(config)
+    if rope.get("rope_type") == "dynamic":
+        return int(round(config.max_position_embeddings * float(rope.get("factor") or 1.0)))
+    return int(config.max_position_embeddings)
+
+
+def apply_rope_scaling(config: PretrainedConfig, target_length: int, kind: str = "linear") -> dict:
+    """Scale `config`'s RoPE so that the model covers `target_length` tokens; return the new ``rope_parameters``.
+
+    Position interpolation: with factor ``f = target / context_length(config)`` position ``p`` is rotated as ``p / f``
+    (linear), so the longer context falls into the trained range of angles. A factor the model already has (same
+    `kind`) is multiplied: ``f_new = f_old * target / context``. ``"dynamic"`` (dynamic NTK) and ``"yarn"`` write the
+    corresponding transformers ``rope_parameters`` instead. Nothing changes when the target fits the current context.
+    Edits `config` in place (``rope_parameters``, ``max_position_embeddings``).
+    """
+    if kind not in ROPE_KINDS:
+        raise ValueError(f"RoPE scaling kind {kind!r}: expected one of {', '.join(ROPE_KINDS)}")
+    if target_length < 1:
+        raise ValueError(f"target_length must be positive, got {target_length}")
+    rope = _flat_rope_parameters(config)
+    current = context_length(config)
+    if target_length <= current:
+        return rope
+    old_kind = rope.get("rope_type", "default")
+    if old_kind not in ("default", kind):
+        raise ValueError(f"the model already uses {old_kind!r} RoPE scaling; extending it with {kind!r} is not defined")
+    old_factor = float(rope.get("factor") or 1.0) if old_kind == kind else 1.0
+    new = {**rope, "rope_type": kind, "factor": old_factor * target_length / current}
+    if kind == "yarn":  # YaRN's frequency ramp is defined against the pretraining length
+        new.setdefault("original_max_position_embeddings", current)
+    config.rope_parameters = new
+    if kind != "dynamic":
+        config.max_position_embeddings = target_length
+    logger.info("RoPE %s scaling: context %d -> %d (factor %.4g)", kind, current, target_length, new["factor"])
+    return dict(new)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# LoRA+ (LongLoRA Sec. 3.3): LoRA on attention, embeddings and normalization layers trained fully
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _is_norm(module: nn.Module) -> bool:
+    # Generic over architectures: LayerNorm, RMSNorm and every model-specific *Norm class (LlamaRMSNorm, ...).
+    own_params = any(True for _ in module.parameters(recurse=False))
+    return own_params and (isinstance(module, (nn.LayerNorm, nn.RMSNorm)) or "norm" in type(module).__name__.lower())
+
+
+EXTRA_SELECTORS: dict[str, Callable[[PreTrainedModel, nn.Module], bool]] = {
+    "embed": lambda model, module: module is model.get_input_embeddings(),
+    "norm": lambda model, module: _is_norm(module),
+    "head": lambda model, module: module is model.get_output_embeddings(),
+}
+
+
+def extra_trainable_modules(model: PreTrainedModel, trainable: Sequence[str] = ("embed", "norm")) -> list[str]:
+    """Full names of the modules trained fully next to LoRA, chosen by category (keys of ``EXTRA_SELECTORS``)."""
+    unknown = sorted(set(trainable) - EXTRA_SELECTORS.keys())
+    if unknown:
+        raise ValueError(f"unknown trainable categories {unknown}; expected some of {sorted(EXTRA_SELECTORS)}")
+    names = [name for name, module in model.named_modules()
+             if name and any(EXTRA_SELECTORS[c](model, module) for c in trainable)]
+    for category in trainable:
+        if not any(EXTRA_SELECTORS[category](model, model.get_submodule(n)) for n in names):
+            raise AdapterSetupError(f"{type(model).__name__}: no module matches the trainable category {category!r}")
+    return names
+
+
+def _tied_embeddings(model: PreTrainedModel) -> bool:
+    return bool(getattr(model.config.get_text_config(), "tie_word_embeddings", False))
+
+
+def add_lora_plus(model: PreTrainedModel, *, r: int = 8, alpha: int = 16, dropout: float = 0.0,
+                  target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+                  trainable: Sequence[str] = ("embed", "norm")):
+    """Wrap `model` in a peft ``PeftModel``: LoRA (rank `r`, scale ``alpha / r``) on `target_modules`, and the modules
+    of the `trainable` categories (embeddings, every normalization layer) trained fully as peft ``modules_to_save``.
+
+    Everything lands in one adapter folder on ``save_pretrained`` that ``PeftModel.from_pretrained`` loads. Tied
+    input/output embeddings stay tied (peft ``ensure_weight_tying``). The trainable set is verified
+    (:func:`verify_lora_plus`) and its size logged.
+    """
+    from peft import LoraConfig, get_peft_model
+
+    extras = extra_trainable_modules(model, trainable)
+    tie = _tied_embeddings(model) and model.get_input_embeddings() is not None and any(
+        model.get_submodule(n) is model.get_input_embeddings() for n in extras)
+    options = {}
+    if tie:
+        if "ensure_weight_tying" not in LoraConfig.__dataclass_fields__:
+            raise AdapterSetupError("training tied embeddings needs a peft with LoraConfig(ensure_weight_tying=...)")
+        options["ensure_weight_tying"] = True
+    lora_config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
+                             modules_to_save=extras, task_type="CAUSAL_LM", **options)
+    peft_model = get_peft_model(model, lora_config)
+    verify_lora_plus(peft_model, target_modules=target_modules, extras=extras)
+    trained, total = trainable_parameters(peft_model)
+    logger.info("LoRA+: %d trainable parameters of %d (%.2f%%): LoRA r=%d on %s, full %s (%d modules)",
+                trained, total, 100 * trained / total, r, ", ".join(target_modules), ", ".join(trainable), len(extras))
+    return peft_model
+
+
+def trainable_parameters(model: nn.Module) -> tuple[int, int]:
+    """(trainable, total) parameter counts; shared (tied) tensors count once."""
+    trained = total = 0
+    for param in model.parameters():
+        total += param.numel()
+        if param.requires_grad:
+            trained += param.numel()
+    return trained, total
+
+
+def verify_lora_plus(peft_model, *, target_modules: Sequence[str], extras: Sequence[str]) -> None:
+    """Raise :class:`AdapterSetupError` unless the trainable parameters are exactly the active adapter's LoRA factors
+    of every `target_modules` layer plus the trainable copies of the `extras` modules, and tied embeddings are tied."""
+    from peft.tuners.lora import LoraLayer
+    from peft.utils import ModulesToSaveWrapper
+
+    adapter = peft_model.active_adapter
+    base = peft_model.get_base_model()
+    expected: dict[int, str] = {}
+    problems = []
+    lora_layers = set()
+    for name, module in base.named_modules():
+        if isinstance(module, LoraLayer) and adapter in module.lora_A:
+            lora_layers.add(name.rsplit(".", 1)[-1])
+            for sub in (module.lora_A[adapter], module.lora_B[adapter]):
+                expected.update((id(p), f"{name}.{n}") for n, p in sub.named_parameters())
+    wrapped = {name: module for name, module in base.named_modules() if isinstance(module, ModulesToSaveWrapper)}
+    for name in extras:
+        module = wrapped.get(name)
+        if module is None:
+            problems.append(f"{name} is not trained (no modules_to_save copy)")
+            continue
+        expected.update((id(p), f"{name}.{n}") for n, p in module.modules_to_save[adapter].named_parameters())
+    missing_targets = sorted(set(target_modules) - lora_layers)
+    if missing_targets:
+        problems.append(f"no LoRA layer for target modules {missing_targets}")
+    actual = {id(p): n for n, p in peft_model.named_parameters() if p.requires_grad}
+    unexpected = sorted(n for i, n in actual.items() if i not in expected)
+    frozen = sorted(n for i, n in expected.items() if i not in actual)
+    if unexpected:
+        problems.append(f"unexpected trainable parameters {unexpected[:5]}{' ...' if len(unexpected) > 5 else ''}")
+    if frozen:
+        problems.append(f"frozen adapter parameters {frozen[:5]}{' ...' if len(frozen) > 5 else ''}")
+    if _tied_embeddings(base) and not embeddings_tied(peft_model):
+        problems.append("input and output embeddings are no longer tied")
+    if problems:
+        raise AdapterSetupError("LoRA+ set-up: " + "; ".join(problems))
+
+
+def embeddings_tied(model: nn.Module) -> bool:
+    """Do the (active) input and output embedding weights share one tensor?"""
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else model
+    inp, out = base.get_input_embeddings(), base.get_output_embeddings()
+    if inp is None or out is None:
+        return False
+    return _active_weight(inp) is _active_weight(out)
+
+
+def _active_weight(module: nn.Module) -> torch.Tensor:
+    from peft.utils import ModulesToSaveWrapper
+
+    if isinstance(module, ModulesToSaveWrapper):
+        if module.disable_adapters or not module.active_adapters:
+            module = module.original_module
+        else:
+            module = module.modules_to_save[module.active_adapters[0]]
+    return module.weight
+
+
+__all__ = ["AdapterSetupError", "ModelSource", "ROPE_KINDS", "add_lora_plus", "apply_rope_scaling", "context_length",
+           "embeddings_tied", "extra_trainable_modules", "load_config", "load_model", "load_tokenizer",
+           "resolve_source", "trainable_parameters", "verify_lora_plus"]

@@ -1,0 +1,352 @@
+"""LongLoRA fine-tuning with the transformers Trainer: setup → train → save.
+
+:func:`run` is the whole recipe and reads top-down:
+
+1. **setup** — load the data (``sft.data``; over-long samples are dropped and counted in ``data_stats.json``), then
+   the base model with S2-Attn as its attention function (``sft.s2attn``; dense again in eval mode), RoPE positions
+   interpolated to ``max_length``, wrapped with LoRA + trainable embeddings and norms (``sft.model``).
+2. **train** — ``Trainer`` with :func:`training_arguments`; callbacks append every log line to
+   ``output_dir/metrics.jsonl`` and stop at the first non-finite loss *before* the optimizer applies it, so the last
+   checkpoint stays the last good state. ``resume`` continues from the last complete ``checkpoint-*`` of
+   ``output_dir`` (one a killed run left half-written is skipped). The loss on a fixed handful of held-out samples
+   (``eval_split``, dense attention) is measured before and after training and printed as "eval loss before → after".
+3. **save** — ``sft.merge.save_adapter`` writes ``output_dir/adapter`` (LoRA, embeddings, norms, the RoPE-scaled
+   config and the tokenizer), which ``peft.PeftModel.from_pretrained`` loads and ``python -m sft.merge`` merges.
+
+Runs unchanged under ``torchrun``/``accelerate launch`` (the Trainer does DDP); only rank 0 prints and writes files.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+
+import torch
+import yaml
+from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
+from transformers.trainer_utils import get_last_checkpoint
+
+from schemas.train import TrainConfig
+from sft.data import DataStats, PadCollator, load_extend_dataset, load_sft_dataset, pad_token_id
+
+DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
+METRICS_FILE = "metrics.jsonl"
+CONFIG_FILE = "train_config.yaml"
+DATA_STATS_FILE = "data_stats.json"
+ADAPTER_DIR = "adapter"
+
+
+class NonFiniteLoss(RuntimeError):
+    """The loss became NaN or inf; training stopped before the optimizer step that would have applied it."""
+
+
+@dataclass
+class TrainResult:
+    """What :func:`run` did."""
+
+    output_dir: Path
+    adapter_dir: Path
+    global_step: int
+    trainable_params: int
+    total_params: int
+    data: DataStats
+    rope_scaling: dict | None = None
+    metrics: dict = field(default_factory=dict)
+    world_size: int = 1
+    eval_before: float | None = None
+    eval_after: float | None = None
+
+
+def is_main_process() -> bool:
+    """Rank 0 of a torchrun/accelerate launch, or a single process."""
+    return int(os.environ.get("RANK", "0")) == 0
+
+
+def say(message: str) -> None:
+    if is_main_process():
+        print(f"sft: {message}", flush=True)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# The recipe
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = ()) -> TrainResult:
+    """Fine-tune ``cfg.model`` as ``cfg`` says and save the adapter. Raises :class:`NonFiniteLoss` on a NaN/inf loss.
+
+    ``callbacks`` are added after the built-in ones (tests use them to inject faults).
+    """
+    output_dir = Path(cfg.output_dir)
+    checkpoint = resume_checkpoint(cfg)
+
+    # 1. setup: the data first (a data problem should not wait for the model to load), then the model
+    dataset, stats = load_data(cfg)
+    say(f"data: {stats.summary()}")
+    model, tokenizer, rope = setup_model(cfg)
+    trainable, total = count_parameters(model)
+    say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%): LoRA r={cfg.lora_r} on "
+        f"{','.join(cfg.lora_target_modules)} + {','.join(cfg.trainable) or 'nothing else'}")
+    if is_main_process():
+        output_dir.mkdir(parents=True, exist_ok=True)
+        (output_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
+        (output_dir / DATA_STATS_FILE).write_text(json.dumps(asdict(stats), indent=1) + "\n")
+
+    # 2. train
+    eval_dataset = load_eval_data(cfg)
+    trainer = Trainer(
+        model=model, args=training_arguments(cfg), train_dataset=dataset, eval_dataset=eval_dataset,
+        processing_class=tokenizer, data_collator=PadCollator(pad_token_id(tokenizer), cfg.max_length),
+        callbacks=[StopOnNonFiniteLoss(output_dir), MetricsJsonl(output_dir / METRICS_FILE), *callbacks])
+    args = trainer.args
+    ddp = f" (DDP, {args.ddp_backend or 'default'} backend)" if args.world_size > 1 else ""
+    say(f"world size {args.world_size}{ddp}, global batch "
+        f"{args.world_size * cfg.per_device_batch_size * cfg.gradient_accumulation_steps} samples")
+    if checkpoint is not None:
+        say(f"resuming from {checkpoint}")
+        if is_main_process():
+            truncate_metrics(output_dir / METRICS_FILE, checkpoint_step(checkpoint))
+    eval_before = eval_loss(trainer) if eval_dataset is not None and checkpoint is None else None
+    output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
+    eval_after = eval_loss(trainer) if eval_dataset is not None else None
+    if eval_after is not None:
+        before = f"before {eval_before:.4f} → " if eval_before is not None else ""
+        say(f"eval loss {before}after {eval_after:.4f} ({len(eval_dataset)} held-out '{cfg.eval_split}' samples, "
+            "dense attention)")
+
+    # 3. save
+    adapter_dir = output_dir / ADAPTER_DIR
+    if trainer.is_world_process_zero():
+        from sft.merge import save_adapter
+
+        save_adapter(trainer.model, tokenizer, adapter_dir)
+        say(f"saved the adapter to {adapter_dir} after {trainer.state.global_step} steps "
+            f"(train loss {output.training_loss:.4f})")
+    return TrainResult(output_dir=output_dir, adapter_dir=adapter_dir, global_step=trainer.state.global_step,
+                       trainable_params=trainable, total_params=total, data=stats, rope_scaling=rope,
+                       metrics=dict(output.metrics), world_size=args.world_size, eval_before=eval_before,
+                       eval_after=eval_after)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Setup
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def setup_model(cfg: TrainConfig):
+    """Base model with S2-Attn and scaled RoPE, wrapped with LoRA+: ``(peft_model, tokenizer, rope_parameters)``.
+
+    RoPE scaling and the S2-Attn settings go into the config *before* the model is built (the rotary embedding reads
+    it at construction); both are saved with the adapter.
+    """
+    from sft.model import add_lora_plus, apply_rope_scaling, load_config, load_model
+
+    set_seed(cfg.seed)  # the LoRA initialisation is drawn before the Trainer seeds itself
+    config = load_config(cfg.model)
+    rope = apply_rope_scaling(config, cfg.max_length, kind=cfg.rope_scaling)
+    if cfg.s2_attn:  # read by the attention function at every call (sft.s2attn.S2AttnSettings)
+        config.s2_attn = {"group_size_ratio": cfg.group_size_ratio, "wrap": cfg.wrap}
+    model, tokenizer = load_model(cfg.model, dtype=DTYPES[cfg.model_dtype], config=config,
+                                  attn_implementation="s2_attn" if cfg.s2_attn else None)
+    model = add_lora_plus(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
+                          target_modules=tuple(cfg.lora_target_modules), trainable=tuple(cfg.trainable))
+    upcast_trainable(model)
+    return model, tokenizer, rope
+
+
+def upcast_trainable(model: torch.nn.Module) -> None:
+    """Trainable weights in float32, so optimizer states and updates are exact over a bfloat16 base (the config
+    requires bf16 autocast then, which mixes the dtypes in the forward)."""
+    for param in model.parameters():
+        if param.requires_grad and param.dtype != torch.float32:
+            param.data = param.data.float()
+
+
+def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
+    from sft.model import trainable_parameters
+
+    return trainable_parameters(model)
+
+
+def load_data(cfg: TrainConfig):
+    """The training dataset (``input_ids``, in sft ``labels``, ``length``) and what was kept and dropped."""
+    if cfg.mode == "extend":
+        from sft.model import load_tokenizer
+
+        return load_extend_dataset(cfg.data_paths, load_tokenizer(cfg.model), cfg.max_length)
+    return load_sft_dataset(cfg.data_paths[0], cfg.split, cfg.max_length, cfg.too_long)
+
+
+def load_eval_data(cfg: TrainConfig):
+    """The first ``eval_samples`` samples of ``eval_split`` that fit ``max_length`` (a fixed set), or None."""
+    if cfg.mode != "sft" or not cfg.eval_split or cfg.eval_samples == 0:
+        return None
+    from sft.data import DataError
+
+    try:
+        dataset, _ = load_sft_dataset(cfg.data_paths[0], cfg.eval_split, cfg.max_length, "drop")
+    except DataError as e:
+        say(f"no held-out evaluation: {e}")
+        return None
+    return dataset.select(range(min(cfg.eval_samples, len(dataset))))
+
+
+def eval_loss(trainer: Trainer) -> float:
+    """Mean loss on the eval set (the Trainer puts the model in eval mode: dense attention); logged to metrics.jsonl."""
+    return float(trainer.evaluate()["eval_loss"])
+
+
+def last_complete_checkpoint(output_dir: Path) -> Path | None:
+    """The newest ``checkpoint-N`` whose ``trainer_state.json`` exists: the Trainer writes that file last, so a folder
+    without it was cut short (e.g. the run was killed while saving) and cannot be resumed from."""
+    steps = {}
+    for folder in Path(output_dir).glob("checkpoint-*"):
+        suffix = folder.name.removeprefix("checkpoint-")
+        if folder.is_dir() and suffix.isdigit() and (folder / "trainer_state.json").is_file():
+            steps[int(suffix)] = folder
+    return steps[max(steps)] if steps else None
+
+
+def resume_checkpoint(cfg: TrainConfig) -> Path | None:
+    """The checkpoint ``resume`` continues from; refuses to silently restart over existing checkpoints."""
+    output_dir = Path(cfg.output_dir)
+    last = get_last_checkpoint(str(output_dir)) if output_dir.is_dir() else None
+    if cfg.resume and last is None:
+        raise FileNotFoundError(f"resume: no checkpoint-* folder in {output_dir}")
+    if not cfg.resume and last is not None:
+        raise FileExistsError(f"output_dir: {output_dir} already holds {Path(last).name}; pass --resume to continue "
+                              "from it or choose another --output-dir")
+    if not cfg.resume:
+        return None
+    complete = last_complete_checkpoint(output_dir)
+    if complete is None:
+        raise FileNotFoundError(f"resume: no complete checkpoint in {output_dir} (none holds trainer_state.json)")
+    if complete != Path(last):
+        say(f"{Path(last).name} is incomplete (no trainer_state.json: the run stopped while saving it); skipped")
+    return complete
+
+
+def training_arguments(cfg: TrainConfig) -> TrainingArguments:
+    """The Trainer's arguments, all from ``cfg`` (nothing else is set here but plumbing)."""
+    return TrainingArguments(
+        output_dir=cfg.output_dir,
+        max_steps=cfg.max_steps,
+        per_device_train_batch_size=cfg.per_device_batch_size,
+        gradient_accumulation_steps=cfg.gradient_accumulation_steps,
+        learning_rate=cfg.learning_rate,
+        weight_decay=cfg.weight_decay,
+        lr_scheduler_type=cfg.lr_scheduler,
+        warmup_steps=cfg.warmup_steps,
+        max_grad_norm=cfg.max_grad_norm,
+        bf16=cfg.bf16,
+        use_cpu=not has_accelerator(),  # also lets bf16 autocast run on CPUs
+        ddp_backend=ddp_backend(),
+        deepspeed=cfg.deepspeed,
+        **checkpointing_arguments(cfg.gradient_checkpointing),
+        seed=cfg.seed,
+        **sampling_arguments(cfg.group_by_length),
+        dataloader_num_workers=cfg.dataloader_num_workers,
+        logging_steps=cfg.logging_steps,
+        logging_nan_inf_filter=False,  # a NaN must reach the logs and StopOnNonFiniteLoss, not be averaged away
+        save_strategy="steps",
+        save_steps=cfg.save_steps,
+        save_total_limit=cfg.save_total_limit,
+        per_device_eval_batch_size=cfg.per_device_batch_size,
+        prediction_loss_only=True,  # the eval set is only for its loss: never gather (N, vocab) logits
+        remove_unused_columns=False,  # the data already holds only input_ids/labels/length; the collator drops length
+        ddp_find_unused_parameters=False,
+        report_to="none",
+    )
+
+
+def ddp_backend() -> str | None:
+    """``gloo`` for a multi-process launch on CPUs (never a GPU-only backend); else the Trainer's choice. Set only
+    under a launcher: a backend named in a single process makes the Trainer look for a process group."""
+    launched = int(os.environ.get("WORLD_SIZE", "1")) > 1
+    return "gloo" if launched and not has_accelerator() else None
+
+
+def has_accelerator() -> bool:
+    probe = getattr(torch, "accelerator", None)
+    return probe.is_available() if probe is not None else torch.cuda.is_available()
+
+
+def sampling_arguments(group_by_length: bool) -> dict:
+    """Length-grouped batches (the Trainer's ``LengthGroupedSampler`` reading the ``length`` column)."""
+    if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__:
+        return {"train_sampling_strategy": "group_by_length" if group_by_length else "random",
+                "length_column_name": "length"}
+    return {"group_by_length": group_by_length, "length_column_name": "length"}  # transformers before 5.x renaming
+
+
+def checkpointing_arguments(enabled: bool) -> dict:
+    """Activation checkpointing under its current name (transformers renamed ``gradient_checkpointing``)."""
+    name = ("activation_checkpointing" if "activation_checkpointing" in TrainingArguments.__dataclass_fields__
+            else "gradient_checkpointing")
+    return {name: enabled, f"{name}_kwargs": {"use_reentrant": False}}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Callbacks
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+class StopOnNonFiniteLoss(TrainerCallback):
+    """Stop with a clear message when the loss becomes NaN/inf, before that step changes any weight.
+
+    Checked on the synchronised gradients just before the optimizer step (a non-finite loss makes them non-finite; all
+    DDP ranks see the same reduced gradients, so they stop together) and, as a second line, on every logged loss
+    (logging comes before saving, so a bad state is never written as a checkpoint).
+    """
+
+    def __init__(self, output_dir: Path):
+        self.output_dir = Path(output_dir)
+
+    def on_pre_optimizer_step(self, args, state, control, model=None, **kwargs):
+        grads = [p.grad for p in model.parameters() if p.requires_grad and p.grad is not None]
+        if grads and not bool(torch.stack([torch.isfinite(g).all() for g in grads]).all()):
+            raise NonFiniteLoss(self._message(state.global_step + 1, "the loss (and its gradients) became NaN/inf",
+                                              "the step was not applied"))
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(loss):
+            raise NonFiniteLoss(self._message(state.global_step, f"the logged loss is {loss}", "nothing was saved"))
+
+    def _message(self, step: int, what: str, done: str) -> str:
+        last = last_complete_checkpoint(self.output_dir) if self.output_dir.is_dir() else None
+        kept = (f"the last good checkpoint is {last} (continue from it with --resume)" if last
+                else "no checkpoint had been written yet")
+        return (f"stopped at step {step}: {what}; {done} and {kept}. Lower learning_rate, add warmup_steps, or check "
+                "the data")
+
+
+class MetricsJsonl(TrainerCallback):
+    """Append every log of the Trainer (loss, learning rate, grad norm, final speed) to a JSONL file, rank 0 only."""
+
+    def __init__(self, path: Path):
+        self.path = Path(path)
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if not state.is_world_process_zero or not logs:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        with self.path.open("a", encoding="utf-8") as out:
+            out.write(json.dumps({"step": state.global_step, "epoch": state.epoch, **logs}) + "\n")
+
+
+def checkpoint_step(checkpoint: Path) -> int:
+    """The global step a ``checkpoint-N`` folder was saved at (from its ``trainer_state.json``)."""
+    state = json.loads((Path(checkpoint) / "trainer_state.json").read_text(encoding="utf-8"))
+    return int(state["global_step"])
+
+
+def truncate_metrics(path: Path, step: int) -> None:
+    """Drop metric lines logged after ``step`` (they belong to the interrupted run that resuming replaces)."""
+    if not path.is_file():
+        return
+    lines = [line for line in path.read_text(encoding="utf-8").splitlines()
+             if line.strip() and json.loads(line).get("step", 0) <= step]
+    path.write_text("".join(line + "\n" for line in lines), encoding="utf-8")

@@ -1,0 +1,201 @@
+"""sft.train and sft.run: a tiny LongLoRA run end to end, resume, the NaN stop, and configuration errors."""
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import pytest
+import torch
+import yaml
+from transformers import TrainerCallback
+
+from schemas.train import TrainConfig
+from sft import run as cli
+from sft.train import NonFiniteLoss, run, training_arguments
+from tests.sft.test_data import write_tokenized
+
+ROOT = Path(__file__).resolve().parents[2]
+LENGTHS = [20, 24, 28, 30, 36, 40, 44, 48, 52, 60, 600]  # the 600-token sample exceeds max_length: dropped, counted
+
+
+@pytest.fixture(scope="module")
+def built(tmp_path_factory):
+    return write_tokenized(tmp_path_factory.mktemp("built"), LENGTHS)
+
+
+def config(model: str, data: str, out: Path, **overrides) -> TrainConfig:
+    """A tiny run: 64-token context grown to 512 by RoPE interpolation (the tiny Llama has 256 positions)."""
+    settings = dict(model=model, data=data, output_dir=str(out), max_length=512, max_steps=3, save_steps=2,
+                    learning_rate=1e-3, warmup_steps=0, bf16=False, per_device_batch_size=2, seed=0)
+    return TrainConfig(**{**settings, **overrides})
+
+
+def metric_lines(out: Path) -> list[dict]:
+    return [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+class Spy(TrainerCallback):
+    """Records the attention implementation the model trains with."""
+
+    attn = None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        self.attn = model.get_base_model().config._attn_implementation
+
+
+class InjectNaN(TrainerCallback):
+    """From optimizer step `at` on, the input embeddings output NaN (so the loss is NaN); the weights stay intact."""
+
+    def __init__(self, at: int):
+        self.at, self.handle = at, None
+
+    def on_step_begin(self, args, state, control, model=None, **kwargs):
+        if state.global_step >= self.at and self.handle is None:
+            self.handle = model.get_input_embeddings().register_forward_hook(lambda m, i, out: out * float("nan"))
+
+
+def adapter_tensors(folder: Path) -> dict[str, torch.Tensor]:
+    from safetensors.torch import load_file
+
+    return load_file(str(folder / "adapter_model.safetensors"))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_three_steps_write_a_loadable_adapter_and_metrics(tiny_llama_dir, built, tmp_path):
+    from sft.merge import load_adapter
+
+    spy = Spy()
+    result = run(config(tiny_llama_dir, built, tmp_path / "run"), callbacks=(spy,))
+    assert spy.attn == "s2_attn"
+    assert result.global_step == 3 and result.data.samples == 10 and result.data.dropped_too_long == 1
+    assert 0 < result.trainable_params < result.total_params
+    assert result.rope_scaling["rope_type"] == "linear" and result.rope_scaling["factor"] == 2.0  # 256 -> 512
+
+    losses = [line["loss"] for line in metric_lines(tmp_path / "run") if "loss" in line]
+    assert len(losses) == 3 and all(math.isfinite(x) for x in losses)
+    assert yaml.safe_load((tmp_path / "run/train_config.yaml").read_text())["max_steps"] == 3
+    assert json.loads((tmp_path / "run/data_stats.json").read_text())["dropped_too_long"] == 1
+
+    model, tokenizer = load_adapter(result.adapter_dir)  # peft loads it; every saved tensor checked in place
+    assert model.get_base_model().config.max_position_embeddings == 512
+    assert any("norm" in k for k in adapter_tensors(result.adapter_dir))  # LoRA+: norms travel with the adapter
+    assert tokenizer.eos_token == "<|im_end|>"
+
+
+def test_extend_mode_with_checkpointing_and_a_bf16_base(tiny_llama_dir, tmp_path):
+    """The GPU recipe's switches: activation checkpointing, bfloat16 base weights, float32 trainable ones, autocast."""
+    (tmp_path / "text").mkdir()
+    (tmp_path / "text/book.txt").write_text("Question answering over long documents needs long context. " * 40)
+    cfg = config(tiny_llama_dir, str(tmp_path / "text"), tmp_path / "run", mode="extend", max_length=64,
+                 max_steps=2, gradient_checkpointing=True, bf16=True, model_dtype="bfloat16")
+    result = run(cfg)
+    assert result.data.documents == 1 and result.data.samples > 2 and result.global_step == 2
+    assert all(math.isfinite(line["loss"]) for line in metric_lines(tmp_path / "run") if "loss" in line)
+    assert {t.dtype for t in adapter_tensors(result.adapter_dir).values()} == {torch.float32}
+
+
+def test_nan_loss_stops_before_the_bad_step_and_keeps_the_last_checkpoint(tiny_llama_dir, built, tmp_path):
+    from peft import PeftModel
+
+    from sft.model import load_model
+
+    out = tmp_path / "run"
+    with pytest.raises(NonFiniteLoss, match=r"stopped at step 3: the loss .* became NaN/inf.*checkpoint-2"):
+        run(config(tiny_llama_dir, built, out, max_steps=5), callbacks=(InjectNaN(at=2),))
+    assert sorted(p.name for p in out.iterdir() if p.name.startswith("checkpoint")) == ["checkpoint-2"]
+    assert not (out / "adapter").exists()  # the bad state is not saved
+    assert [line["step"] for line in metric_lines(out)] == [1, 2]
+
+    saved = adapter_tensors(out / "checkpoint-2")
+    assert all(torch.isfinite(t).all() for t in saved.values())
+    base, _ = load_model(tiny_llama_dir)
+    PeftModel.from_pretrained(base, str(out / "checkpoint-2"))  # loadable
+
+
+def test_resume_continues_to_max_steps_like_an_uninterrupted_run(tiny_llama_dir, built, tmp_path):
+    straight = run(config(tiny_llama_dir, built, tmp_path / "straight", max_steps=4, save_steps=10))
+
+    first = config(tiny_llama_dir, built, tmp_path / "resumed", max_steps=2, save_steps=2)
+    run(first)
+    with pytest.raises(FileExistsError, match="pass --resume"):
+        run(first)
+    resumed = run(first.model_copy(update={"max_steps": 4, "resume": True}))
+
+    assert resumed.global_step == 4
+    assert [line["step"] for line in metric_lines(tmp_path / "resumed") if "loss" in line] == [1, 2, 3, 4]
+    a, b = adapter_tensors(straight.adapter_dir), adapter_tensors(resumed.adapter_dir)
+    assert a.keys() == b.keys() and all(torch.allclose(a[k], b[k], atol=1e-5) for k in a)
+
+
+def test_training_arguments_come_from_the_config(tmp_path):
+    args = training_arguments(TrainConfig(output_dir=str(tmp_path), max_steps=7, gradient_accumulation_steps=4,
+                                          learning_rate=3e-4, group_by_length=True, bf16=False))
+    assert (args.max_steps, args.gradient_accumulation_steps, args.learning_rate) == (7, 4, 3e-4)
+    assert args.train_sampling_strategy == "group_by_length" and args.length_column_name == "length"
+    assert not args.logging_nan_inf_filter and not args.remove_unused_columns and not args.bf16
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Configuration (sft.run)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("recipe", sorted((ROOT / "configs/train").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_recipes_validate_and_name_their_command(recipe):
+    cli.resolve(cli.load_recipe(recipe), {}, str(recipe), check_paths=False)
+    assert recipe.read_text().startswith(f"# python -m sft.run --config configs/train/{recipe.name}")
+
+
+def test_the_default_recipe_is_the_schema_defaults(capsys):
+    shipped = cli.resolve(cli.load_recipe(ROOT / "configs/train/smollm2_squad.yaml"), {}, check_paths=False)
+    assert shipped == TrainConfig()
+    assert cli.main(["--print-config", "--max-steps", "3"]) == 0
+    printed = yaml.safe_load(capsys.readouterr().out)
+    assert printed == {**TrainConfig().model_dump(mode="json"), "max_steps": 3}
+
+
+def test_every_config_error_is_reported_at_once_before_any_model_loads(monkeypatch, capsys, tmp_path):
+    def no_model(*args, **kwargs):
+        raise AssertionError("a model was loaded despite configuration errors")
+
+    monkeypatch.setattr("sft.train.run", no_model)
+    monkeypatch.setattr("sft.model.load_model", no_model)
+    code = cli.main(["--max-length", "8", "--learning-rate", "-1", "--mode", "pretrain", "--trainable", "embed,bias",
+                     "--data", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "run"), "--resume"])
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "6 problem(s)" in err
+    for expected in ("max_length:", "learning_rate:", "mode:", "trainable: unknown group(s) ['bias']",
+                     f"data: {tmp_path / 'missing'} does not exist", "resume: no checkpoint-* folder"):
+        assert expected in err
+
+
+def test_cross_field_problems_are_listed_together(built, tmp_path):
+    with pytest.raises(cli.ConfigError) as info:
+        cli.resolve({}, {"data": [built, built], "warmup_steps": 50, "max_steps": 5, "model_dtype": "bfloat16",
+                         "bf16": False, "output_dir": str(tmp_path)})
+    message = str(info.value)
+    assert "3 problem(s)" in message
+    assert "sft trains on one built dataset folder" in message and "warmup_steps: 50 exceeds max_steps (5)" in message
+    assert "model_dtype: bfloat16 base weights need bf16: true" in message
+
+
+def test_missing_built_dataset_says_how_to_build_it(tmp_path, capsys):
+    (tmp_path / "empty").mkdir()
+    assert cli.main(["--data", str(tmp_path / "empty"), "--output-dir", str(tmp_path / "run")]) == 2
+    assert f"python -m longqa.build --out {tmp_path / 'empty'}" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_default_run_on_the_default_build(tmp_path):
+    """The embedded default (SmolLM2-135M on out/), shortened to one step; needs `python -m longqa.build` first."""
+    if not (ROOT / "out/tokenized").is_dir():
+        pytest.skip("no default build in out/ (python -m longqa.build)")
+    result = run(TrainConfig(data=str(ROOT / "out"), output_dir=str(tmp_path / "run"), max_steps=1, warmup_steps=0))
+    assert result.global_step == 1 and (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert math.isfinite(metric_lines(tmp_path / "run")[0]["loss"])
