@@ -13,14 +13,13 @@ import copy
 import json
 import shutil
 import sys
-import tempfile
 from pathlib import Path
 
 import datasets
 
 from longqa.card import render_card
 from longqa.describe import table_of
-from longqa.hub import HubError, preflight, upload
+from longqa.hub import add_hub_arguments, publish
 from longqa.manifest import fingerprint
 from longqa.write import quiet_datasets
 
@@ -103,31 +102,16 @@ def verify(staged: Path, manifest: dict) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m longqa.publish", description=__doc__.split("\n\n")[1])
     p.add_argument("dataset_dir", type=Path, help="output folder of python -m longqa.build")
-    p.add_argument("--repo-id", required=True, help="ORG/NAME of the Hub dataset repo")
-    p.add_argument("--private", action="store_true", help="create the repo private")
-    p.add_argument("--revision", help="branch to commit to (created if missing; default main)")
-    p.add_argument("--dry-run", type=Path, metavar="DIR", help="stage and verify into DIR; upload nothing")
-    p.add_argument("--endpoint", help="Hub URL (default HF_ENDPOINT or https://huggingface.co)")
+    add_hub_arguments(p, "dataset")
     args = p.parse_args(argv)
-    staged = args.dry_run or Path(tempfile.mkdtemp(prefix="longqa-publish-")) / "repo"
-    try:
-        if not args.dry_run:
-            preflight(args.endpoint)  # an unreachable hub or a missing token fails now, not after staging
+
+    def prepare(staged: Path) -> str:
         manifest = stage(args.dataset_dir, staged, args.repo_id)
         verify(staged, manifest)
         print(f"staged and verified {staged}/ ({sum(1 for _ in staged.rglob('*.parquet'))} parquet shards)")
-        if args.dry_run:
-            return 0
-        url = upload(staged, args.repo_id, repo_type="dataset", private=args.private, revision=args.revision,
-                     endpoint=args.endpoint, commit_message=f"Upload {manifest['name']} with longqa")
-    except (PublishError, HubError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if not args.dry_run:
-            shutil.rmtree(staged.parent, ignore_errors=True)
-    print(url)
-    return 0
+        return f"Upload {manifest['name']} with longqa"
+
+    return publish(args, "dataset", prepare, (PublishError,))
 
 
 if __name__ == "__main__":

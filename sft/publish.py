@@ -12,14 +12,13 @@ import argparse
 import json
 import shutil
 import sys
-import tempfile
 from importlib import resources
 from pathlib import Path
 
 import jinja2
 import yaml
 
-from longqa.hub import HubError, preflight, upload
+from longqa.hub import add_hub_arguments, publish
 
 ADAPTER_DIR, MERGED_DIR, TRAIN_CONFIG, EVAL_REPORT = "adapter", "merged", "train_config.yaml", "eval/report.md"
 
@@ -140,7 +139,6 @@ def verify(staged: Path, kind: str, base: str | None) -> None:
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="python -m sft.publish", description=__doc__.split("\n\n")[1])
     p.add_argument("source", type=Path, help="run folder (python -m sft.run output_dir), adapter or model folder")
-    p.add_argument("--repo-id", required=True, help="ORG/NAME of the Hub model repo")
     kind = p.add_mutually_exclusive_group()
     kind.add_argument("--adapter", dest="kind", action="store_const", const="adapter", help="publish the adapter")
     kind.add_argument("--merged", dest="kind", action="store_const", const="merged",
@@ -148,30 +146,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--base-model-id", help="Hub id of the base model, written into the card and adapter config")
     p.add_argument("--base", help="where to load the base from when verifying an adapter (default: the base it was "
                    "trained on, on this machine)")
-    p.add_argument("--private", action="store_true")
-    p.add_argument("--revision", help="branch to commit to (created if missing)")
-    p.add_argument("--dry-run", type=Path, metavar="DIR", help="stage and verify into DIR; upload nothing")
-    p.add_argument("--endpoint", help="Hub URL (default HF_ENDPOINT or https://huggingface.co)")
+    add_hub_arguments(p, "model")
     args = p.parse_args(argv)
-    staged = args.dry_run or Path(tempfile.mkdtemp(prefix="sft-publish-")) / "repo"
-    try:
-        if not args.dry_run:
-            preflight(args.endpoint)  # an unreachable hub or a missing token fails now, not after staging
+
+    def prepare(staged: Path) -> str:
         kind, trained_base = stage(args.source, staged, args.repo_id, args.kind, args.base_model_id)
         verify(staged, kind, args.base or trained_base)
         print(f"staged and verified the {kind} in {staged}/")
-        if args.dry_run:
-            return 0
-        url = upload(staged, args.repo_id, repo_type="model", private=args.private, revision=args.revision,
-                     endpoint=args.endpoint, commit_message=f"Upload {kind} with longqa")
-    except (PublishError, HubError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    finally:
-        if not args.dry_run:
-            shutil.rmtree(staged.parent, ignore_errors=True)
-    print(url)
-    return 0
+        return f"Upload {kind} with longqa"
+
+    return publish(args, "model", prepare, (PublishError,))
 
 
 if __name__ == "__main__":
