@@ -1,0 +1,146 @@
+"""`EvalConfig`: everything `python -m sft.eval` needs. Mirrored in `configs/eval/default.yaml`.
+
+The defaults *are* the embedded default run: SmolLM2-135M-Instruct (GGUF) against the model the default training
+run writes (`python -m sft.run` saves `runs/smollm2-squad/adapter`), on the held-out articles of the default build
+`out/`, bounded to minutes on 2 CPU cores. Field problems are collected by pydantic; cross-field problems are listed
+together by `_cross_checks`. Nothing here opens a file or imports torch (path checks live in `sft.eval`).
+"""
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+
+from schemas.config import DEFAULT_TOKENIZER
+
+TASKS = ("qa", "passkey", "ppl")
+DEFAULT_TUNED = "runs/smollm2-squad/adapter"
+
+LONGBENCH_QA_TEMPLATE = ("Answer the question based on the given passages. Only give me the answer and do not output "
+                         "any other words.\n\nThe following are given passages.\n{context}\n\nAnswer the question "
+                         "based on the given passages. Only give me the answer and do not output any other words."
+                         "\n\nQuestion: {input}\nAnswer:")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+
+class QAConfig(_Section):
+    """Held-out long QA, scored as LongBench."""
+
+    data: str = Field("out", description="a built dataset folder (its text/ DatasetDict) or a LongBench .jsonl "
+                      "(context, input, answers)")
+    split: str = Field("test", description="split of a built dataset (the held-out documents)")
+    prompt_template: str = Field(LONGBENCH_QA_TEMPLATE, description="LongBench .jsonl only: the prompt, with "
+                                 "{context} and {input} (LongBench's hotpotqa/2wikimqa prompt by default)")
+    chat: bool = Field(True, description="LongBench .jsonl only: send the prompt as a user turn through the "
+                       "tokenizer's chat template (else as raw text). Built datasets always use their messages")
+    limit: int | None = Field(4, ge=1, description="evaluate the first N questions (sorted by id); null: all. The "
+                              "default build's held-out prompts have 5.7k-7k tokens: 25-60 s each on 2 CPU cores")
+    max_new_tokens: int = Field(32, ge=1, description="greedy answer length limit (tokens)")
+    batch_size: int = Field(1, ge=1, description="prompts per generate call (left padded, sorted and bucketed by "
+                            "length). 1 on CPUs: prefill dominates, and a padded batch needs an attention mask that "
+                            "takes SDPA off its fused CPU kernel (SmolLM2, 5.7k-token prompts, 1 thread: batch 2 "
+                            "1.36x slower than one at a time; benchmarks/eval_qa.py); 8-16 on GPUs")
+    max_batch_tokens: int = Field(65536, ge=1, description="padded prompt tokens per batch at most")
+    max_pad_fraction: float = Field(0.2, ge=0.0, le=1.0, description="a batch's shortest prompt is at least "
+                                    "(1 - this) of its longest")
+    length_buckets: list[int] = Field([2048, 4096, 8192], description="ascending bucket edges in prompt tokens: "
+                                      "0-2k, 2k-4k, 4k-8k, 8k+")
+
+    @field_validator("length_buckets")
+    @classmethod
+    def _ascending(cls, value: list[int]) -> list[int]:
+        if not value or any(b <= a for a, b in zip(value, value[1:])) or value[0] <= 0:
+            raise ValueError(f"must be positive and strictly ascending, got {value}")
+        return value
+
+
+class PasskeyConfig(_Section):
+    """Passkey retrieval (LongLoRA Sec. 4.2): accuracy by prompt length x key depth."""
+
+    lengths: list[int] = Field([1024, 2048, 4096], description="prompt lengths in tokens (each prompt is the "
+                               "longest whole number of filler sentences that fits)")
+    depths: list[float] = Field([0.0, 0.5, 1.0], description="key positions as fractions of the filler (0: start)")
+    trials: int = Field(1, ge=1, description="trials per length and depth, each with its own key (the default "
+                        "keeps the CPU run short; use 5-10 for a real measurement)")
+    seed: int = Field(0, description="seed of the keys (random integers 1..50000); same seed, same prompts")
+    max_new_tokens: int = Field(8, ge=1, description="tokens generated for the answer")
+    batch_size: int = Field(1, ge=1, description="prompts per generate call (see qa.batch_size)")
+    max_batch_tokens: int = Field(65536, ge=1, description="padded prompt tokens per batch at most")
+
+    @field_validator("depths")
+    @classmethod
+    def _fractions(cls, value: list[float]) -> list[float]:
+        if not value or any(not 0.0 <= d <= 1.0 for d in value):
+            raise ValueError(f"depths must be fractions in [0, 1], got {value}")
+        return value
+
+
+class PPLConfig(_Section):
+    """Perplexity by context length."""
+
+    data: str = Field("out", description="a text file, or a built dataset folder (its documents, one per doc_id)")
+    split: str = Field("test", description="split of a built dataset")
+    max_documents: int | None = Field(4, ge=1, description="first N documents (sorted by doc_id); null: all")
+    lengths: list[int] = Field([1024, 2048, 4096], description="context lengths in tokens")
+    protocol: Literal["sliding", "strided"] = Field(
+        "sliding", description="'sliding': LongLoRA's eval.py (a window of L tokens every `stride` tokens, all L "
+        "scored); 'strided': HF's fixed-length protocol (only the tokens new to a window scored)")
+    stride: int = Field(256, ge=1, description="tokens between window starts (paper: 256)")
+    max_windows: int | None = Field(2, ge=1, description="first N windows per length; null: all")
+
+
+class EvalConfig(BaseModel):
+    """Compare any number of models on long QA, passkey retrieval and perplexity; one report."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    models: dict[str, str] = Field(
+        {"base": DEFAULT_TOKENIZER, "tuned": DEFAULT_TUNED},
+        description="name -> model: a (merged) model folder, an adapter folder (adapter_config.json; its base is "
+        "loaded from base_model_name_or_path), a .gguf file, pkg:MODULE/path or a Hub id. Report columns follow "
+        "this order")
+    tasks: list[Literal["qa", "passkey", "ppl"]] = Field(list(TASKS), description="tasks to run, in order. A "
+                                                         "comma-separated string is accepted")
+    out: str = Field("runs/eval", description="report folder: report.json, report.md, *.png, predictions/")
+    dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights dtype at inference")
+    device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': the first CUDA device when there is "
+                                                   "one, else the CPU")
+    max_context: int | None = Field(None, ge=16, description="cap on the model window (tokens); default: each "
+                                    "model's own context (max_position_embeddings, RoPE scaling included)")
+    too_long: Literal["skip", "error"] = Field("skip", description="passkey/ppl lengths beyond a model's window: "
+                                               "'skip' with a message, or 'error'")
+    threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
+    qa: QAConfig = Field(default_factory=QAConfig)
+    passkey: PasskeyConfig = Field(default_factory=PasskeyConfig)
+    ppl: PPLConfig = Field(default_factory=PPLConfig)
+
+    @field_validator("tasks", mode="before")
+    @classmethod
+    def _split_commas(cls, value):
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def _cross_checks(self) -> "EvalConfig":
+        problems = []
+        if not self.models:
+            problems.append("models: at least one model is required (--models NAME=PATH ...)")
+        bad = [name for name in self.models if not name or not name.replace("-", "_").replace(".", "_").isidentifier()]
+        if bad:
+            problems.append(f"models: names must be words (letters, digits, - _ .), got {bad}")
+        if not self.tasks:
+            problems.append("tasks: at least one task is required")
+        if len(set(self.tasks)) != len(self.tasks):
+            problems.append(f"tasks: listed twice in {self.tasks}")
+        if "ppl" in self.tasks and self.ppl.protocol == "strided":
+            too_small = [n for n in self.ppl.lengths if n < self.ppl.stride]
+            if too_small:
+                problems.append(f"ppl.lengths: strided windows need length >= stride ({self.ppl.stride}), got "
+                                f"{too_small}")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self

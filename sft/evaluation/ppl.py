@@ -1,0 +1,170 @@
+"""Perplexity by context length.
+
+Two window protocols over one token stream (documents joined by the end-of-sequence token, as the paper evaluates
+the concatenated PG19 / proof-pile validation tokens):
+
+- ``sliding`` — LongLoRA ``eval.py`` (``get_as_batch``): a window of L input tokens starts every `stride` (256)
+  tokens, and all L next-token predictions of each window are scored.
+- ``strided`` — Hugging Face's "perplexity of fixed-length models": windows of at most L tokens every `stride`
+  tokens; only the tokens not scored by an earlier window are scored, each once, with as much context as fits.
+
+A :class:`Window` ``(begin, end, first_target)`` means: feed ``tokens[begin:end-1]`` and score the predictions of
+``tokens[first_target:end]`` (each token from all window tokens before it). The generators are pure.
+"""
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any, NamedTuple
+
+
+class Window(NamedTuple):
+    begin: int
+    end: int
+    first_target: int
+
+    @property
+    def n_inputs(self) -> int:
+        return self.end - 1 - self.begin
+
+    @property
+    def n_scored(self) -> int:
+        return self.end - self.first_target
+
+
+def sliding_windows(n_tokens: int, length: int, stride: int = 256) -> list[Window]:
+    """The paper's windows: starts ``range(0, n_tokens - length, stride)`` without the last one (LongLoRA's
+    ``all_ix.pop()``); each feeds `length` tokens and scores all `length` next tokens."""
+    if length < 1 or stride < 1:
+        raise ValueError(f"length and stride must be positive, got {length}, {stride}")
+    starts = list(range(0, n_tokens - length, stride))
+    if starts:
+        starts.pop()  # as eval.py does
+    return [Window(i, i + length + 1, i + 1) for i in starts]
+
+
+def strided_windows(n_tokens: int, length: int, stride: int) -> list[Window]:
+    """Hugging Face's strided protocol: windows ``[begin, min(begin + length, n_tokens))`` for ``begin`` in
+    ``range(0, n_tokens, stride)`` up to the one reaching the end; each scores the tokens after the previous window's
+    end, each once. A window's first token has no context in it and is not scored (HF's labels are shifted inside
+    the model): with ``stride < length`` that is only the stream's first token, with ``stride == length`` every
+    window's first."""
+    if length < 2 or stride < 1 or stride > length:
+        raise ValueError(f"strided windows need 2 <= length and 1 <= stride <= length, got {length}, {stride}")
+    windows, previous_end = [], 0
+    for begin in range(0, n_tokens, stride):
+        end = min(begin + length, n_tokens)
+        first = max(previous_end, begin + 1)
+        if end > first:
+            windows.append(Window(begin, end, first))
+        previous_end = end
+        if end == n_tokens:
+            break
+    return windows
+
+
+WINDOW_PROTOCOLS: dict[str, Callable[..., list[Window]]] = {"sliding": sliding_windows, "strided": strided_windows}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Data
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def load_texts(data: str, *, split: str = "test", max_documents: int | None = None) -> list[str]:
+    """The documents of `data`, in a stable order: a text file (one document), or a built dataset folder (each
+    distinct ``doc_id`` of `split`, sorted; the document is its user turn without the question)."""
+    path = Path(data)
+    if path.is_file():
+        texts = [path.read_text(encoding="utf-8")]
+    else:
+        import datasets
+
+        text = path / "text" if (path / "text").is_dir() else path
+        rows = datasets.load_from_disk(str(text))[split]
+        by_doc: dict[str, str] = {}
+        for row in rows:
+            if row["doc_id"] in by_doc:
+                continue
+            user = next(m["content"] for m in row["messages"] if m["role"] == "user")
+            question = row["question"]
+            for cut in (user.rfind(question), user.find(question)):  # question after (default) or before
+                if cut >= 0 and (cut == 0 or cut + len(question) == len(user.rstrip())):
+                    user = (user[:cut] + user[cut + len(question):]).strip()
+                    break
+            by_doc[row["doc_id"]] = user
+        texts = [by_doc[k] for k in sorted(by_doc)]
+    return texts[:max_documents] if max_documents is not None else texts
+
+
+def token_stream(texts: Sequence[str], tokenizer) -> list[int]:
+    """All `texts` tokenized (no special tokens) and joined by the end-of-sequence token."""
+    sep = tokenizer.eos_token_id
+    stream: list[int] = []
+    for k, text in enumerate(texts):
+        if k and sep is not None:
+            stream.append(sep)
+        stream.extend(tokenizer(text, add_special_tokens=False)["input_ids"])
+    return stream
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Task
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def window_nll(model, tokens: Sequence[int], window: Window) -> tuple[float, int]:
+    """(sum of negative log-likelihoods, number of scored tokens) of one window, float64 accumulation."""
+    import torch
+    import torch.nn.functional as F
+
+    ids = torch.tensor(tokens[window.begin:window.end], dtype=torch.long)
+    with torch.inference_mode():
+        logits = model(input_ids=ids[None, :-1].to(model.device), use_cache=False).logits[0]  # (N-1, V)
+        offset = window.first_target - window.begin - 1  # logits row that predicts first_target
+        targets = ids[window.first_target - window.begin:].to(logits.device)
+        nll = F.cross_entropy(logits[offset:].float(), targets, reduction="sum")
+    return float(nll.double()), window.n_scored
+
+
+def evaluate_ppl(model, tokenizer, texts: Sequence[str], *, lengths: Sequence[int], protocol: str, stride: int,
+                 max_windows: int | None, window: int, too_long: str = "skip", progress: bool = False,
+                 say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Perplexity ``exp(sum NLL / scored tokens)`` at each context length of `lengths` over the first `max_windows`
+    windows of the token stream. Lengths beyond the model `window`, or longer than the stream, are skipped with a
+    message (a length beyond the window raises ValueError when `too_long` is ``"error"``)."""
+    from tqdm.auto import tqdm
+
+    stream = token_stream(texts, tokenizer)
+    make = WINDOW_PROTOCOLS[protocol]
+    by_length: dict[str, dict[str, Any]] = {}
+    skipped: dict[str, str] = {}
+    scored_tokens, started = 0, time.perf_counter()
+    for length in lengths:
+        if length > window:
+            message = f"ppl: length {length} exceeds the model window ({window} tokens)"
+            if too_long == "error":
+                raise ValueError(message)
+            say(message + "; skipped")
+            skipped[str(length)] = "beyond the model window"
+            continue
+        windows = make(len(stream), length, stride)
+        if protocol == "sliding" and not windows:
+            say(f"ppl: the text has {len(stream)} tokens, too few for a {length}-token sliding window; skipped")
+            skipped[str(length)] = f"text too short ({len(stream)} tokens)"
+            continue
+        windows = windows[:max_windows] if max_windows is not None else windows
+        total, count = 0.0, 0
+        for w in tqdm(windows, desc=f"ppl {length}", disable=not progress, leave=False):
+            nll, n = window_nll(model, stream, w)
+            total, count = total + nll, count + n
+        scored_tokens += count
+        by_length[str(length)] = {"ppl": round(math.exp(total / count), 4), "nll": round(total / count, 6),
+                                  "tokens": count, "windows": len(windows)}
+    seconds = time.perf_counter() - started
+    return {"protocol": protocol, "stride": stride, "stream_tokens": len(stream), "by_length": by_length,
+            "skipped": skipped, "window": window,
+            "timing": {"seconds": round(seconds, 3), "scored_tokens": scored_tokens,
+                       "tokens_per_s": round(scored_tokens / seconds, 1) if seconds else None}}

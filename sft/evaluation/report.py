@@ -1,0 +1,211 @@
+"""The evaluation report: ``report.json`` (everything), ``report.md`` (tables, one column per model) and PNG plots
+(``qa.png`` F1 by length bucket, ``passkey.png`` accuracy heatmaps, ``ppl.png`` perplexity against length).
+
+Input is the results dict :mod:`sft.eval` assembles::
+
+    {"command": str, "config": dict, "models": {name: {...}}, "results": {task: {model: task result}}}
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+
+def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
+    """Write the plots, ``report.md`` and then ``report.json`` (last: it marks the report complete) into `out`,
+    each atomically. Returns the written paths by name."""
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    paths = plot_all(report, out)
+    report = {**report, "plots": {k: p.name for k, p in paths.items()}}
+    _atomic_text(out / "report.md", markdown(report))
+    _atomic_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    return {**paths, "markdown": out / "report.md", "json": out / "report.json"}
+
+
+def _atomic_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Markdown
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _table(header: Sequence[str], rows: Sequence[Sequence[Any]]) -> str:
+    lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+    lines += ["| " + " | ".join(_cell(v) for v in row) + " |" for row in rows]
+    return "\n".join(lines)
+
+
+def _cell(value: Any) -> str:
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.2f}" if abs(value) < 1e5 else f"{value:.3g}"
+    return str(value)
+
+
+def markdown(report: dict[str, Any]) -> str:
+    """The report as Markdown: models, then one table per task with the models as columns."""
+    names = list(report["models"])
+    results = report.get("results", {})
+    parts = ["# Evaluation report", "", f"`{report.get('command', 'python -m sft.eval')}`", "",
+             "## Models", "",
+             _table(["model", "reference", "loaded as", "window (tokens)", "parameters", "load s"],
+                    [[n, f"`{m['ref']}`", m.get("kind"), m.get("window"), m.get("parameters"), m.get("load_s")]
+                     for n, m in report["models"].items()])]
+    if "qa" in results:
+        parts += ["", "## Long QA (LongBench scoring, percent)", "", _qa_table(results["qa"], names)]
+    if "passkey" in results:
+        parts += ["", "## Passkey retrieval (accuracy, percent)", "", _passkey_table(results["passkey"], names)]
+    if "ppl" in results:
+        protocol = next(iter(results["ppl"].values()))["protocol"]
+        parts += ["", f"## Perplexity by context length ({protocol} windows)", "", _ppl_table(results["ppl"], names)]
+    parts += ["", "## Time", "", _time_table(report, names)]
+    plots = report.get("plots") or {}
+    if plots:
+        parts += ["", "## Plots", ""] + [f"![{k}]({v})" for k, v in plots.items()]
+    return "\n".join(parts) + "\n"
+
+
+def _qa_table(qa: dict[str, Any], names: list[str]) -> str:
+    rows = [[label] + [qa[n]["overall"][key] for n in names]
+            for label, key in (("F1", "f1"), ("ROUGE-L", "rouge_l"), ("exact match", "exact_match"),
+                               ("questions", "n"))]
+    rows.append(["prompts cut in the middle"] + [qa[n]["truncated"] for n in names])
+    buckets = list(dict.fromkeys(b for n in names for b in qa[n]["buckets"]))
+    for bucket in buckets:
+        rows.append([f"F1, {bucket} tokens (n)"] + [_with_n(qa[n]["buckets"].get(bucket), "f1") for n in names])
+    return _table(["metric", *names], rows)
+
+
+def _with_n(scores: dict | None, key: str) -> str:
+    return "–" if not scores else f"{scores[key]:.2f} ({scores['n']})"
+
+
+def _passkey_table(passkey: dict[str, Any], names: list[str]) -> str:
+    keys = list(dict.fromkeys((length, depth) for n in names for length, row in passkey[n]["grid"].items()
+                              for depth in row))
+    rows = [[f"{length} tokens, depth {depth}"] + [passkey[n]["grid"].get(length, {}).get(depth) for n in names]
+            for length, depth in keys]
+    rows.append(["all"] + [passkey[n]["accuracy"] for n in names])
+    rows.append(["skipped lengths"] + [", ".join(map(str, passkey[n]["skipped_lengths"])) or "none" for n in names])
+    return _table(["length x depth", *names], rows)
+
+
+def _ppl_table(ppl: dict[str, Any], names: list[str]) -> str:
+    lengths = sorted({int(k) for n in names for k in (*ppl[n]["by_length"], *ppl[n]["skipped"])})
+    rows = []
+    for length in lengths:
+        cells = []
+        for n in names:
+            got = ppl[n]["by_length"].get(str(length))
+            cells.append(f"{got['ppl']:.3f}" if got else f"skipped ({ppl[n]['skipped'].get(str(length), '?')})")
+        rows.append([str(length)] + cells)
+    return _table(["context (tokens)", *names], rows)
+
+
+def _time_table(report: dict[str, Any], names: list[str]) -> str:
+    rows = []
+    for task, by_model in report.get("results", {}).items():
+        rows.append([f"{task}: seconds"] + [by_model[n]["timing"]["seconds"] for n in names])
+        rows.append([f"{task}: tokens/s"] + [by_model[n]["timing"]["tokens_per_s"] for n in names])
+    return _table(["", *names], rows)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Plots
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def plot_all(report: dict[str, Any], out: Path) -> dict[str, Path]:
+    """Every plot the results allow, as PNG files in `out` (matplotlib's Agg backend; no display needed)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    results = report.get("results", {})
+    paths = {}
+    if "qa" in results:
+        paths["qa"] = _plot_qa(results["qa"], out / "qa.png")
+    if "passkey" in results and any(r["grid"] for r in results["passkey"].values()):
+        paths["passkey"] = _plot_passkey(results["passkey"], out / "passkey.png")
+    if "ppl" in results and any(r["by_length"] for r in results["ppl"].values()):
+        paths["ppl"] = _plot_ppl(results["ppl"], out / "ppl.png")
+    return paths
+
+
+def _save(fig, path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    tmp = path.with_name(f".{path.stem}.tmp.png")
+    fig.savefig(tmp, dpi=110)
+    plt.close(fig)
+    os.replace(tmp, path)
+    return path
+
+
+def _plot_qa(qa: dict[str, Any], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    names = list(qa)
+    groups = ["all"] + list(dict.fromkeys(b for n in names for b in qa[n]["buckets"]))
+    fig, ax = plt.subplots(figsize=(1.6 + 1.2 * len(groups), 3.6), layout="constrained")
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        values = [qa[name]["overall"]["f1"]] + [qa[name]["buckets"].get(g, {}).get("f1", 0.0) for g in groups[1:]]
+        ax.bar([g + k * width - 0.4 + width / 2 for g in range(len(groups))], values, width, label=name)
+    ax.set_xticks(range(len(groups)), [g if g == "all" else f"{g} tokens" for g in groups])
+    ax.set_ylabel("token F1 (%)")
+    ax.set_title("Long QA: F1 by prompt length")
+    ax.legend()
+    return _save(fig, path)
+
+
+def _plot_passkey(passkey: dict[str, Any], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    names = [n for n in passkey if passkey[n]["grid"]]
+    fig, axes = plt.subplots(1, len(names), figsize=(3.8 * len(names), 3.4), squeeze=False,
+                             layout="constrained")
+    for ax, name in zip(axes[0], names):
+        grid = passkey[name]["grid"]
+        lengths = list(grid)
+        depths = list(next(iter(grid.values())))
+        values = [[grid[length][depth] for depth in depths] for length in lengths]
+        image = ax.imshow(values, vmin=0, vmax=100, cmap="RdYlGn", aspect="auto")
+        for i, row in enumerate(values):
+            for j, v in enumerate(row):
+                ax.text(j, i, f"{v:.0f}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(depths)), depths)
+        ax.set_yticks(range(len(lengths)), lengths)
+        ax.set_xlabel("key depth")
+        ax.set_ylabel("prompt tokens")
+        ax.set_title(f"{name}: passkey accuracy (%)")
+    fig.colorbar(image, ax=axes[0].tolist())
+    return _save(fig, path)
+
+
+def _plot_ppl(ppl: dict[str, Any], path: Path) -> Path:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(5, 3.6), layout="constrained")
+    lengths = sorted({int(k) for result in ppl.values() for k in result["by_length"]})
+    for name, result in ppl.items():
+        points = sorted((int(k), v["ppl"]) for k, v in result["by_length"].items())
+        if points:
+            ax.plot([p[0] for p in points], [p[1] for p in points], marker="o", label=name)
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(lengths, [str(n) for n in lengths])
+    ax.minorticks_off()
+    ax.set_xlabel("context length (tokens)")
+    ax.set_ylabel("perplexity")
+    ax.set_title(f"Perplexity ({next(iter(ppl.values()))['protocol']} windows)")
+    ax.legend()
+    return _save(fig, path)

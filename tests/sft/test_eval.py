@@ -1,0 +1,246 @@
+"""`python -m sft.eval` end to end on two tiny models (a model folder and a LoRA+ adapter folder) and a tiny built
+dataset: report.json / report.md / PNGs with both models as columns, predictions, skipped lengths, determinism;
+plus the QA helpers (middle truncation, batching, prompts) and the configuration checks."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+import yaml
+
+from schemas import BuildConfig
+from schemas.eval import EvalConfig
+from sft.eval import evaluate, main, resolve, ConfigError
+from sft.evaluation.qa import load_examples, make_batches, middle_truncate, render
+from tests.longqa.fixtures import longbench_row, write_longbench
+from tests.sft.conftest import make_tiny_llama
+
+ROOT = Path(__file__).resolve().parents[2]
+WINDOW = 1024  # the tiny models' max_position_embeddings
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Pure helpers
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_middle_truncate_keeps_both_ends():
+    assert middle_truncate(list(range(10)), 5) == [0, 1, 7, 8, 9]
+    assert middle_truncate(list(range(10)), 4) == [0, 1, 8, 9]
+    assert middle_truncate([1, 2, 3], 3) == [1, 2, 3]
+    with pytest.raises(ValueError):
+        middle_truncate([1, 2, 3], 1)
+
+
+def test_make_batches_groups_close_lengths():
+    lengths = [10, 100, 12, 95, 50, 11]
+    assert make_batches(lengths, batch_size=2, max_batch_tokens=1000) == [[0, 5], [2], [4], [3, 1]]
+    assert make_batches(lengths, batch_size=8, max_batch_tokens=1000, max_pad_fraction=1.0) == [[0, 5, 2, 4, 3, 1]]
+    assert make_batches(lengths, batch_size=8, max_batch_tokens=150, max_pad_fraction=1.0) == \
+        [[0, 5, 2], [4], [3], [1]]  # 4 x 50 > 150 and 2 x 95 > 150 tokens
+    assert sorted(i for b in make_batches(lengths, batch_size=3, max_batch_tokens=64) for i in b) == list(range(6))
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Fixtures: two tiny models and a tiny built dataset
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def tiny_models(tmp_path_factory):
+    """{'base': a tiny Llama folder, 'tuned': a LoRA+ adapter folder on it with non-zero LoRA factors}."""
+    import torch
+
+    from sft.merge import save_adapter
+    from sft.model import add_lora_plus, load_model
+
+    root = tmp_path_factory.mktemp("eval-models")
+    base = make_tiny_llama(root / "base", max_position_embeddings=WINDOW, tie_word_embeddings=True)
+    model, tokenizer = load_model(base)
+    peft_model = add_lora_plus(model, r=4, alpha=8)
+    torch.manual_seed(1)
+    with torch.no_grad():
+        for name, param in peft_model.named_parameters():
+            if "lora_B" in name:
+                param.add_(0.5 * torch.randn_like(param))
+    adapter = save_adapter(peft_model, tokenizer, root / "adapter")
+    return {"base": base, "tuned": str(adapter)}
+
+
+def _document(i: int) -> str:
+    return f"Document {i}. " + " ".join(f"The Normans lived in region {i}-{k}." for k in range(4 + 30 * (i % 5)))
+
+
+@pytest.fixture(scope="module")
+def tiny_built(tmp_path_factory, tiny_models):
+    """A built dataset of 12 documents (2 questions each) of 60 to ~1400 tokens; half of them held out."""
+    from longqa.pipeline import build
+
+    root = tmp_path_factory.mktemp("eval-data")
+    rows = [longbench_row(_document(d), f"Where did the Normans live, {q}?", [f"region {d}-{q}", f"{d}-{q}"],
+                          _id=f"d{d:02d}q{q}") for d in range(12) for q in range(2)]
+    source = write_longbench(root / "lb.jsonl", rows)
+    cfg = BuildConfig(inputs=[{"path": str(source), "format": "longbench"}], tokenizer=tiny_models["base"],
+                      out=str(root / "out"), max_length=4096, heldout_fraction=0.5)
+    build(cfg, progress=False)
+    return {"folder": cfg.out, "jsonl": str(source)}
+
+
+def _config(tiny_models, tiny_built, out: Path, **overrides) -> EvalConfig:
+    data = dict(models=tiny_models, tasks=["qa", "passkey", "ppl"], out=str(out), threads=1,
+                qa=dict(data=tiny_built["folder"], limit=8, max_new_tokens=8, batch_size=3, length_buckets=[256, 512]),
+                passkey=dict(lengths=[256, 512, 2048], depths=[0.0, 0.5, 1.0], trials=1, max_new_tokens=6),
+                ppl=dict(data=tiny_built["folder"], lengths=[64, 256, 2048], stride=64, max_windows=2))
+    return EvalConfig.model_validate({**data, **overrides})
+
+
+def _scores(report: dict) -> dict:
+    """The results without timing (which differs between runs)."""
+    def strip(value):
+        if isinstance(value, dict):
+            return {k: strip(v) for k, v in value.items() if k not in ("timing", "predictions")}
+        if isinstance(value, list):
+            return [strip(v) for v in value]
+        return value
+    return strip(report["results"])
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# End to end
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_qa_prompts_are_the_chat_messages_without_the_answer(tiny_models, tiny_built):
+    from transformers import AutoTokenizer
+
+    tokenizer = AutoTokenizer.from_pretrained(tiny_models["base"])
+    examples = load_examples(tiny_built["folder"], split="test")
+    assert examples and [e.id for e in examples] == sorted(e.id for e in examples)
+    assert load_examples(tiny_built["folder"], limit=3) == examples[:3]
+    prompt = render(examples[0], tokenizer, budget=100_000)
+    text = tokenizer.decode(prompt.ids)
+    assert text.endswith("<|im_start|>assistant\n") and examples[0].question in text
+    assert examples[0].answers[0] not in text.split("<|im_start|>user")[1].split(examples[0].question)[1]
+    cut = render(examples[0], tokenizer, budget=40)
+    assert len(cut.ids) == 40 and cut.truncated and cut.ids == middle_truncate(prompt.ids, 40)
+
+
+def test_longbench_jsonl_prompts_use_the_template(tiny_built):
+    examples = load_examples(tiny_built["jsonl"], prompt_template="C: {context}\nQ: {input}\nA:", chat=False, limit=2)
+    assert [e.id for e in examples] == ["d00q0", "d00q1"]
+    assert examples[0].prompt == f"C: {_document(0)}\nQ: Where did the Normans live, 0?\nA:"
+    assert examples[0].answers == ["region 0-0", "0-0"]
+
+
+def test_eval_two_models_writes_the_report_and_is_deterministic(tmp_path, tiny_models, tiny_built):
+    messages: list[str] = []
+    report = evaluate(_config(tiny_models, tiny_built, tmp_path / "a"), progress=False, say=messages.append)
+    out = tmp_path / "a"
+    on_disk = json.loads((out / "report.json").read_text())
+    assert list(on_disk["models"]) == ["base", "tuned"]
+    assert on_disk["models"]["tuned"]["kind"] == "adapter, merged in memory"
+    assert all(m["window"] == WINDOW for m in on_disk["models"].values())
+
+    qa = on_disk["results"]["qa"]
+    for name in ("base", "tuned"):
+        assert qa[name]["overall"]["n"] == 8
+        assert sum(b["n"] for b in qa[name]["buckets"].values()) == 8
+        assert 0 <= qa[name]["overall"]["f1"] <= 100
+        assert qa[name]["truncated"] >= 1  # the longest held-out prompts exceed 1024 - 8 tokens
+        lines = (out / f"predictions-{name}.jsonl").read_text().splitlines()
+        assert len(lines) == 8 and {"id", "prediction", "answers", "f1", "truncated"} <= set(json.loads(lines[0]))
+        assert qa[name]["timing"]["new_tokens"] > 0
+    assert qa["base"]["overall"] != qa["tuned"]["overall"] or \
+        (out / "predictions-base.jsonl").read_text() != (out / "predictions-tuned.jsonl").read_text()
+
+    passkey = on_disk["results"]["passkey"]["base"]
+    assert passkey["skipped_lengths"] == [2048] and set(passkey["grid"]) == {"256", "512"}
+    assert len(passkey["trials"]) == 6 and all(t["tokens"] <= t["length"] for t in passkey["trials"])
+    assert any("2048" in m and "skipped" in m for m in messages)
+
+    ppl = on_disk["results"]["ppl"]["base"]
+    assert set(ppl["by_length"]) == {"64", "256"} and "2048" in ppl["skipped"]
+    assert ppl["by_length"]["64"]["tokens"] == 2 * 64 and ppl["by_length"]["256"]["windows"] == 2
+    assert all(v["ppl"] > 1 for v in ppl["by_length"].values())
+
+    md = (out / "report.md").read_text()
+    assert "| metric | base | tuned |" in md and "| length x depth | base | tuned |" in md
+    assert "| context (tokens) | base | tuned |" in md and "![passkey](passkey.png)" in md
+    for png in ("qa.png", "passkey.png", "ppl.png"):
+        assert (out / png).read_bytes()[:4] == b"\x89PNG"
+    assert any(m.startswith("report: ") for m in messages)
+
+    again = evaluate(_config(tiny_models, tiny_built, tmp_path / "b"), progress=False, say=lambda m: None)
+    assert _scores(again) == _scores(report)
+
+
+def test_cli_runs_a_yaml_config_with_flag_overrides(tmp_path, tiny_models, tiny_built, capsys):
+    config = tmp_path / "eval.yaml"
+    config.write_text(yaml.safe_dump({"tasks": "passkey", "passkey": {"lengths": [256], "depths": [0.5],
+                                                                      "trials": 1, "max_new_tokens": 4}}))
+    rc = main(["--config", str(config), "--models", f"only={tiny_models['base']}", "--out", str(tmp_path / "r"),
+               "--no-progress", "--threads", "1"])
+    assert rc == 0
+    report = json.loads((tmp_path / "r" / "report.json").read_text())
+    assert list(report["models"]) == ["only"] and list(report["results"]) == ["passkey"]
+    assert "report: " in capsys.readouterr().out
+
+
+def test_all_config_problems_are_reported_before_loading(tmp_path, capsys):
+    rc = main(["--models", "a=missing-model", f"b={tmp_path}", "--tasks", "qa,ppl,nope", "--limit", "0",
+               "--qa-data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "r")])
+    err = capsys.readouterr().err
+    assert rc == 2 and "6 problem(s)" in err
+    for text in ("tasks.2", "qa.limit", "models.a: missing-model does not exist", "models.b:", "qa.data:",
+                 "ppl.data: out does not exist"):
+        assert text in err
+    with pytest.raises(ConfigError, match="models: at least one model"):
+        resolve({"models": {}}, {}, check_paths=False)
+
+
+def test_default_yaml_matches_the_embedded_default():
+    path = ROOT / "configs" / "eval" / "default.yaml"
+    assert EvalConfig.model_validate(yaml.safe_load(path.read_text())) == EvalConfig()
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "configs" / "eval").glob("*.yaml")), ids=lambda p: p.name)
+def test_example_configs_validate_and_name_their_command(path):
+    assert path.read_text().startswith("# python -m sft.eval --config configs/eval/" + path.name)
+    EvalConfig.model_validate(yaml.safe_load(path.read_text()))
+
+
+@pytest.mark.slow
+def test_real_smollm2_on_the_default_build(tmp_path):
+    """The default base model on one held-out question and one passkey prompt (needs `python -m longqa.build`)."""
+    if not (ROOT / "out" / "text").is_dir():
+        pytest.skip("the default build out/ is missing (python -m longqa.build)")
+    cfg = EvalConfig(models={"base": EvalConfig().models["base"]}, tasks=["qa", "passkey"], out=str(tmp_path),
+                     qa={"data": str(ROOT / "out"), "limit": 1},
+                     passkey={"lengths": [1024], "depths": [0.5], "trials": 1})
+    report = evaluate(cfg, progress=False, say=lambda m: None)
+    assert report["models"]["base"]["window"] == 8192
+    assert report["results"]["qa"]["base"]["overall"]["n"] == 1
+    assert report["results"]["passkey"]["base"]["trials"][0]["tokens"] <= 1024
+
+
+def test_plain_peft_adapter_folder_loads_on_its_base(tmp_path, tiny_llama_dir):
+    """An adapter folder saved by peft alone (no model_config/) is loaded on the base its config names."""
+    import torch
+    from peft import LoraConfig, get_peft_model
+
+    from sft.eval import load_for_eval
+    from sft.model import load_model
+
+    base, tokenizer = load_model(tiny_llama_dir)
+    peft_model = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"], init_lora_weights=False))
+    peft_model.save_pretrained(str(tmp_path / "adapter"))
+    tokenizer.save_pretrained(str(tmp_path / "adapter"))
+    ids = torch.tensor([[5, 17, 42, 99]])
+    with torch.no_grad():
+        expected = peft_model(input_ids=ids).logits
+    model, _, kind = load_for_eval(str(tmp_path / "adapter"))
+    with torch.no_grad():
+        got = model(input_ids=ids).logits
+    assert kind == "adapter, merged in memory" and not model.training
+    assert torch.allclose(got, expected, atol=1e-5)
