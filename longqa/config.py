@@ -1,14 +1,19 @@
-"""Resolve a build configuration: the embedded default or a YAML recipe, then command-line overrides."""
+"""Resolve configurations: a YAML recipe (or an embedded default) updated with command-line overrides, validated with
+every problem reported at once, before any heavy work. Shared by `longqa.build`, `sft.run` and `sft.eval`.
+"""
 from __future__ import annotations
 
+from collections.abc import Callable
 from importlib import resources
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 import yaml
-from pydantic import ValidationError
+from pydantic import BaseModel, ValidationError
 
 from schemas import BuildConfig
+
+Config = TypeVar("Config", bound=BaseModel)
 
 
 class ConfigError(ValueError):
@@ -16,10 +21,12 @@ class ConfigError(ValueError):
 
 
 def default_recipe() -> dict[str, Any]:
+    """The embedded default build recipe."""
     return yaml.safe_load(resources.files("longqa").joinpath("recipes/default.yaml").read_text(encoding="utf-8"))
 
 
 def load_recipe(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping of settings; a missing file, bad YAML or another shape is a ConfigError naming the file."""
     file = Path(path)
     if not file.is_file():
         raise ConfigError(f"--config: {path} is not a file")
@@ -32,11 +39,33 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def resolve(base: dict[str, Any], overrides: dict[str, Any], origin: str = "config") -> BuildConfig:
-    """`base` updated with the non-None `overrides`, validated; all problems in one ConfigError."""
-    data = {**base, **{k: v for k, v in overrides.items() if v is not None}}
+def merged(base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` updated with the overrides that were given (not None)."""
+    return {**base, **{k: v for k, v in overrides.items() if v is not None}}
+
+
+def validate_config(model: type[Config], data: dict[str, Any], origin: str = "config",
+                    more_problems: Callable[[dict[str, Any]], list[str]] | None = None) -> Config:
+    """`model` validated from `data`; field errors, cross-field checks and `more_problems(data)` (e.g. paths that
+    do not exist) all in one ConfigError."""
+    problems, cfg = [], None
     try:
-        return BuildConfig.model_validate(data)
+        cfg = model.model_validate(data)
     except ValidationError as e:
-        lines = [f"  {'.'.join(str(p) for p in err['loc']) or '(recipe)'}: {err['msg']}" for err in e.errors()]
-        raise ConfigError(f"{origin}: {len(lines)} problem(s)\n" + "\n".join(lines)) from None
+        for err in e.errors():
+            where = ".".join(str(p) for p in err["loc"])
+            message = err["msg"].removeprefix("Value error, ")
+            if where:  # a field: name it and show what it got
+                problems.append(f"{where}: {message} (got {err['input']!r})")
+            else:  # cross-field checks: one problem a line
+                problems.extend(m for line in message.splitlines() for m in line.split("; ") if m)
+    if more_problems is not None:
+        problems.extend(more_problems(data))
+    if problems:
+        raise ConfigError(f"{origin}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
+    return cfg
+
+
+def resolve(base: dict[str, Any], overrides: dict[str, Any], origin: str = "config") -> BuildConfig:
+    """A build configuration: `base` updated with the given `overrides`, validated."""
+    return validate_config(BuildConfig, merged(base, overrides), origin)

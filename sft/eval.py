@@ -21,8 +21,8 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
+from longqa.config import ConfigError, load_recipe, validate_config
 from schemas.eval import EvalConfig
 
 logger = logging.getLogger(__name__)
@@ -30,26 +30,9 @@ logger = logging.getLogger(__name__)
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
 
 
-class ConfigError(ValueError):
-    """Every problem of an evaluation configuration, reported at once."""
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # Configuration
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-def load_yaml(path: str | Path) -> dict[str, Any]:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"--config: {path} is not a file")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a config is a mapping of settings, got {type(data).__name__}")
-    return data
 
 
 def parse_models(items: list[str]) -> dict[str, str]:
@@ -86,19 +69,7 @@ def resolve(base: dict[str, Any], overrides: dict[str, Any], origin: str = "conf
                 target[field] = value
         else:
             data[key] = value
-    problems, cfg = [], None
-    try:
-        cfg = EvalConfig.model_validate(data)
-    except ValidationError as e:
-        for err in e.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            message = err["msg"].removeprefix("Value error, ")
-            problems.extend(f"{where}: {m}" if where else m for m in message.split("; "))
-    if check_paths:
-        problems.extend(path_problems(data))
-    if problems:
-        raise ConfigError(f"{origin}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
-    return cfg
+    return validate_config(EvalConfig, data, origin, path_problems if check_paths else None)
 
 
 def path_problems(data: dict[str, Any]) -> list[str]:
@@ -343,7 +314,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     try:
-        base, origin = (load_yaml(args.config), args.config) if args.config else ({}, "default")
+        base, origin = (load_recipe(args.config), args.config) if args.config else ({}, "default")
         overrides = {key: getattr(args, key.replace(".", "__")) for key, _, _ in FLAGS.values()}
         overrides["models"] = parse_models(args.models) if args.models else None
         cfg = resolve(base, overrides, origin, check_paths=not args.print_config)

@@ -108,7 +108,9 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = ()) -> Tra
         say(f"resuming from {checkpoint}")
         if is_main_process():
             truncate_metrics(output_dir / METRICS_FILE, checkpoint_step(checkpoint))
-    eval_before = eval_loss(trainer) if eval_dataset is not None and checkpoint is None else None
+    eval_before = None
+    if eval_dataset is not None:  # resumed: the interrupted run measured it (kept in metrics.jsonl at step 0)
+        eval_before = eval_loss(trainer) if checkpoint is None else logged_eval_before(output_dir / METRICS_FILE)
     output = trainer.train(resume_from_checkpoint=str(checkpoint) if checkpoint else None)
     eval_after = eval_loss(trainer) if eval_dataset is not None else None
     if eval_after is not None:
@@ -196,6 +198,14 @@ def load_eval_data(cfg: TrainConfig):
 def eval_loss(trainer: Trainer) -> float:
     """Mean loss on the eval set (the Trainer puts the model in eval mode: dense attention); logged to metrics.jsonl."""
     return float(trainer.evaluate()["eval_loss"])
+
+
+def logged_eval_before(path: Path) -> float | None:
+    """The held-out loss before training, from the ``metrics.jsonl`` of the run being resumed (None if absent)."""
+    if not path.is_file():
+        return None
+    lines = (json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip())
+    return next((line["eval_loss"] for line in lines if line.get("step") == 0 and "eval_loss" in line), None)
 
 
 def last_complete_checkpoint(output_dir: Path) -> Path | None:

@@ -99,6 +99,34 @@ def test_extend_mode_with_checkpointing_and_a_bf16_base(tiny_llama_dir, tmp_path
     assert {t.dtype for t in adapter_tensors(result.adapter_dir).values()} == {torch.float32}
 
 
+def test_held_out_loss_is_measured_before_and_after_training(tiny_llama_dir, built, tmp_path, capsys):
+    import datasets
+
+    splits = datasets.load_from_disk(str(Path(built) / "tokenized"))
+    splits["test"] = splits["train"].select([9, 0, 1, 2])  # the 600-token sample does not fit: skipped
+    splits.save_to_disk(str(tmp_path / "built/tokenized"))
+    result = run(config(tiny_llama_dir, str(tmp_path / "built"), tmp_path / "run", eval_samples=2, max_steps=4))
+
+    evals = [line for line in metric_lines(tmp_path / "run") if "eval_loss" in line]
+    assert [line["step"] for line in evals] == [0, 4]
+    assert (result.eval_before, result.eval_after) == (evals[0]["eval_loss"], evals[1]["eval_loss"])
+    assert result.eval_after < result.eval_before  # the eval samples repeat the training pattern: it is learnt
+    assert f"eval loss before {result.eval_before:.4f} → after {result.eval_after:.4f} (2 held-out 'test'" in \
+        capsys.readouterr().out
+
+    resumed = run(config(tiny_llama_dir, str(tmp_path / "built"), tmp_path / "run", eval_samples=2, max_steps=5,
+                         resume=True))  # the loss before comes from the interrupted run's metrics.jsonl
+    assert resumed.eval_before == result.eval_before and resumed.eval_after is not None
+    assert [line["step"] for line in metric_lines(tmp_path / "run") if "eval_loss" in line] == [0, 4, 5]
+
+
+def test_no_held_out_split_means_no_evaluation(tiny_llama_dir, built, tmp_path, capsys):
+    result = run(config(tiny_llama_dir, built, tmp_path / "run", max_steps=1))
+    assert result.eval_before is None and result.eval_after is None
+    assert "no held-out evaluation" in capsys.readouterr().out
+    assert not any("eval_loss" in line for line in metric_lines(tmp_path / "run"))
+
+
 def test_nan_loss_stops_before_the_bad_step_and_keeps_the_last_checkpoint(tiny_llama_dir, built, tmp_path):
     from peft import PeftModel
 
@@ -196,6 +224,8 @@ def test_default_run_on_the_default_build(tmp_path):
     """The embedded default (SmolLM2-135M on out/), shortened to one step; needs `python -m longqa.build` first."""
     if not (ROOT / "out/tokenized").is_dir():
         pytest.skip("no default build in out/ (python -m longqa.build)")
-    result = run(TrainConfig(data=str(ROOT / "out"), output_dir=str(tmp_path / "run"), max_steps=1, warmup_steps=0))
+    result = run(TrainConfig(data=str(ROOT / "out"), output_dir=str(tmp_path / "run"), max_steps=1, warmup_steps=0,
+                             eval_samples=1))
     assert result.global_step == 1 and (result.adapter_dir / "adapter_model.safetensors").is_file()
+    assert math.isfinite(result.eval_before) and math.isfinite(result.eval_after)  # the held-out test split
     assert math.isfinite(metric_lines(tmp_path / "run")[0]["loss"])
