@@ -43,3 +43,21 @@ def tiny_tokenizer(tiny_tokenizer_path):
     from transformers import AutoTokenizer
 
     return AutoTokenizer.from_pretrained(tiny_tokenizer_path)
+
+
+@pytest.fixture(scope="session")
+def default_build(tmp_path_factory):
+    """The embedded default build (`python -m longqa.build`, the README's first step) in a temporary folder.
+
+    Only the slow tests use it (about 20 s on 2 cores): the real SQuAD v2 dev articles and the SmolLM2 tokenizer.
+    """
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    out = tmp_path_factory.mktemp("default-build") / "out"
+    root = Path(__file__).resolve().parents[1]
+    done = subprocess.run([sys.executable, "-m", "longqa.build", "--out", str(out), "--quiet"], cwd=root,
+                          capture_output=True, text=True, timeout=900)
+    assert done.returncode == 0, done.stderr[-3000:]
+    return out, done.stdout

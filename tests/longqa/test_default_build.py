@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import datasets
@@ -14,12 +12,9 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_default_recipe_end_to_end(tmp_path):
-    out = tmp_path / "out"
-    done = subprocess.run([sys.executable, "-m", "longqa.build", "--out", str(out), "--quiet"], cwd=ROOT,
-                          capture_output=True, text=True, timeout=900)
-    assert done.returncode == 0, done.stderr[-3000:]
-    assert "read 11873 = written" in done.stdout
+def test_default_recipe_end_to_end(default_build):
+    out, stdout = default_build
+    assert "read 11873 = written" in stdout
     m = json.loads((out / "manifest.json").read_text())
     c = m["counts"]
     assert c["read"] == 11873 and c["balanced"] and c["by_reason"]["unanswerable"] > 5000

@@ -211,12 +211,10 @@ def test_example_configs_validate_and_name_their_command(path):
 
 
 @pytest.mark.slow
-def test_real_smollm2_on_the_default_build(tmp_path):
-    """The default base model on one held-out question and one passkey prompt (needs `python -m longqa.build`)."""
-    if not (ROOT / "out" / "text").is_dir():
-        pytest.skip("the default build out/ is missing (python -m longqa.build)")
+def test_real_smollm2_on_the_default_build(tmp_path, default_build):
+    """The default base model on one held-out question and one passkey prompt of the default build."""
     cfg = EvalConfig(models={"base": EvalConfig().models["base"]}, tasks=["qa", "passkey"], out=str(tmp_path),
-                     qa={"data": str(ROOT / "out"), "limit": 1},
+                     qa={"data": str(default_build[0]), "limit": 1},
                      passkey={"lengths": [1024], "depths": [0.5], "trials": 1})
     report = evaluate(cfg, progress=False, say=lambda m: None)
     assert report["models"]["base"]["window"] == 8192
