@@ -82,7 +82,7 @@ class BuildConfig(BaseModel):
     truncation: Literal["middle", "head", "tail"] = Field(
         "middle", description="which document tokens are removed when over budget: the middle (keeps start and end), "
         "the head or the tail. The question, answer and template are never cut")
-    num_proc: int = Field(1, ge=1, description="tokenizing workers (threads sharing the tokenizer's cores)")
+    num_proc: int = Field(1, ge=1, description="tokenizing workers (threads sharing the tokenizer's cores; at most one a core)")
     batch_size: int = Field(256, ge=1, description="samples per tokenizer batch")
 
     # scale

@@ -30,8 +30,8 @@ class TrainConfig(BaseModel):
         "sft", description="'sft': supervised fine-tuning on a built LongQA dataset (labels mask all but the answer); "
         "'extend': continued pre-training on long plain text (the paper's first stage; labels = inputs)")
     data: str | list[str] = Field(
-        "out", min_length=1, description="sft: the builder's output folder (holding tokenized/) or a tokenized "
-        "DatasetDict folder; extend: text files (.txt, .md, or .jsonl with a 'text' field) or folders of them")
+        "out", min_length=1, description="sft: the builder's output folder (holding tokenized/), a tokenized "
+        "DatasetDict folder, or a build recipe (.yaml) built on the fly into output_dir/data; extend: text files (.txt, .md, or .jsonl with a 'text' field) or folders of them")
     split: str = Field("train", description="sft: the split of the built dataset to train on")
     max_length: int = Field(
         4096, ge=16, description="training context in tokens; also the target of RoPE position interpolation. The "

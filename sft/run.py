@@ -13,13 +13,10 @@ from pathlib import Path
 from typing import Any
 
 import yaml
-from pydantic import ValidationError
 
+from longqa.config import ConfigError, load_recipe, merged, validate_config
+from longqa.config import resolve as resolve_build
 from schemas.train import TrainConfig
-
-
-class ConfigError(ValueError):
-    """Every problem of a training configuration, reported at once."""
 
 
 # flag -> (type, help); the destination is the TrainConfig field of the same name.
@@ -66,40 +63,11 @@ def default_recipe() -> dict[str, Any]:
     return {}
 
 
-def load_recipe(path: str | Path) -> dict[str, Any]:
-    file = Path(path)
-    if not file.is_file():
-        raise ConfigError(f"--config: {path} is not a file")
-    try:
-        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {e}") from e
-    if not isinstance(data, dict):
-        raise ConfigError(f"{path}: a recipe is a mapping of settings, got {type(data).__name__}")
-    return data
-
-
 def resolve(base: dict[str, Any], overrides: dict[str, Any], origin: str = "config", *,
             check_paths: bool = True) -> TrainConfig:
     """``base`` updated with the non-None ``overrides``, validated; every problem (fields, cross-field checks, and with
     ``check_paths`` the data/output folders) in one :class:`ConfigError`."""
-    data = {**base, **{k: v for k, v in overrides.items() if v is not None}}
-    problems, cfg = [], None
-    try:
-        cfg = TrainConfig.model_validate(data)
-    except ValidationError as e:
-        for err in e.errors():
-            where = ".".join(str(p) for p in err["loc"])
-            message = err["msg"].removeprefix("Value error, ")
-            if where:  # a field: name it and show what it got
-                problems.append(f"{where}: {message} (got {err['input']!r})")
-            else:  # the cross-field checks: one problem a line
-                problems.extend(message.splitlines())
-    if check_paths:
-        problems.extend(path_problems(data))
-    if problems:
-        raise ConfigError(f"{origin}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems))
-    return cfg
+    return validate_config(TrainConfig, merged(base, overrides), origin, path_problems if check_paths else None)
 
 
 def path_problems(data: dict[str, Any]) -> list[str]:
@@ -114,6 +82,12 @@ def path_problems(data: dict[str, Any]) -> list[str]:
     refs = [refs] if isinstance(refs, str) else refs if isinstance(refs, list) else []
     for ref in (r for r in refs if isinstance(r, str)):
         path = Path(ref)
+        if mode == "sft" and path.suffix in (".yaml", ".yml") and path.is_file():  # a build recipe, built on the fly
+            try:
+                resolve_build(load_recipe(path), {}, ref)
+            except ConfigError as e:
+                problems.append(f"data: {e}")
+            continue
         if not path.exists():
             build = "python -m longqa.build" + ("" if ref == "out" else f" --out {ref}")  # the default writes out/
             hint = f" (build it first: {build})" if mode == "sft" else ""

@@ -81,6 +81,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = ()) -> Tra
     """
     output_dir = Path(cfg.output_dir)
     checkpoint = resume_checkpoint(cfg)
+    cfg = build_on_the_fly(cfg)
 
     # 1. setup: the data first (a data problem should not wait for the model to load), then the model
     dataset, stats = load_data(cfg)
@@ -170,6 +171,36 @@ def count_parameters(model: torch.nn.Module) -> tuple[int, int]:
     from sft.model import trainable_parameters
 
     return trainable_parameters(model)
+
+
+def is_build_recipe(ref: str) -> bool:
+    return Path(ref).suffix in (".yaml", ".yml")
+
+
+def build_on_the_fly(cfg: TrainConfig) -> TrainConfig:
+    """sft with ``data: RECIPE.yaml``: build that recipe into ``output_dir/data`` (kept, and reused while the recipe
+    is unchanged) and train on it. Other ranks of a launch wait for rank 0's build."""
+    ref = cfg.data_paths[0]
+    if cfg.mode != "sft" or not is_build_recipe(ref):
+        return cfg
+    import time
+
+    from longqa.config import load_recipe, resolve
+    from longqa.pipeline import build
+
+    out = Path(cfg.output_dir) / "data"
+    build_cfg = resolve(load_recipe(ref), {"out": str(out)}, ref)
+    manifest = out / "manifest.json"
+
+    def current() -> bool:
+        return manifest.is_file() and json.loads(manifest.read_text())["config"] == build_cfg.model_dump(mode="json")
+
+    if is_main_process() and not current():
+        say(f"data: building {ref} into {out}")
+        build(build_cfg, progress=False)
+    while not current():  # another rank: the build is rank 0's
+        time.sleep(2)
+    return cfg.model_copy(update={"data": str(out)})
 
 
 def load_data(cfg: TrainConfig):

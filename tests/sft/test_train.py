@@ -227,3 +227,26 @@ def test_default_run_on_the_default_build(tmp_path, default_build):
     assert result.global_step == 1 and (result.adapter_dir / "adapter_model.safetensors").is_file()
     assert math.isfinite(result.eval_before) and math.isfinite(result.eval_after)  # the held-out test split
     assert math.isfinite(next(m["loss"] for m in metric_lines(tmp_path / "run") if "loss" in m))
+
+
+def test_sft_on_a_build_recipe_builds_it_on_the_fly(tmp_path, tiny_llama_dir):
+    """`data: recipe.yaml` builds the recipe into output_dir/data, trains on it, and reuses it on the next run."""
+    from tests.longqa.test_build import corpus
+
+    src = corpus(tmp_path / "lb.jsonl", n_docs=6)
+    recipe = tmp_path / "recipe.yaml"
+    recipe.write_text(yaml.safe_dump({"inputs": [{"path": str(src), "format": "longbench"}],
+                                      "tokenizer": tiny_llama_dir, "max_length": 256, "heldout_fraction": 0.3,
+                                      "out": "ignored"}))
+    cfg = TrainConfig(model=tiny_llama_dir, data=str(recipe), output_dir=str(tmp_path / "run"), max_length=256,
+                      max_steps=1, warmup_steps=0, eval_samples=0, bf16=False, save_steps=1)
+    result = run(cfg)
+    manifest = tmp_path / "run" / "data" / "manifest.json"
+    assert result.global_step == 1 and manifest.is_file() and result.data.samples > 0
+    stamp = manifest.stat().st_mtime_ns
+    bad = tmp_path / "bad.yaml"
+    bad.write_text(yaml.safe_dump({"inputs": [], "max_length": 3}))
+    with pytest.raises(cli.ConfigError, match="data: .*bad.yaml"):
+        cli.resolve({}, {"data": str(bad), "output_dir": str(tmp_path / "run2")})
+    run(cfg.model_copy(update={"output_dir": str(tmp_path / "run"), "resume": True, "max_steps": 2}))
+    assert manifest.stat().st_mtime_ns == stamp  # the same recipe is not built twice
