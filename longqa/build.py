@@ -10,9 +10,9 @@ import argparse
 import logging
 import sys
 
-import yaml
 
-from longqa.config import ConfigError, default_recipe, load_recipe, resolve
+from longqa.config import ConfigError, config_or_exit, default_recipe, load_recipe, resolve
+from schemas import BuildConfig
 from schemas.config import MAPPABLE_FIELDS
 
 
@@ -92,16 +92,14 @@ def summary_table(manifest: dict) -> str:
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     args = parse_args(argv)
-    try:
+    def make() -> BuildConfig:
         base, origin = (load_recipe(args.config), args.config) if args.config else (
             ({}, "flags") if args.input else (default_recipe(), "default recipe"))
-        cfg = resolve(base, overrides_from(args), origin)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
-        return 0
+        return resolve(base, overrides_from(args), origin)
+
+    cfg = config_or_exit(make, args.print_config)
+    if isinstance(cfg, int):
+        return cfg
     from longqa.pipeline import BuildError, build
 
     try:

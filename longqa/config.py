@@ -66,6 +66,22 @@ def validate_config(model: type[Config], data: dict[str, Any], origin: str = "co
     return cfg
 
 
+def config_or_exit(make: Callable[[], Config], print_config: bool = False) -> Config | int:
+    """For a command's `main`: the configuration `make()` resolves, or the exit code to return — 2 after printing
+    every problem, 0 after printing the resolved configuration (`--print-config`)."""
+    import sys
+
+    try:
+        cfg = make()
+    except ConfigError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if print_config:
+        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
+        return 0
+    return cfg
+
+
 def resolve(base: dict[str, Any], overrides: dict[str, Any], origin: str = "config") -> BuildConfig:
     """A build configuration: `base` updated with the given `overrides`, validated."""
     return validate_config(BuildConfig, merged(base, overrides), origin)

@@ -20,9 +20,8 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from longqa.config import ConfigError, load_recipe, validate_config
+from longqa.config import ConfigError, config_or_exit, load_recipe, validate_config
 from schemas.eval import EvalConfig
 
 logger = logging.getLogger(__name__)
@@ -313,17 +312,15 @@ def main(argv: list[str] | None = None) -> int:
     argv = sys.argv[1:] if argv is None else argv
     args = parse_args(argv)
     logging.basicConfig(level=logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    try:
+    def make() -> EvalConfig:
         base, origin = (load_recipe(args.config), args.config) if args.config else ({}, "default")
         overrides = {key: getattr(args, key.replace(".", "__")) for key, _, _ in FLAGS.values()}
         overrides["models"] = parse_models(args.models) if args.models else None
-        cfg = resolve(base, overrides, origin, check_paths=not args.print_config)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
-        return 0
+        return resolve(base, overrides, origin, check_paths=not args.print_config)
+
+    cfg = config_or_exit(make, args.print_config)
+    if isinstance(cfg, int):
+        return cfg
     try:
         evaluate(cfg, command=shlex.join(["python", "-m", "sft.eval", *argv]), progress=not args.no_progress)
     except (ValueError, FileNotFoundError, OSError) as e:

@@ -12,9 +12,8 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import yaml
 
-from longqa.config import ConfigError, load_recipe, merged, validate_config
+from longqa.config import ConfigError, config_or_exit, load_recipe, merged, validate_config
 from longqa.config import resolve as resolve_build
 from schemas.train import TrainConfig
 
@@ -139,15 +138,13 @@ def overrides_from(args: argparse.Namespace) -> dict[str, Any]:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    try:
+    def make() -> TrainConfig:
         base, origin = (load_recipe(args.config), args.config) if args.config else (default_recipe(), "default")
-        cfg = resolve(base, overrides_from(args), origin, check_paths=not args.print_config)
-    except ConfigError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    if args.print_config:
-        print(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False, allow_unicode=True), end="")
-        return 0
+        return resolve(base, overrides_from(args), origin, check_paths=not args.print_config)
+
+    cfg = config_or_exit(make, args.print_config)
+    if isinstance(cfg, int):
+        return cfg
     from sft.data import DataError
     from sft.train import NonFiniteLoss, run
 
