@@ -2,7 +2,10 @@
 from __future__ import annotations
 
 import importlib.util
+from dataclasses import dataclass
 from pathlib import Path
+
+GGUF_SUFFIX = ".gguf"
 
 
 def resolve_path(ref: str) -> Path:
@@ -23,3 +26,36 @@ def resolve_path(ref: str) -> Path:
     if not path.exists():
         raise FileNotFoundError(f"{ref}: {path} does not exist in the installed package '{module}'")
     return path
+
+
+@dataclass(frozen=True)
+class ModelSource:
+    """Where a model reference points: `location` (a folder or a Hub id) and, for GGUF, the file inside it.
+
+    `name` is what adapters record as their base: `ref` for ``pkg:`` references and Hub ids, else the absolute path.
+    """
+
+    ref: str
+    location: str
+    gguf_file: str | None = None
+    name: str = ""
+
+    def kwargs(self) -> dict:
+        """``from_pretrained`` arguments: GGUF files are converted by transformers, the rest must be safetensors."""
+        return {"gguf_file": self.gguf_file} if self.gguf_file else {"use_safetensors": True}
+
+
+def resolve_source(ref: str) -> ModelSource:
+    """Split `ref` into a folder or Hub id and an optional GGUF file name."""
+    is_pkg = ref.startswith("pkg:")
+    if is_pkg or Path(ref).expanduser().exists():
+        path = resolve_path(ref).resolve()
+        name = ref if is_pkg else str(path)
+        if path.is_file():
+            if path.suffix != GGUF_SUFFIX:
+                raise ValueError(f"{ref}: a model file must be {GGUF_SUFFIX}; otherwise give the model's folder")
+            return ModelSource(ref, str(path.parent), path.name, name)
+        return ModelSource(ref, str(path), None, name)
+    if ref.endswith(GGUF_SUFFIX):
+        raise FileNotFoundError(f"{ref}: GGUF file not found")
+    return ModelSource(ref, ref, None, ref)  # a Hub id

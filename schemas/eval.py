@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.config import DEFAULT_TOKENIZER
+from schemas.config import DEFAULT_TOKENIZER, split_commas
 
 TASKS = ("qa", "passkey", "ppl")
 DEFAULT_TUNED = "runs/smollm2-squad/adapter"
@@ -117,12 +117,7 @@ class EvalConfig(BaseModel):
     passkey: PasskeyConfig = Field(default_factory=PasskeyConfig)
     ppl: PPLConfig = Field(default_factory=PPLConfig)
 
-    @field_validator("tasks", mode="before")
-    @classmethod
-    def _split_commas(cls, value):
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    _split_commas = field_validator("tasks", mode="before")(split_commas)
 
     @model_validator(mode="after")
     def _cross_checks(self) -> "EvalConfig":

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.config import DEFAULT_TOKENIZER
+from schemas.config import DEFAULT_TOKENIZER, split_commas
 
 #: Names `trainable` accepts: the non-LoRA parameter groups LongLoRA trains (its "LoRA+", Sec. 3.3).
 TRAINABLE_GROUPS = ("embed", "norm", "head")
@@ -107,12 +107,7 @@ class TrainConfig(BaseModel):
     resume: bool = Field(False, description="continue from the last checkpoint in output_dir (model, optimizer, "
                          "scheduler, data order)")
 
-    @field_validator("trainable", mode="before")
-    @classmethod
-    def _split_commas(cls, value):
-        if isinstance(value, str):
-            return [part.strip() for part in value.split(",") if part.strip()]
-        return value
+    _split_commas = field_validator("trainable", mode="before")(split_commas)
 
     @field_validator("trainable")
     @classmethod

@@ -15,19 +15,16 @@ from __future__ import annotations
 import importlib
 import logging
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from pathlib import Path
 
 import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-from longqa.paths import resolve_path
+from longqa.paths import ModelSource, resolve_source  # noqa: F401 (ModelSource re-exported)
 
 logger = logging.getLogger(__name__)
 
 ROPE_KINDS = ("linear", "dynamic", "yarn")
-GGUF_SUFFIX = ".gguf"
 # attention implementations of this package: the module that registers each is imported only when it is asked for
 ATTENTION_MODULES = {"s2_attn": "sft.s2attn"}
 
@@ -39,39 +36,6 @@ class AdapterSetupError(ValueError):
 # ----------------------------------------------------------------------------------------------------------------------
 # Loading
 # ----------------------------------------------------------------------------------------------------------------------
-
-
-@dataclass(frozen=True)
-class ModelSource:
-    """Where a model reference points: `location` (a folder or a Hub id) and, for GGUF, the file inside it.
-
-    `name` is what adapters record as their base: `ref` for ``pkg:`` references and Hub ids, else the absolute path.
-    """
-
-    ref: str
-    location: str
-    gguf_file: str | None = None
-    name: str = ""
-
-    def kwargs(self) -> dict:
-        """``from_pretrained`` arguments: GGUF files are converted by transformers, the rest must be safetensors."""
-        return {"gguf_file": self.gguf_file} if self.gguf_file else {"use_safetensors": True}
-
-
-def resolve_source(ref: str) -> ModelSource:
-    """Split `ref` into a folder or Hub id and an optional GGUF file name."""
-    is_pkg = ref.startswith("pkg:")
-    if is_pkg or Path(ref).expanduser().exists():
-        path = resolve_path(ref).resolve()
-        name = ref if is_pkg else str(path)
-        if path.is_file():
-            if path.suffix != GGUF_SUFFIX:
-                raise ValueError(f"{ref}: a model file must be {GGUF_SUFFIX}; otherwise give the model's folder")
-            return ModelSource(ref, str(path.parent), path.name, name)
-        return ModelSource(ref, str(path), None, name)
-    if ref.endswith(GGUF_SUFFIX):
-        raise FileNotFoundError(f"{ref}: GGUF file not found")
-    return ModelSource(ref, ref, None, ref)  # a Hub id
 
 
 def load_config(ref: str) -> PretrainedConfig:
