@@ -21,6 +21,10 @@ LONGBENCH_QA_TEMPLATE = ("Answer the question based on the given passages. Only 
                          "based on the given passages. Only give me the answer and do not output any other words."
                          "\n\nQuestion: {input}\nAnswer:")
 
+SHARED_PREFIX_HELP = ("prompts whose first N or more tokens agree (the questions on one document) are prefilled "
+                      "once: each continues from a copy of the shared prefix's KV cache, so only its own tail is "
+                      "computed (answers as without sharing, up to float rounding). 0: off")
+
 
 class _Section(BaseModel):
     model_config = ConfigDict(extra="forbid")
@@ -39,11 +43,11 @@ class QAConfig(_Section):
     limit: int | None = Field(4, ge=1, description="evaluate the first N questions (sorted by id); null: all. The "
                               "default build's held-out prompts have 5.7k-7k tokens: 25-60 s each on 2 CPU cores")
     max_new_tokens: int = Field(32, ge=1, description="greedy answer length limit (tokens)")
-    batch_size: int = Field(1, ge=1, description="prompts per generate call (left padded, sorted and bucketed by "
-                            "length). 1 on CPUs: prefill dominates, and a padded batch needs an attention mask that "
-                            "takes SDPA off its fused CPU kernel (SmolLM2, 5.7k-token prompts, 1 thread: batch 2 "
-                            "1.36x slower than one at a time; benchmarks/eval_qa.py); 8-16 on GPUs")
+    batch_size: int = Field(1, ge=1, description="prompts per generate call (sorted and bucketed by length, "
+                            "padding masked). 1 on CPUs, where computing is the cost and padding only adds to it "
+                            "(benchmarks/eval_qa.py); 8-16 on GPUs")
     max_batch_tokens: int = Field(65536, ge=1, description="padded prompt tokens per batch at most")
+    min_shared_prefix: int = Field(256, ge=0, description=SHARED_PREFIX_HELP)
     max_pad_fraction: float = Field(0.2, ge=0.0, le=1.0, description="a batch's shortest prompt is at least "
                                     "(1 - this) of its longest")
     length_buckets: list[int] = Field([2048, 4096, 8192], description="ascending bucket edges in prompt tokens: "
@@ -69,6 +73,8 @@ class PasskeyConfig(_Section):
     max_new_tokens: int = Field(8, ge=1, description="tokens generated for the answer")
     batch_size: int = Field(1, ge=1, description="prompts per generate call (see qa.batch_size)")
     max_batch_tokens: int = Field(65536, ge=1, description="padded prompt tokens per batch at most")
+    min_shared_prefix: int = Field(256, ge=0, description=SHARED_PREFIX_HELP + " (trials of one length share "
+                                   "the filler before their keys)")
 
     @field_validator("depths")
     @classmethod

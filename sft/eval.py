@@ -191,7 +191,7 @@ def run_task(task: str, cfg: EvalConfig, model, tokenizer, *, name: str, window:
         return evaluate_qa(model, tokenizer, data["qa"], window=window, max_new_tokens=q.max_new_tokens,
                            batch_size=q.batch_size, max_batch_tokens=q.max_batch_tokens,
                            length_buckets=q.length_buckets, max_pad_fraction=q.max_pad_fraction,
-                           predictions_path=out / f"predictions-{name}.jsonl",
+                           min_shared_prefix=q.min_shared_prefix, predictions_path=out / f"predictions-{name}.jsonl",
                            progress=progress)
     if task == "passkey":
         from sft.evaluation.passkey import evaluate_passkey
@@ -199,8 +199,8 @@ def run_task(task: str, cfg: EvalConfig, model, tokenizer, *, name: str, window:
         p = cfg.passkey
         return evaluate_passkey(model, tokenizer, lengths=p.lengths, depths=p.depths, trials=p.trials, seed=p.seed,
                                 window=window, max_new_tokens=p.max_new_tokens, batch_size=p.batch_size,
-                                max_batch_tokens=p.max_batch_tokens, too_long=cfg.too_long, progress=progress,
-                                say=say)
+                                max_batch_tokens=p.max_batch_tokens, min_shared_prefix=p.min_shared_prefix,
+                                too_long=cfg.too_long, progress=progress, say=say)
     if task == "ppl":
         from sft.evaluation.ppl import evaluate_ppl, load_texts
 

@@ -97,7 +97,8 @@ def answer_key(generated: str) -> int | None:
 
 
 def evaluate_passkey(model, tokenizer, *, lengths: Sequence[int], depths: Sequence[float], trials: int, seed: int,
-                     window: int, max_new_tokens: int, batch_size: int, max_batch_tokens: int, too_long: str = "skip",
+                     window: int, max_new_tokens: int, batch_size: int, max_batch_tokens: int,
+                     min_shared_prefix: int = 0, too_long: str = "skip",
                      progress: bool = False, say: Callable[[str], None] = print) -> dict[str, Any]:
     """Run every trial that fits ``window - max_new_tokens`` tokens; lengths beyond it are skipped with a message
     (or raise ValueError when `too_long` is ``"error"``). Returns accuracy (percent) overall and per length x depth,
@@ -121,7 +122,8 @@ def evaluate_passkey(model, tokenizer, *, lengths: Sequence[int], depths: Sequen
     stats = GenerationStats()
     answers = greedy_generate(model, tokenizer, [tokenizer(c.prompt)["input_ids"] for c in cases],
                               max_new_tokens=max_new_tokens, batch_size=batch_size,
-                              max_batch_tokens=max_batch_tokens, progress=progress, desc="passkey", stats=stats)
+                              max_batch_tokens=max_batch_tokens, min_shared_prefix=min_shared_prefix,
+                              progress=progress, desc="passkey", stats=stats)
     rows = [{"length": c.length, "depth": c.depth, "trial": c.trial, "key": c.key, "tokens": c.n_tokens,
              "answer": a, "correct": answer_key(a) == c.key} for c, a in zip(cases, answers)]
     grid: dict[str, dict[str, float]] = {}

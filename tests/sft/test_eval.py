@@ -12,7 +12,8 @@ import yaml
 from schemas import BuildConfig
 from schemas.eval import EvalConfig
 from sft.eval import evaluate, main, resolve, ConfigError
-from sft.evaluation.qa import load_examples, make_batches, middle_truncate, render
+from sft.evaluation.qa import (GenerationStats, greedy_generate, load_examples, make_batches, middle_truncate,
+                               prefix_groups, render)
 from tests.longqa.fixtures import longbench_row, write_longbench
 from tests.sft.conftest import make_tiny_llama
 
@@ -40,6 +41,64 @@ def test_make_batches_groups_close_lengths():
     assert make_batches(lengths, batch_size=8, max_batch_tokens=150, max_pad_fraction=1.0) == \
         [[0, 5, 2], [4], [3], [1]]  # 4 x 50 > 150 and 2 x 95 > 150 tokens
     assert sorted(i for b in make_batches(lengths, batch_size=3, max_batch_tokens=64) for i in b) == list(range(6))
+
+
+def test_prefix_groups_put_prompts_with_a_long_common_start_together():
+    doc_a, doc_b = list(range(100, 110)), list(range(200, 210))
+    odd = doc_a[:6] + [9]  # starts like doc_a for 6 tokens
+    prompts = [doc_b + [1], doc_a + [5, 6], [7, 8, 9], doc_a + [4], doc_b + [2, 3], odd, doc_a + [3]]
+    # doc_a's three questions share 10 tokens (saving 2 x 10); with the odd prompt they would share 6 (3 x 6)
+    assert prefix_groups(prompts, min_tokens=4) == [(10, [6, 3, 1]), (10, [0, 4]), (0, [2, 5])]
+    # with two doc_a questions, sharing 6 among three saves more (2 x 6) than 10 between two (1 x 10)
+    assert prefix_groups([doc_a + [4], odd, doc_a + [5]], min_tokens=4) == [(6, [1, 0, 2])]
+    assert prefix_groups(prompts, min_tokens=11) == [(0, [0, 1, 2, 3, 4, 5, 6])]
+    assert prefix_groups(prompts, min_tokens=0) == [(0, [0, 1, 2, 3, 4, 5, 6])]
+    # runs of at most max_members
+    assert prefix_groups([doc_a + [k] for k in range(5)], min_tokens=4, max_members=2) == \
+        [(10, [0, 1]), (10, [2, 3]), (0, [4])]
+    # every member keeps one token to compute, also a prompt that is all prefix (a duplicate)
+    assert prefix_groups([doc_a, doc_a + [1], doc_a], min_tokens=4) == [(9, [0, 2, 1])]
+    assert prefix_groups([], min_tokens=4) == []
+
+
+def _one_at_a_time(model, tokenizer, prompts, max_new_tokens):
+    """Reference: one unpadded `generate` per prompt, no shared cache."""
+    import torch
+
+    answers = []
+    for ids in prompts:
+        out = model.generate(input_ids=torch.tensor([ids]), attention_mask=torch.ones(1, len(ids), dtype=torch.long),
+                             do_sample=False, max_new_tokens=max_new_tokens, pad_token_id=0, eos_token_id=[2])
+        new = out[0, len(ids):].tolist()
+        answers.append(tokenizer.decode(new[:new.index(2) + 1] if 2 in new else new, skip_special_tokens=True).strip())
+    return answers
+
+
+@pytest.mark.parametrize("batch_size", [1, 6])
+def test_shared_prefix_generation_gives_the_answers_of_one_prompt_at_a_time(tmp_path, batch_size):
+    """Two 'documents' with six questions each (1-16 tokens): the prefix is computed once per document, and batching
+    pads the questions between document and question (masked). A row that attends to its padding, numbers its
+    positions through the padding, or misses its copy of the cache gets other answers here (each checked by hand)."""
+    import torch
+
+    from sft.eval import load_for_eval
+
+    model, tokenizer, _ = load_for_eval(make_tiny_llama(tmp_path, max_position_embeddings=512), dtype="float32",
+                                        device="cpu")
+    generator = torch.Generator().manual_seed(1)
+    prompts = []
+    for n in (40, 70):
+        document = torch.randint(3, 400, (n,), generator=generator).tolist()
+        prompts += [document + torch.randint(3, 400, (1 + 3 * q,), generator=generator).tolist() for q in range(6)]
+    expected = _one_at_a_time(model, tokenizer, prompts, 8)
+    assert len(set(expected)) >= 9  # most prompts get answers of their own: a mix-up would show
+    stats = GenerationStats()
+    answers = greedy_generate(model, tokenizer, prompts, max_new_tokens=8, batch_size=batch_size,
+                              max_batch_tokens=1 << 20, max_pad_fraction=1.0, min_shared_prefix=16, stats=stats)
+    assert answers == expected
+    assert stats.prompt_tokens == sum(map(len, prompts))
+    assert stats.prefill_tokens == 40 + 70 + 2 * sum(1 + 3 * q for q in range(6))
+    assert stats.batches == (12 if batch_size == 1 else 2)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -187,7 +246,8 @@ def test_cli_runs_a_yaml_config_with_flag_overrides(tmp_path, tiny_models, tiny_
     assert "report: " in capsys.readouterr().out
 
 
-def test_all_config_problems_are_reported_before_loading(tmp_path, capsys):
+def test_all_config_problems_are_reported_before_loading(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)  # the default ppl data `out` must not exist
     rc = main(["--models", "a=missing-model", f"b={tmp_path}", "--tasks", "qa,ppl,nope", "--limit", "0",
                "--qa-data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
