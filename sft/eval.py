@@ -285,6 +285,7 @@ FLAGS: dict[str, tuple[str, Any, str]] = {
     "--out": ("out", str, "report folder"),
     "--limit": ("qa.limit", int, "qa: evaluate the first N questions (sorted by id)"),
     "--qa-data": ("qa.data", str, "qa: built dataset folder or LongBench .jsonl"),
+    "--batch-size": ("qa.batch_size", int, "qa: prompts per generate call (8-16 on GPUs)"),
     "--ppl-data": ("ppl.data", str, "ppl: text file or built dataset folder"),
     "--ppl-protocol": ("ppl.protocol", str, "ppl: sliding (paper) or strided (HF)"),
     "--dtype": ("dtype", str, "float32 or bfloat16"),

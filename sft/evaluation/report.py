@@ -117,6 +117,10 @@ def _time_table(report: dict[str, Any], names: list[str]) -> str:
     for task, by_model in report.get("results", {}).items():
         rows.append([f"{task}: seconds"] + [by_model[n]["timing"]["seconds"] for n in names])
         rows.append([f"{task}: tokens/s"] + [by_model[n]["timing"]["tokens_per_s"] for n in names])
+        if all("prefill_tokens" in by_model[n]["timing"] for n in names):  # generation tasks
+            rows.append([f"{task}: prompt tokens computed / all (shared prefixes once)"] +
+                        [f"{by_model[n]['timing']['prefill_tokens']} / {by_model[n]['timing']['prompt_tokens']}"
+                         for n in names])
     return _table(["", *names], rows)
 
 

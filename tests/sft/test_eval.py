@@ -210,6 +210,8 @@ def test_eval_two_models_writes_the_report_and_is_deterministic(tmp_path, tiny_m
         lines = (out / f"predictions-{name}.jsonl").read_text().splitlines()
         assert len(lines) == 8 and {"id", "prediction", "answers", "f1", "truncated"} <= set(json.loads(lines[0]))
         assert qa[name]["timing"]["new_tokens"] > 0
+        # two questions per document: the longer documents are prefilled once for both
+        assert 0 < qa[name]["timing"]["prefill_tokens"] < qa[name]["timing"]["prompt_tokens"]
     assert qa["base"]["overall"] != qa["tuned"]["overall"] or \
         (out / "predictions-base.jsonl").read_text() != (out / "predictions-tuned.jsonl").read_text()
 
@@ -226,6 +228,7 @@ def test_eval_two_models_writes_the_report_and_is_deterministic(tmp_path, tiny_m
     md = (out / "report.md").read_text()
     assert "| metric | base | tuned |" in md and "| length x depth | base | tuned |" in md
     assert "| context (tokens) | base | tuned |" in md and "![passkey](passkey.png)" in md
+    assert "| qa: prompt tokens computed / all (shared prefixes once) |" in md
     for png in ("qa.png", "passkey.png", "ppl.png"):
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert any(m.startswith("report: ") for m in messages)
@@ -239,10 +242,11 @@ def test_cli_runs_a_yaml_config_with_flag_overrides(tmp_path, tiny_models, tiny_
     config.write_text(yaml.safe_dump({"tasks": "passkey", "passkey": {"lengths": [256], "depths": [0.5],
                                                                       "trials": 1, "max_new_tokens": 4}}))
     rc = main(["--config", str(config), "--models", f"only={tiny_models['base']}", "--out", str(tmp_path / "r"),
-               "--no-progress", "--threads", "1"])
+               "--no-progress", "--threads", "1", "--batch-size", "2"])
     assert rc == 0
     report = json.loads((tmp_path / "r" / "report.json").read_text())
     assert list(report["models"]) == ["only"] and list(report["results"]) == ["passkey"]
+    assert report["config"]["qa"]["batch_size"] == 2
     assert "report: " in capsys.readouterr().out
 
 
