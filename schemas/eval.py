@@ -40,8 +40,9 @@ class QAConfig(_Section):
                                  "{context} and {input} (LongBench's hotpotqa/2wikimqa prompt by default)")
     chat: bool = Field(True, description="LongBench .jsonl only: send the prompt as a user turn through the "
                        "tokenizer's chat template (else as raw text). Built datasets always use their messages")
-    limit: int | None = Field(4, ge=1, description="evaluate the first N questions (sorted by id); null: all. The "
-                              "default build's held-out prompts have 5.7k-7k tokens: 25-60 s each on 2 CPU cores")
+    limit: int | None = Field(16, ge=1, description="evaluate the first N questions (sorted by id); null: all. The "
+                              "default build's held-out prompts have 5.7k-7k tokens; on 2 CPU cores each article "
+                              "costs ~20 s (its shared prefix) and each question ~3 s more")
     max_new_tokens: int = Field(32, ge=1, description="greedy answer length limit (tokens)")
     batch_size: int = Field(1, ge=1, description="prompts per generate call (sorted and bucketed by length, "
                             "padding masked). 1 on CPUs, where computing is the cost and padding only adds to it "

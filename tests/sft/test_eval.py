@@ -276,13 +276,16 @@ def test_example_configs_validate_and_name_their_command(path):
 
 @pytest.mark.slow
 def test_real_smollm2_on_the_default_build(tmp_path, default_build):
-    """The default base model on one held-out question and one passkey prompt of the default build."""
+    """The default base model on three held-out questions (one article: its prompt prefix is computed once) and one
+    passkey prompt of the default build."""
     cfg = EvalConfig(models={"base": EvalConfig().models["base"]}, tasks=["qa", "passkey"], out=str(tmp_path),
-                     qa={"data": str(default_build[0]), "limit": 1},
+                     qa={"data": str(default_build[0]), "limit": 3},
                      passkey={"lengths": [1024], "depths": [0.5], "trials": 1})
     report = evaluate(cfg, progress=False, say=lambda m: None)
     assert report["models"]["base"]["window"] == 8192
-    assert report["results"]["qa"]["base"]["overall"]["n"] == 1
+    qa = report["results"]["qa"]["base"]
+    assert qa["overall"]["n"] == 3
+    assert qa["timing"]["prefill_tokens"] < qa["timing"]["prompt_tokens"] / 2  # ~6k shared, ~30 tokens each
     assert report["results"]["passkey"]["base"]["trials"][0]["tokens"] <= 1024
 
 
