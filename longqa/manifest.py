@@ -73,10 +73,12 @@ def fingerprint(table: pa.Table) -> str:
     return h.hexdigest()
 
 
-def file_sha256(path: Path) -> str:
-    """Hash of a file, or of every file below a folder (relative names included)."""
+def file_sha256(path: Path, suffixes: tuple[str, ...] | None = None) -> str:
+    """Hash of a file, or of every file below a folder (relative names included; only names ending in one of
+    `suffixes` when given)."""
     h = hashlib.sha256()
-    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file())
+    files = [path] if path.is_file() else sorted(p for p in path.rglob("*") if p.is_file()
+                                                 and (suffixes is None or p.name.endswith(suffixes)))
     for file in files:
         if path.is_dir():
             h.update(str(file.relative_to(path)).encode())
@@ -97,11 +99,15 @@ def describe_inputs(inputs) -> list[dict]:
     return out
 
 
-def library_versions() -> dict:
+BUILD_LIBRARIES = ("longqa", "datasets", "pyarrow", "tokenizers", "transformers", "numpy", "gguf")
+
+
+def library_versions(dists: tuple[str, ...] = BUILD_LIBRARIES) -> dict:
+    """Python's version and each installed distribution's (None where missing)."""
     import importlib.metadata as md
 
     versions = {"python": platform.python_version()}
-    for dist in ("longqa", "datasets", "pyarrow", "tokenizers", "transformers", "numpy", "gguf"):
+    for dist in dists:
         try:
             versions[dist] = md.version(dist)
         except md.PackageNotFoundError:

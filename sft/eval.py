@@ -2,10 +2,11 @@
 
 Evaluate any number of named models with dense attention (SDPA, eval mode) on held-out long QA (LongBench scoring),
 passkey retrieval and perplexity by context length, and write one report (report.json, report.md, PNG plots;
-models as columns) plus each model's QA predictions (predictions-NAME.jsonl). With no --config, runs the embedded
-default (configs/eval/default.yaml spells it out: SmolLM2-135M-Instruct vs the default training run's adapter on the
-default build out/, about 8 minutes a model on 2 CPU cores). Flags override the config; every configuration problem is
-reported at once, before any model loads (exit code 2).
+models as columns; library versions, device and fingerprints of the models and data) plus each model's QA
+predictions (predictions-NAME.jsonl). With no --config, runs the embedded default (configs/eval/default.yaml spells
+it out: SmolLM2-135M-Instruct vs the default training run's adapter on the default build out/, about 4 minutes for
+both models on 2 CPU cores). Flags override the config; every configuration problem is reported at once, before any
+model loads (exit code 2).
 """
 from __future__ import annotations
 
@@ -213,6 +214,20 @@ def run_task(task: str, cfg: EvalConfig, model, tokenizer, *, name: str, window:
     raise ValueError(f"unknown task {task!r}")
 
 
+def data_provenance(cfg: EvalConfig, data: dict[str, Any]) -> dict[str, Any]:
+    """Fingerprints of the data each data task read, and of the questions evaluated (their ids, in order)."""
+    from sft.evaluation.provenance import data_fingerprint, ids_sha256
+
+    found = {}
+    if "qa" in data:
+        ids = [e.id for e in data["qa"]]
+        found["qa"] = {**data_fingerprint(cfg.qa.data, cfg.qa.split), "questions": len(ids),
+                       "ids_sha256": ids_sha256(ids)}
+    if "ppl" in data:
+        found["ppl"] = {**data_fingerprint(cfg.ppl.data, cfg.ppl.split), "documents": len(data["ppl"])}
+    return found
+
+
 def summary(task: str, result: dict[str, Any]) -> str:
     """One line per model and task: the headline scores, time and throughput."""
     timing = result["timing"]
@@ -243,14 +258,16 @@ def evaluate(cfg: EvalConfig, *, command: str = "python -m sft.eval", progress: 
 
 
 def _evaluate(cfg: EvalConfig, *, command: str, progress: bool, say: Callable[[str], None]) -> dict[str, Any]:
+    from sft.evaluation.provenance import environment, model_fingerprint
     from sft.evaluation.report import write_report
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    report: dict[str, Any] = {"command": command, "config": cfg.model_dump(mode="json"), "models": {},
+    device = pick_device(cfg.device)
+    report: dict[str, Any] = {"command": command, "config": cfg.model_dump(mode="json"),
+                              "environment": environment(device, cfg.dtype), "models": {},
                               "results": {task: {} for task in cfg.tasks}}
     data: dict[str, Any] = {}
-    device = pick_device(cfg.device)
     started = time.perf_counter()
     for name, ref in cfg.models.items():
         t0 = time.perf_counter()
@@ -258,7 +275,7 @@ def _evaluate(cfg: EvalConfig, *, command: str, progress: bool, say: Callable[[s
         window = model_window(model, cfg.max_context)
         report["models"][name] = {"ref": ref, "kind": kind, "window": window, "device": device,
                                   "load_s": round(time.perf_counter() - t0, 2),
-                                  "parameters": sum(p.numel() for p in model.parameters())}
+                                  "parameters": sum(p.numel() for p in model.parameters()), **model_fingerprint(ref)}
         say(f"{name}: {ref} ({kind}, window {window} tokens) loaded in {report['models'][name]['load_s']} s")
         for task in cfg.tasks:
             result = run_task(task, cfg, model, tokenizer, name=name, window=window, data=data, out=out,
@@ -267,6 +284,7 @@ def _evaluate(cfg: EvalConfig, *, command: str, progress: bool, say: Callable[[s
             say(f"{name} {task}: {summary(task, result)}")
         del model, tokenizer
         gc.collect()
+    report["data"] = data_provenance(cfg, data)
     report["seconds"] = round(time.perf_counter() - started, 2)
     paths = write_report(report, out)
     say(f"report: {paths['markdown']} (and {paths['json'].name}, "

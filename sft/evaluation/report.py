@@ -69,10 +69,29 @@ def markdown(report: dict[str, Any]) -> str:
         protocol = next(iter(results["ppl"].values()))["protocol"]
         parts += ["", f"## Perplexity by context length ({protocol} windows)", "", _ppl_table(results["ppl"], names)]
     parts += ["", "## Time", "", _time_table(report, names)]
+    if "environment" in report:
+        parts += ["", "## Reproduce", "", _provenance(report)]
     plots = report.get("plots") or {}
     if plots:
         parts += ["", "## Plots", ""] + [f"![{k}]({v})" for k, v in plots.items()]
     return "\n".join(parts) + "\n"
+
+
+def _provenance(report: dict[str, Any]) -> str:
+    env = report["environment"]
+    versions = ", ".join(f"{k} {v}" for k, v in env["versions"].items() if v)
+    lines = [f"- Environment: {versions}; {env['device']}, {env['threads']} threads, {env['dtype']}."]
+    for name, m in report["models"].items():
+        digest = f"sha256 `{m['sha256']}`" if m.get("sha256") else "not on disk (a Hub id: pin a revision)"
+        base = f"; base `{m['base']}` sha256 `{m.get('base_sha256')}`" if m.get("base") else ""
+        lines.append(f"- Model {name}: {digest}{base}.")
+    for task, d in report.get("data", {}).items():
+        digest = f"fingerprint `{d['fingerprint']}` ({d['built']}, split {d['split']})" if "fingerprint" in d \
+            else f"sha256 `{d.get('sha256')}`"
+        items = ", ".join(f"{k.replace('_', ' ')} `{d[k]}`" if k.endswith("sha256") else f"{k} {d[k]}"
+                          for k in ("questions", "ids_sha256", "documents") if k in d)
+        lines.append(f"- {task} data `{d['data']}`: {digest}" + (f"; {items}" if items else "") + ".")
+    return "\n".join(lines)
 
 
 def _qa_table(qa: dict[str, Any], names: list[str]) -> str:

@@ -225,7 +225,24 @@ def test_eval_two_models_writes_the_report_and_is_deterministic(tmp_path, tiny_m
     assert ppl["by_length"]["64"]["tokens"] == 2 * 64 and ppl["by_length"]["256"]["windows"] == 2
     assert all(v["ppl"] > 1 for v in ppl["by_length"].values())
 
+    # what the numbers were computed on: versions, the models' files (the adapter's base is the base), data
+    import hashlib
+
+    import torch
+
+    assert on_disk["environment"]["versions"]["torch"] == torch.__version__
+    models = on_disk["models"]
+    assert len(models["base"]["sha256"]) == 64 and models["tuned"]["sha256"] != models["base"]["sha256"]
+    assert models["tuned"]["base_sha256"] == models["base"]["sha256"]
+    manifest = json.loads((Path(tiny_built["folder"]) / "manifest.json").read_text())
+    qa_data = on_disk["data"]["qa"]
+    assert qa_data["fingerprint"] == manifest["fingerprints"]["text"]["test"] and qa_data["questions"] == 8
+    ids = [json.loads(line)["id"] for line in (out / "predictions-base.jsonl").read_text().splitlines()]
+    assert qa_data["ids_sha256"] == hashlib.sha256("\n".join(ids).encode()).hexdigest()
+    assert on_disk["data"]["ppl"]["documents"] >= 1
+
     md = (out / "report.md").read_text()
+    assert "## Reproduce" in md and models["base"]["sha256"] in md and qa_data["fingerprint"] in md
     assert "| metric | base | tuned |" in md and "| length x depth | base | tuned |" in md
     assert "| context (tokens) | base | tuned |" in md and "![passkey](passkey.png)" in md
     assert "| qa: prompt tokens computed / all (shared prefixes once) |" in md
@@ -235,6 +252,7 @@ def test_eval_two_models_writes_the_report_and_is_deterministic(tmp_path, tiny_m
 
     again = evaluate(_config(tiny_models, tiny_built, tmp_path / "b"), progress=False, say=lambda m: None)
     assert _scores(again) == _scores(report)
+    assert again["models"]["tuned"]["sha256"] == report["models"]["tuned"]["sha256"]
 
 
 def test_cli_runs_a_yaml_config_with_flag_overrides(tmp_path, tiny_models, tiny_built, capsys):

@@ -1,0 +1,75 @@
+"""What an evaluation ran on, so that its numbers can be reproduced and compared: library versions, the device,
+a fingerprint of each model's files (an adapter's and its base's) and of the evaluated data and questions.
+
+Fingerprints are sha256 over the files that define the model (weights, configs, tokenizer, chat template; not
+README cards) or the data (a built dataset's manifest fingerprint of the split; a file's bytes). A Hub id that is not
+on disk has no fingerprint: pin a revision or evaluate a local copy to make it reproducible.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import platform
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+EVAL_LIBRARIES = ("longqa", "torch", "transformers", "peft", "accelerate", "tokenizers", "datasets", "gguf")
+MODEL_FILES = (".safetensors", ".bin", ".gguf", ".json", ".jinja", ".model", ".txt")  # not README.md cards
+
+
+def environment(device: str, dtype: str) -> dict[str, Any]:
+    """Library versions, the device by name, CPU threads and the dtype."""
+    import torch
+
+    from longqa.manifest import library_versions
+
+    name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
+    return {"versions": library_versions(EVAL_LIBRARIES), "device": f"{device} ({name})",
+            "threads": torch.get_num_threads(), "dtype": dtype}
+
+
+def _local(ref: str) -> Path | None:
+    from longqa.paths import resolve_path
+
+    if ref.startswith("pkg:") or Path(ref).expanduser().exists():
+        return resolve_path(ref)
+    return None
+
+
+def model_fingerprint(ref: str) -> dict[str, Any]:
+    """``{"sha256": ...}`` of the files of model reference `ref` (None when it is not on disk: a Hub id); for an
+    adapter folder also ``base`` (its base model's reference) and ``base_sha256``."""
+    from longqa.manifest import file_sha256
+
+    local = _local(ref)
+    if local is None:
+        return {"sha256": None}
+    found: dict[str, Any] = {"sha256": file_sha256(local, MODEL_FILES)}
+    adapter_config = local / "adapter_config.json" if local.is_dir() else None
+    if adapter_config is not None and adapter_config.is_file():
+        base = json.loads(adapter_config.read_text(encoding="utf-8")).get("base_model_name_or_path")
+        found["base"] = base
+        found["base_sha256"] = model_fingerprint(base)["sha256"] if base else None
+    return found
+
+
+def data_fingerprint(data: str, split: str | None = None) -> dict[str, Any]:
+    """A built dataset folder: its name and the manifest's fingerprint of `split` (text); a file: its sha256."""
+    from longqa.manifest import file_sha256
+
+    path = Path(data)
+    manifest = path / "manifest.json"
+    if path.is_dir() and manifest.is_file():
+        built = json.loads(manifest.read_text(encoding="utf-8"))
+        fingerprints = built.get("fingerprints", {}).get("text", {})
+        return {"data": data, "built": built.get("name"), "split": split,
+                "fingerprint": fingerprints.get(split) if split else fingerprints}
+    if path.is_file():
+        return {"data": data, "sha256": file_sha256(path)}
+    return {"data": data, "sha256": None}
+
+
+def ids_sha256(ids: Sequence[str]) -> str:
+    """Fingerprint of the evaluated items, in order (one id per line)."""
+    return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
