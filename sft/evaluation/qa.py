@@ -255,6 +255,21 @@ def prefill(model, ids: Sequence[int]):
     return cache
 
 
+def pack_rows(prefix: Sequence[int], rests: Sequence[Sequence[int]], pad: int):
+    """``(input_ids, attention_mask)``, both (B, N): row b is ``prefix + padding + rests[b]``, padding masked (0)."""
+    import torch
+
+    width = len(prefix) + max(len(r) for r in rests)
+    input_ids = torch.full((len(rests), width), pad, dtype=torch.long)
+    attention_mask = torch.zeros((len(rests), width), dtype=torch.long)
+    input_ids[:, :len(prefix)] = torch.tensor(list(prefix), dtype=torch.long)
+    attention_mask[:, :len(prefix)] = 1
+    for row, rest in enumerate(rests):
+        input_ids[row, width - len(rest):] = torch.tensor(list(rest), dtype=torch.long)
+        attention_mask[row, width - len(rest):] = 1
+    return input_ids, attention_mask
+
+
 def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_new_tokens: int, batch_size: int,
                     max_batch_tokens: int, max_pad_fraction: float = 0.2, min_shared_prefix: int = 0,
                     progress: bool = False, desc: str = "generate",
@@ -287,17 +302,11 @@ def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_n
                                max_batch_tokens=max_batch_tokens, max_pad_fraction=max_pad_fraction)
         for batch in ([members[j] for j in b] for b in batches):
             rests = [list(prompts[i][shared:]) for i in batch]
-            width = shared + max(len(r) for r in rests)
-            input_ids = torch.full((len(batch), width), pad, dtype=torch.long)  # (B, N): prefix, padding, rest
-            attention_mask = torch.zeros((len(batch), width), dtype=torch.long)
-            input_ids[:, :shared] = torch.tensor(prompts[batch[0]][:shared], dtype=torch.long)
-            attention_mask[:, :shared] = 1
-            for row, rest in enumerate(rests):
-                input_ids[row, width - len(rest):] = torch.tensor(rest, dtype=torch.long)
-                attention_mask[row, width - len(rest):] = 1
+            input_ids, attention_mask = pack_rows(prompts[batch[0]][:shared], rests, pad)
+            width = input_ids.shape[1]
             started = time.perf_counter()
             kwargs: dict[str, Any] = {}
-            if prefix_cache is not None:
+            if prefix_cache is not None:  # a copy per batch, one row per prompt
                 cache = copy.deepcopy(prefix_cache)
                 if len(batch) > 1:
                     cache.batch_repeat_interleave(len(batch))

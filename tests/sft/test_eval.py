@@ -13,7 +13,7 @@ from schemas import BuildConfig
 from schemas.eval import EvalConfig
 from sft.eval import evaluate, main, resolve, ConfigError
 from sft.evaluation.qa import (GenerationStats, greedy_generate, load_examples, make_batches, middle_truncate,
-                               prefix_groups, render)
+                               pack_rows, prefix_groups, render)
 from tests.longqa.fixtures import longbench_row, write_longbench
 from tests.sft.conftest import make_tiny_llama
 
@@ -59,6 +59,14 @@ def test_prefix_groups_put_prompts_with_a_long_common_start_together():
     # every member keeps one token to compute, also a prompt that is all prefix (a duplicate)
     assert prefix_groups([doc_a, doc_a + [1], doc_a], min_tokens=4) == [(9, [0, 2, 1])]
     assert prefix_groups([], min_tokens=4) == []
+
+
+def test_pack_rows_puts_padding_between_prefix_and_rest():
+    input_ids, mask = pack_rows([5, 6], [[7], [8, 9, 10]], pad=0)
+    assert input_ids.tolist() == [[5, 6, 0, 0, 7], [5, 6, 8, 9, 10]]
+    assert mask.tolist() == [[1, 1, 0, 0, 1], [1, 1, 1, 1, 1]]
+    input_ids, mask = pack_rows([], [[7], [8, 9]], pad=0)  # no prefix: plain left padding
+    assert input_ids.tolist() == [[0, 7], [8, 9]] and mask.tolist() == [[0, 1], [1, 1]]
 
 
 def _one_at_a_time(model, tokenizer, prompts, max_new_tokens):
