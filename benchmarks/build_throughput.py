@@ -12,9 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
-import os
 import platform
-import resource
 import subprocess
 import sys
 import tempfile
@@ -26,6 +24,7 @@ sys.path.insert(0, str(ROOT))
 
 from longqa.config import default_recipe  # noqa: E402
 from longqa.paths import resolve_path  # noqa: E402
+from sft.evaluation.provenance import device_name  # noqa: E402
 
 MAX_LENGTH = 65536
 
@@ -126,8 +125,8 @@ def main() -> None:
                "squad": default_recipe()["inputs"]}
     lines = [f"# Build throughput ({time.strftime('%Y-%m-%d')})", "",
              f"`python benchmarks/build_throughput.py --samples {args.samples} --repeats {args.repeats}` (fastest of "
-             f"{args.repeats} interleaved builds after a warm-up build) on {platform.processor() or platform.machine()}, "
-             f"{os.cpu_count()} cores, Python {platform.python_version()}. Tokens: those of the full rendered samples; 'vs bare' is against the faster bare call.",
+             f"{args.repeats} interleaved builds after a warm-up build) on {device_name('cpu')}, "
+             f"Python {platform.python_version()}. Tokens: those of the full rendered samples; 'vs bare' is against the faster bare call.",
              "", "| corpus | run | seconds | tokens/s | vs bare tokenizer | vs best num_proc |", "|---|---|---:|---:|---:|---:|"]
     summary = {}
     for name, inputs in corpora.items():

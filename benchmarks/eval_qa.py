@@ -15,7 +15,6 @@ and the tiny test tokenizer built in a temporary folder, with synthetic prompts 
 from __future__ import annotations
 
 import argparse
-import platform
 import sys
 import tempfile
 import time
@@ -29,7 +28,9 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 from schemas.config import DEFAULT_TOKENIZER  # noqa: E402
 from schemas.eval import QAConfig  # noqa: E402
 from sft.eval import load_for_eval, pick_device  # noqa: E402
-from sft.evaluation.qa import GenerationStats, greedy_generate, load_examples, render  # noqa: E402
+from sft.evaluation.provenance import device_name  # noqa: E402
+from sft.evaluation.qa import (GenerationStats, end_token_ids, greedy_generate, load_examples,  # noqa: E402
+                               render)
 
 MIN_SHARED_PREFIX = QAConfig().min_shared_prefix
 
@@ -86,8 +87,7 @@ def held_out_examples(data: str, documents: int, per_document: int):
 def plain_loop(model, tokenizer, prompts, max_new_tokens: int) -> tuple[list[str], GenerationStats]:
     """One unpadded ``generate`` call per prompt, in the given order."""
     stats = GenerationStats()
-    eos = model.generation_config.eos_token_id
-    eos_ids = set(eos if isinstance(eos, list) else [eos]) - {None} or {tokenizer.eos_token_id}
+    eos_ids = end_token_ids(model, tokenizer)  # the qa task's end tokens
     answers = []
     for ids in prompts:
         input_ids = torch.tensor([ids], device=model.device)
@@ -138,7 +138,7 @@ def main(argv=None) -> int:
             runs[name] = (answers, stats)
     reference, plain = runs["plain generate loop"]
     lengths = sorted(len(p) for p in prompts)
-    chip = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
+    chip = device_name(device)
     lines = [f"# qa generation throughput: {'tiny random Llama' if args.tiny else ref}", "",
              f"device: {device} ({chip}, {torch.get_num_threads()} threads), dtype {args.dtype}, torch "
              f"{torch.__version__}, transformers {transformers.__version__}; {len(prompts)} prompts "

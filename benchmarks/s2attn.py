@@ -31,6 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import transformers  # noqa: E402
 from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
 
+from sft.evaluation.provenance import device_name  # noqa: E402
 from sft.s2attn import S2AttnSettings, s2_attention_forward  # noqa: E402
 
 ATTENTION = {"full": sdpa_attention_forward, "s2": s2_attention_forward}
@@ -145,16 +146,6 @@ def bench_length(n: int, args) -> dict:
     }
 
 
-def cpu_model() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip()
-    except OSError:
-        pass
-    return platform.processor() or "unknown"
-
-
 def report(rows: list[dict], args) -> str:
     """The markdown report: how it was run, on what, and the table."""
     lines = [
@@ -162,7 +153,7 @@ def report(rows: list[dict], args) -> str:
         "",
         "Command: `python benchmarks/s2attn.py " + " ".join(args.argv) + "`",
         "",
-        f"- CPU: {cpu_model()}; torch threads: {torch.get_num_threads()}; load average (1 min) at start / end: "
+        f"- CPU: {device_name('cpu')}; torch threads: {torch.get_num_threads()}; load average (1 min) at start / end: "
         f"{args.load[0]:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",
         f"- torch {torch.__version__}, transformers {transformers.__version__}, Python {platform.python_version()}",
         f"- B={args.batch}, H={args.heads}, H_kv={args.kv_heads}, D={args.head_dim}, {args.dtype}, "

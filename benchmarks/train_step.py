@@ -28,6 +28,8 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import transformers  # noqa: E402
 
+from sft.evaluation.provenance import device_name  # noqa: E402
+
 KINDS = ("full", "s2")  # full: attn_implementation "sdpa"; s2: "s2_attn" (sft/s2attn.py) over the same SDPA
 
 
@@ -135,7 +137,7 @@ def bench_length(n: int, args) -> dict:
 
 
 def report(rows: list[dict], args) -> str:
-    cpu = _cpu_name()
+    cpu = device_name("cpu")
     lines = [
         "# Training step: S2-Attn vs full attention (CPU)",
         "",
@@ -157,22 +159,6 @@ def report(rows: list[dict], args) -> str:
         lines.append(f"| {r['n']} | {r['full']:.2f} ({r['full_min']:.2f}) | {r['s2']:.2f} ({r['s2_min']:.2f}) | "
                      f"{r['full'] / r['s2']:.2f}x | {r['n'] / r['s2']:.0f} |")
     return "\n".join(lines) + "\n"
-
-
-def _cpu_name() -> str:
-    try:
-        for line in Path("/proc/cpuinfo").read_text().splitlines():
-            if line.startswith("model name"):
-                return line.split(":", 1)[1].strip() + f" ({_cpu_count()} cores visible)"
-    except OSError:
-        pass
-    return platform.processor() or platform.machine()
-
-
-def _cpu_count() -> int:
-    import os
-
-    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
 
 
 def main(argv=None) -> int:

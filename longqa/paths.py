@@ -45,12 +45,19 @@ class ModelSource:
         return {"gguf_file": self.gguf_file} if self.gguf_file else {"use_safetensors": True}
 
 
+def local_path(ref: str) -> Path | None:
+    """The file or folder a model reference names on disk (``pkg:`` references resolved); None for a Hub id."""
+    if ref.startswith("pkg:") or Path(ref).expanduser().exists():
+        return resolve_path(ref)
+    return None
+
+
 def resolve_source(ref: str) -> ModelSource:
     """Split `ref` into a folder or Hub id and an optional GGUF file name."""
-    is_pkg = ref.startswith("pkg:")
-    if is_pkg or Path(ref).expanduser().exists():
-        path = resolve_path(ref).resolve()
-        name = ref if is_pkg else str(path)
+    local = local_path(ref)
+    if local is not None:
+        path = local.resolve()
+        name = ref if ref.startswith("pkg:") else str(path)
         if path.is_file():
             if path.suffix != GGUF_SUFFIX:
                 raise ValueError(f"{ref}: a model file must be {GGUF_SUFFIX}; otherwise give the model's folder")

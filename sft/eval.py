@@ -141,11 +141,11 @@ def load_for_eval(ref: str, *, dtype: str = "float32", device: str = "cpu"):
     trained config (:func:`sft.merge.load_adapter`; a plain peft folder without it gets the base's config)."""
     import torch
 
-    from longqa.paths import resolve_path
+    from longqa.paths import local_path
     from sft.model import load_model
 
     torch_dtype = getattr(torch, dtype)
-    local = resolve_path(ref) if ref.startswith("pkg:") or Path(ref).expanduser().exists() else None
+    local = local_path(ref)
     if local is not None and local.is_dir() and (local / "adapter_config.json").is_file():
         from sft.merge import CONFIG_SUBDIR, load_adapter
 

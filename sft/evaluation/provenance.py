@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import os
 import platform
 from collections.abc import Sequence
 from pathlib import Path
@@ -18,31 +19,40 @@ EVAL_LIBRARIES = ("longqa", "torch", "transformers", "peft", "accelerate", "toke
 MODEL_FILES = (".safetensors", ".bin", ".gguf", ".json", ".jinja", ".model", ".txt")  # not README.md cards
 
 
+def device_name(device: str = "cpu") -> str:
+    """The device by name: the CUDA device's, or the CPU model (from /proc/cpuinfo) with the cores this process
+    may use."""
+    if device == "cuda":
+        import torch
+
+        return torch.cuda.get_device_name()
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return f"{line.split(':', 1)[1].strip()} ({cores} cores visible)"
+    except OSError:
+        pass
+    return f"{platform.processor() or platform.machine()} ({cores} cores visible)"
+
+
 def environment(device: str, dtype: str) -> dict[str, Any]:
     """Library versions, the device by name, CPU threads and the dtype."""
     import torch
 
     from longqa.manifest import library_versions
 
-    name = torch.cuda.get_device_name() if device == "cuda" else platform.processor() or platform.machine()
-    return {"versions": library_versions(EVAL_LIBRARIES), "device": f"{device} ({name})",
+    return {"versions": library_versions(EVAL_LIBRARIES), "device": f"{device} ({device_name(device)})",
             "threads": torch.get_num_threads(), "dtype": dtype}
-
-
-def _local(ref: str) -> Path | None:
-    from longqa.paths import resolve_path
-
-    if ref.startswith("pkg:") or Path(ref).expanduser().exists():
-        return resolve_path(ref)
-    return None
 
 
 def model_fingerprint(ref: str) -> dict[str, Any]:
     """``{"sha256": ...}`` of the files of model reference `ref` (None when it is not on disk: a Hub id); for an
     adapter folder also ``base`` (its base model's reference) and ``base_sha256``."""
     from longqa.manifest import file_sha256
+    from longqa.paths import local_path
 
-    local = _local(ref)
+    local = local_path(ref)
     if local is None:
         return {"sha256": None}
     found: dict[str, Any] = {"sha256": file_sha256(local, MODEL_FILES)}

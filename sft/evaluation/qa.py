@@ -234,6 +234,13 @@ def pad_id(tokenizer) -> int:
     return tokenizer.eos_token_id
 
 
+def end_token_ids(model, tokenizer) -> set[int]:
+    """Tokens that end an answer: the generation config's end tokens and the tokenizer's (a chat model's
+    end-of-turn token)."""
+    eos = model.generation_config.eos_token_id
+    return (set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}) - {None}
+
+
 def cache_argument(model) -> str:
     """The name under which `model.forward` takes a KV cache: ``cache`` (transformers >= 5.2x) or
     ``past_key_values`` (earlier 5.x, e.g. 5.17)."""
@@ -288,9 +295,7 @@ def greedy_generate(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_n
     pad = pad_id(tokenizer)
     stats = stats if stats is not None else GenerationStats()
     outputs: list[str] = [""] * len(prompts)
-    eos = model.generation_config.eos_token_id
-    # the generation config's end tokens and the tokenizer's (a chat model's end-of-turn token)
-    eos_ids = (set(eos if isinstance(eos, list) else [eos]) | {tokenizer.eos_token_id}) - {None}
+    eos_ids = end_token_ids(model, tokenizer)
     cache_key = cache_argument(model)
     bar = tqdm(total=len(prompts), desc=desc, disable=not progress, leave=False)
     for shared, members in prefix_groups(prompts, min_tokens=min_shared_prefix):

@@ -183,7 +183,7 @@ def test_strict_stops_naming_file_line_and_field(tmp_path, tiny_tokenizer_path, 
     code = build_main(["--input", str(src), "--format", "longbench", "--tokenizer", tiny_tokenizer_path,
                        "--out", str(tmp_path / "out"), "--strict", "--quiet"])
     err = capsys.readouterr().err
-    assert code == 1 and f"lb.jsonl:61" in err and "question" in err and "empty_question" in err
+    assert code == 1 and "lb.jsonl:61" in err and "question" in err and "empty_question" in err
     assert not (tmp_path / "out").exists()
 
 
