@@ -25,7 +25,7 @@ import transformers
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
-from schemas.config import DEFAULT_TOKENIZER  # noqa: E402
+from schemas.build import DEFAULT_TOKENIZER  # noqa: E402
 from schemas.eval import QAConfig  # noqa: E402
 from sft.eval import load_for_eval, pick_device  # noqa: E402
 from sft.evaluation.provenance import device_name  # noqa: E402

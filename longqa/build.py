@@ -13,7 +13,7 @@ import sys
 
 from longqa.config import ConfigError, config_or_exit, default_recipe, load_recipe, resolve
 from schemas import BuildConfig
-from schemas.config import MAPPABLE_FIELDS
+from schemas.build import MAPPABLE_FIELDS
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

@@ -14,7 +14,7 @@ import re
 from collections.abc import Callable
 from typing import Any
 
-from schemas.config import BuildConfig
+from schemas.build import BuildConfig
 from schemas.records import Record, Reject
 
 #: Longest string kept in a reject's `record` (longer ones are cut and end with "…"), so rejects.jsonl stays small.

@@ -2,7 +2,7 @@
 
 Never imports torch or transformers.
 """
-from schemas.config import BuildConfig, InputSpec
+from schemas.build import BuildConfig, InputSpec
 from schemas.records import Document, Origin, Record, Reject
 
 __all__ = ["BuildConfig", "InputSpec", "Document", "Origin", "Record", "Reject"]

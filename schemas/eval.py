@@ -11,7 +11,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.config import DEFAULT_TOKENIZER, split_commas
+from schemas.build import DEFAULT_TOKENIZER, split_commas
 
 TASKS = ("qa", "passkey", "ppl")
 DEFAULT_TUNED = "runs/smollm2-squad/adapter"

@@ -13,7 +13,7 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
-from schemas.config import DEFAULT_TOKENIZER, split_commas
+from schemas.build import DEFAULT_TOKENIZER, split_commas
 
 #: Names `trainable` accepts: the non-LoRA parameter groups LongLoRA trains (its "LoRA+", Sec. 3.3).
 TRAINABLE_GROUPS = ("embed", "norm", "head")

@@ -10,7 +10,7 @@ from __future__ import annotations
 from collections.abc import Callable, Iterator
 
 from longqa.readers import csv, docs, hf_disk, jsonl, longalpaca, longbench, parquet, squad
-from schemas.config import InputSpec
+from schemas.build import InputSpec
 from schemas.records import Record, Reject
 
 Reader = Callable[[InputSpec], Iterator[Record | Reject]]

@@ -12,7 +12,7 @@ import ijson
 
 from longqa.paths import resolve_path
 from longqa.validate import clip_record
-from schemas.config import InputSpec
+from schemas.build import InputSpec
 from schemas.records import Document, Origin, Record, Reject
 
 UTF8_BOM = b"\xef\xbb\xbf"

@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from longqa.readers._common import Source, column_map, has_escaped_byte, input_path, mapped_record
-from schemas.config import InputSpec
+from schemas.build import InputSpec
 from schemas.records import Record, Reject
 
 

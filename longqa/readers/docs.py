@@ -16,7 +16,7 @@ from typing import Any
 from longqa.paths import resolve_path
 from longqa.readers._common import (Source, as_list, column_map, input_path, iter_json_objects, missing_column,
                                     optional_value)
-from schemas.config import InputSpec
+from schemas.build import InputSpec
 from schemas.records import Document, Origin, Record, Reject
 
 #: Record field -> QA-file column, before `InputSpec.fields` overrides.

@@ -10,7 +10,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from longqa.readers._common import BATCH_ROWS, Source, column_map, input_path, mapped_record
-from schemas.config import InputSpec
+from schemas.build import InputSpec
 from schemas.records import Record, Reject
 
 

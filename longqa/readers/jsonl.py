@@ -5,7 +5,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from longqa.readers._common import Source, column_map, input_path, iter_json_objects, mapped_records
-from schemas.config import InputSpec
+from schemas.build import InputSpec
 from schemas.records import Record, Reject
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from longqa.readers._common import Source, as_list, input_path, iter_json_objects
-from schemas.config import InputSpec
+from schemas.build import InputSpec
 from schemas.records import Document, Origin, Record, Reject
 
 #: The sentence that ends the material inside a LongAlpaca instruction.

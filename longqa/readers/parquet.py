@@ -11,7 +11,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 
 from longqa.readers._common import BATCH_ROWS, Source, column_map, input_path, mapped_record
-from schemas.config import InputSpec
+from schemas.build import InputSpec
 from schemas.records import Record, Reject
 
 

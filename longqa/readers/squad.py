@@ -16,7 +16,7 @@ from typing import Any
 import ijson
 
 from longqa.readers._common import Source, input_path, json_error_reject, skip_bom
-from schemas.config import InputSpec
+from schemas.build import InputSpec
 from schemas.records import Document, Origin, Record, Reject
 
 #: Separator of the paragraph contexts in an article's document.

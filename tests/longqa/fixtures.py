@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from schemas.config import InputSpec
+from schemas.build import InputSpec
 from schemas.records import Record, Reject
 
 Row = Mapping[str, Any] | str | bytes

@@ -10,7 +10,7 @@ import pytest
 
 from longqa.readers import READERS, read_input
 from longqa.readers.longalpaca import split_instruction
-from schemas.config import InputFormat
+from schemas.build import InputFormat
 from schemas.records import Record, Reject
 from tests.longqa.fixtures import (longalpaca_instruction, longalpaca_row, longbench_row, spec, split_items,
                                    squad_article, squad_qa, write_csv, write_docs, write_hf_disk, write_json,

@@ -8,7 +8,7 @@ import pytest
 from longqa.readers import read_input
 from longqa.validate import (INVALID_REASONS, POLICY_REASONS, RULES, clip_record, document_too_long,
                              document_too_short, empty_answer, validate)
-from schemas.config import BuildConfig
+from schemas.build import BuildConfig
 from schemas.records import Document, Origin, Record
 from tests.longqa.fixtures import spec, split_items, write_jsonl
 

@@ -1,4 +1,4 @@
-"""Typed, documented configuration. Every field here is mirrored in the YAML recipes under `configs/`.
+"""`BuildConfig`: everything `python -m longqa.build` needs (the dataset builder). Example recipes: `configs/build/`.
 
 Problems are reported all at once (pydantic collects field errors; cross-field checks list every problem they find),
 before any tokenizer or file is opened.
