@@ -1,6 +1,6 @@
 """python benchmarks/eval_qa.py [--model REF] [--data out] [--documents 2] [--per-document 4] [--batch-size 4] [--out F.md]
 
-Throughput of the qa task's generation (:func:`sft.evaluation.qa.greedy_generate`: prompts sharing a long start
+Throughput of the qa task's generation (:func:`sft.evaluation.generate.greedy_generate`: prompts sharing a long start
 prefilled once, the rest sorted by length, bucketed, padded, greedy with the KV cache) against a plain loop of one
 ``model.generate`` per prompt (no padding, no sharing), on the same rendered prompts in the same process: the qa task
 with its defaults (batch 1, shared prefixes), with a batch size, and batched without sharing. Tokens/s counts all
@@ -29,8 +29,8 @@ from schemas.build import DEFAULT_TOKENIZER  # noqa: E402
 from schemas.eval import QAConfig  # noqa: E402
 from sft.eval import load_for_eval, pick_device  # noqa: E402
 from sft.evaluation.provenance import device_name  # noqa: E402
-from sft.evaluation.qa import (GenerationStats, end_token_ids, greedy_generate, load_examples,  # noqa: E402
-                               render)
+from sft.evaluation.generate import GenerationStats, end_token_ids, greedy_generate  # noqa: E402
+from sft.evaluation.qa import load_examples, render  # noqa: E402
 
 MIN_SHARED_PREFIX = QAConfig().min_shared_prefix
 

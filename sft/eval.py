@@ -179,69 +179,6 @@ def model_window(model, max_context: int | None) -> int:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def run_task(task: str, cfg: EvalConfig, model, tokenizer, *, name: str, window: int, data: dict[str, Any],
-             out: Path, progress: bool, say: Callable[[str], None]) -> dict[str, Any]:
-    """One task on one loaded model; `data` caches what the task reads (questions, documents) across models."""
-    if task == "qa":
-        from sft.evaluation.qa import evaluate_qa, load_examples
-
-        q = cfg.qa
-        if "qa" not in data:
-            data["qa"] = load_examples(q.data, split=q.split, prompt_template=q.prompt_template, chat=q.chat,
-                                       limit=q.limit)
-        return evaluate_qa(model, tokenizer, data["qa"], window=window, max_new_tokens=q.max_new_tokens,
-                           batch_size=q.batch_size, max_batch_tokens=q.max_batch_tokens,
-                           length_buckets=q.length_buckets, max_pad_fraction=q.max_pad_fraction,
-                           min_shared_prefix=q.min_shared_prefix, predictions_path=out / f"predictions-{name}.jsonl",
-                           progress=progress)
-    if task == "passkey":
-        from sft.evaluation.passkey import evaluate_passkey
-
-        p = cfg.passkey
-        return evaluate_passkey(model, tokenizer, lengths=p.lengths, depths=p.depths, trials=p.trials, seed=p.seed,
-                                window=window, max_new_tokens=p.max_new_tokens, batch_size=p.batch_size,
-                                max_batch_tokens=p.max_batch_tokens, min_shared_prefix=p.min_shared_prefix,
-                                too_long=cfg.too_long, progress=progress, say=say)
-    if task == "ppl":
-        from sft.evaluation.ppl import evaluate_ppl, load_texts
-
-        p = cfg.ppl
-        if "ppl" not in data:
-            data["ppl"] = load_texts(p.data, split=p.split, max_documents=p.max_documents)
-        return evaluate_ppl(model, tokenizer, data["ppl"], lengths=p.lengths, protocol=p.protocol, stride=p.stride,
-                            max_windows=p.max_windows, window=window, too_long=cfg.too_long, progress=progress,
-                            say=say)
-    raise ValueError(f"unknown task {task!r}")
-
-
-def data_provenance(cfg: EvalConfig, data: dict[str, Any]) -> dict[str, Any]:
-    """Fingerprints of the data each data task read, and of the questions evaluated (their ids, in order)."""
-    from sft.evaluation.provenance import data_fingerprint, ids_sha256
-
-    found = {}
-    if "qa" in data:
-        ids = [e.id for e in data["qa"]]
-        found["qa"] = {**data_fingerprint(cfg.qa.data, cfg.qa.split), "questions": len(ids),
-                       "ids_sha256": ids_sha256(ids)}
-    if "ppl" in data:
-        found["ppl"] = {**data_fingerprint(cfg.ppl.data, cfg.ppl.split), "documents": len(data["ppl"])}
-    return found
-
-
-def summary(task: str, result: dict[str, Any]) -> str:
-    """One line per model and task: the headline scores, time and throughput."""
-    timing = result["timing"]
-    speed = f"{timing['seconds']:.1f} s, {timing['tokens_per_s']} tokens/s"
-    if task == "qa":
-        o = result["overall"]
-        return (f"F1 {o['f1']:.2f}  ROUGE-L {o['rouge_l']:.2f}  EM {o['exact_match']:.2f}  ({o['n']} questions, "
-                f"{result['truncated']} cut in the middle)  {speed}")
-    if task == "passkey":
-        return f"accuracy {result['accuracy']}% over {len(result['trials'])} trials  {speed}"
-    ppl = ", ".join(f"{k}: {v['ppl']:.2f}" for k, v in result["by_length"].items())
-    return f"perplexity {ppl or 'none'}  {speed}"
-
-
 def evaluate(cfg: EvalConfig, *, command: str = "python -m sft.eval", progress: bool = True,
              say: Callable[[str], None] = print) -> dict[str, Any]:
     """Evaluate every model of `cfg` on its tasks, one model in memory at a time, and write the report to
@@ -260,6 +197,7 @@ def evaluate(cfg: EvalConfig, *, command: str = "python -m sft.eval", progress: 
 def _evaluate(cfg: EvalConfig, *, command: str, progress: bool, say: Callable[[str], None]) -> dict[str, Any]:
     from sft.evaluation.provenance import environment, model_fingerprint
     from sft.evaluation.report import write_report
+    from sft.evaluation.tasks import TaskContext, get_task
 
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -267,7 +205,7 @@ def _evaluate(cfg: EvalConfig, *, command: str, progress: bool, say: Callable[[s
     report: dict[str, Any] = {"command": command, "config": cfg.model_dump(mode="json"),
                               "environment": environment(device, cfg.dtype), "models": {},
                               "results": {task: {} for task in cfg.tasks}}
-    data: dict[str, Any] = {}
+    cache: dict[str, Any] = {}  # what the tasks read once (questions, documents), shared across models
     started = time.perf_counter()
     for name, ref in cfg.models.items():
         t0 = time.perf_counter()
@@ -277,14 +215,17 @@ def _evaluate(cfg: EvalConfig, *, command: str, progress: bool, say: Callable[[s
                                   "load_s": round(time.perf_counter() - t0, 2),
                                   "parameters": sum(p.numel() for p in model.parameters()), **model_fingerprint(ref)}
         say(f"{name}: {ref} ({kind}, window {window} tokens) loaded in {report['models'][name]['load_s']} s")
+        ctx = TaskContext(model_name=name, window=window, out=out, cache=cache, too_long=cfg.too_long,
+                          progress=progress, say=lambda m, n=name: say(f"{n}: {m}"))
         for task in cfg.tasks:
-            result = run_task(task, cfg, model, tokenizer, name=name, window=window, data=data, out=out,
-                              progress=progress, say=lambda m, n=name: say(f"{n}: {m}"))
+            module = get_task(task)
+            result = module.run(model, tokenizer, getattr(cfg, task), ctx)
             report["results"][task][name] = result
-            say(f"{name} {task}: {summary(task, result)}")
+            say(f"{name} {task}: {module.summary(result)}")
         del model, tokenizer
         gc.collect()
-    report["data"] = data_provenance(cfg, data)
+    report["data"] = {task: get_task(task).data_provenance(getattr(cfg, task), cache) for task in cfg.tasks
+                      if hasattr(get_task(task), "data_provenance")}
     report["seconds"] = round(time.perf_counter() - started, 2)
     paths = write_report(report, out)
     say(f"report: {paths['markdown']} (and {paths['json'].name}, "

@@ -1,4 +1,4 @@
-"""Passkey retrieval (LongLoRA, Chen et al. 2023, Sec. 4.2 and ``passkey_retrivial.py``; after Mohtashami & Jaggi
+"""Task ``passkey``: passkey retrieval (LongLoRA, Chen et al. 2023, Sec. 4.2 and ``passkey_retrivial.py``; after Mohtashami & Jaggi
 2023): a key line hidden at a depth of repeated filler text, asked for at the end. Accuracy by length x depth.
 
 The generator is pure: :func:`passkey_prompt` builds the text, :func:`fit_filler` finds how much filler makes a prompt
@@ -11,6 +11,9 @@ import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
+
+from schemas.eval import PasskeyConfig
+from sft.evaluation.generate import GenerationStats, greedy_generate
 
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
         "I will quiz you about the important information there.")
@@ -96,15 +99,25 @@ def answer_key(generated: str) -> int | None:
     return int(match.group()) if match else None
 
 
-def evaluate_passkey(model, tokenizer, *, lengths: Sequence[int], depths: Sequence[float], trials: int, seed: int,
-                     window: int, max_new_tokens: int, batch_size: int, max_batch_tokens: int,
-                     min_shared_prefix: int = 0, too_long: str = "skip",
+def run(model, tokenizer, cfg: PasskeyConfig, ctx) -> dict[str, Any]:
+    """The task on one model (:mod:`sft.evaluation.tasks`)."""
+    return evaluate_passkey(model, tokenizer, cfg, window=ctx.window, too_long=ctx.too_long, progress=ctx.progress,
+                            say=ctx.say)
+
+
+def summary(result: dict[str, Any]) -> str:
+    """Accuracy over all trials, time and throughput in one line."""
+    timing = result["timing"]
+    return (f"accuracy {result['accuracy']}% over {len(result['trials'])} trials  {timing['seconds']:.1f} s, "
+            f"{timing['tokens_per_s']} tokens/s")
+
+
+def evaluate_passkey(model, tokenizer, cfg: PasskeyConfig, *, window: int, too_long: str = "skip",
                      progress: bool = False, say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Run every trial that fits ``window - max_new_tokens`` tokens; lengths beyond it are skipped with a message
+    """Run every trial that fits ``window - cfg.max_new_tokens`` tokens; lengths beyond it are skipped with a message
     (or raise ValueError when `too_long` is ``"error"``). Returns accuracy (percent) overall and per length x depth,
     the trials and timing."""
-    from sft.evaluation.qa import GenerationStats, greedy_generate
-
+    lengths, depths, max_new_tokens = cfg.lengths, cfg.depths, cfg.max_new_tokens
     budget = window - max_new_tokens
     fitting = [n for n in lengths if n <= budget]
     skipped = [n for n in lengths if n > budget]
@@ -118,11 +131,11 @@ def evaluate_passkey(model, tokenizer, *, lengths: Sequence[int], depths: Sequen
     def count(text: str) -> int:
         return len(tokenizer(text)["input_ids"])
 
-    cases = passkey_cases(count, fitting, depths, trials, seed) if fitting else []
+    cases = passkey_cases(count, fitting, depths, cfg.trials, cfg.seed) if fitting else []
     stats = GenerationStats()
     answers = greedy_generate(model, tokenizer, [tokenizer(c.prompt)["input_ids"] for c in cases],
-                              max_new_tokens=max_new_tokens, batch_size=batch_size,
-                              max_batch_tokens=max_batch_tokens, min_shared_prefix=min_shared_prefix,
+                              max_new_tokens=max_new_tokens, batch_size=cfg.batch_size,
+                              max_batch_tokens=cfg.max_batch_tokens, min_shared_prefix=cfg.min_shared_prefix,
                               progress=progress, desc="passkey", stats=stats)
     rows = [{"length": c.length, "depth": c.depth, "trial": c.trial, "key": c.key, "tokens": c.n_tokens,
              "answer": a, "correct": answer_key(a) == c.key} for c, a in zip(cases, answers)]

@@ -1,4 +1,4 @@
-"""Perplexity by context length.
+"""Task ``ppl``: perplexity by context length.
 
 Two window protocols over one token stream (documents joined by the end-of-sequence token, as the paper evaluates
 the concatenated PG19 / proof-pile validation tokens):
@@ -18,6 +18,8 @@ import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
+
+from schemas.eval import PPLConfig
 
 
 class Window(NamedTuple):
@@ -129,20 +131,42 @@ def window_nll(model, tokens: Sequence[int], window: Window) -> tuple[float, int
     return float(nll.double()), window.n_scored
 
 
-def evaluate_ppl(model, tokenizer, texts: Sequence[str], *, lengths: Sequence[int], protocol: str, stride: int,
-                 max_windows: int | None, window: int, too_long: str = "skip", progress: bool = False,
-                 say: Callable[[str], None] = print) -> dict[str, Any]:
-    """Perplexity ``exp(sum NLL / scored tokens)`` at each context length of `lengths` over the first `max_windows`
-    windows of the token stream. Lengths beyond the model `window`, or longer than the stream, are skipped with a
-    message (a length beyond the window raises ValueError when `too_long` is ``"error"``)."""
+def run(model, tokenizer, cfg: PPLConfig, ctx) -> dict[str, Any]:
+    """The task on one model (:mod:`sft.evaluation.tasks`): the documents of ``cfg.data``, read once for all models."""
+    if "ppl" not in ctx.cache:
+        ctx.cache["ppl"] = load_texts(cfg.data, split=cfg.split, max_documents=cfg.max_documents)
+    return evaluate_ppl(model, tokenizer, ctx.cache["ppl"], cfg, window=ctx.window, too_long=ctx.too_long,
+                        progress=ctx.progress, say=ctx.say)
+
+
+def summary(result: dict[str, Any]) -> str:
+    """Perplexity per length, time and throughput in one line."""
+    timing = result["timing"]
+    ppl = ", ".join(f"{k}: {v['ppl']:.2f}" for k, v in result["by_length"].items())
+    return f"perplexity {ppl or 'none'}  {timing['seconds']:.1f} s, {timing['tokens_per_s']} tokens/s"
+
+
+def data_provenance(cfg: PPLConfig, cache: dict[str, Any]) -> dict[str, Any]:
+    """The data's fingerprint and the number of documents read."""
+    from sft.evaluation.provenance import data_fingerprint
+
+    return {**data_fingerprint(cfg.data, cfg.split), "documents": len(cache["ppl"])}
+
+
+def evaluate_ppl(model, tokenizer, texts: Sequence[str], cfg: PPLConfig, *, window: int, too_long: str = "skip",
+                 progress: bool = False, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """Perplexity ``exp(sum NLL / scored tokens)`` at each context length of ``cfg.lengths`` over the first
+    ``cfg.max_windows`` windows of the token stream. Lengths beyond the model `window`, or longer than the stream, are
+    skipped with a message (a length beyond the window raises ValueError when `too_long` is ``"error"``)."""
     from tqdm.auto import tqdm
 
+    protocol, stride, max_windows = cfg.protocol, cfg.stride, cfg.max_windows
     stream = token_stream(texts, tokenizer)
     make = WINDOW_PROTOCOLS[protocol]
     by_length: dict[str, dict[str, Any]] = {}
     skipped: dict[str, str] = {}
     scored_tokens, started = 0, time.perf_counter()
-    for length in lengths:
+    for length in cfg.lengths:
         if length > window:
             message = f"ppl: length {length} exceeds the model window ({window} tokens)"
             if too_long == "error":

@@ -12,8 +12,8 @@ import yaml
 from schemas import BuildConfig
 from schemas.eval import EvalConfig
 from sft.eval import evaluate, main, resolve, ConfigError
-from sft.evaluation.qa import (GenerationStats, greedy_generate, load_examples, make_batches, middle_truncate,
-                               pack_rows, prefix_groups, render)
+from sft.evaluation.generate import GenerationStats, greedy_generate, make_batches, pack_rows, prefix_groups
+from sft.evaluation.qa import load_examples, middle_truncate, render
 from tests.longqa.fixtures import longbench_row, write_longbench
 from tests.sft.conftest import make_tiny_llama
 
