@@ -21,6 +21,9 @@ Contract (DESIGN.md, "S2-Attn (shifted sparse attention) — the contract"):
 - ``wrap="roll"`` (paper, Algorithm 1): the shifted heads see each sample rotated left by ``s`` (token order
   ``s, s+1, ..., L-1, 0, ..., s-1``), cut into groups of ``G`` in that order and causal in that order, so the first and
   last half-groups share a segment (the first tokens see the last ones). With ``s >= L`` there is no rotation.
+- Context parallelism (``sft.context_parallel``, issue 14): an attention layer that carries a ``context_parallel``
+  place holds one of P slices of every row; ``N`` is then the global length ``P * n`` and the slice is attended
+  locally, plus the left neighbour's last half-group of shifted keys/values (a differentiable exchange).
 - Segments never cross a sample boundary: every row is split into samples (maximal runs of real tokens whose
   ``position_ids`` increase by one, or whose mask links them, see :func:`row_samples`) and the segment rule restarts
   at each sample start. Padding tokens take part in nothing and get a zero output and zero gradients.
@@ -467,13 +470,17 @@ def s2_attention_forward(
     _check_supported(module, query, key, is_causal, position_bias, kwargs)
     batch, _, seq_len, _ = query.shape
     settings = S2AttnSettings.from_config(getattr(module, "config", None))
-    group_size = settings.group_size_for(seq_len)
+    # context parallelism (sft.context_parallel, issue 14): this rank holds one of cp.size slices of every row
+    cp = getattr(module, "context_parallel", None)
+    group_size = settings.group_size_for(seq_len * (cp.size if cp is not None else 1))
     samples = row_samples(attention_mask, kwargs.get("position_ids"), batch, seq_len)
     backend = select_backend(settings.backend, query)
 
     # Token-major views (B, N, H, D): the layout the projections produced.
     q_t, k_t, v_t = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
-    if backend == "sdpa" and _is_contiguous(samples, seq_len, settings.wrap):
+    if cp is not None:  # SDPA on the local slice plus the shifted heads' halo from the left neighbour
+        out = cp.attention(q_t, k_t, v_t, samples, group_size, settings.wrap, dropout, scaling)
+    elif backend == "sdpa" and _is_contiguous(samples, seq_len, settings.wrap):
         out = _sliced_attention(q_t, k_t, v_t, samples, group_size, settings.wrap, dropout, scaling)
     else:
         out = _gathered_attention(q_t, k_t, v_t, samples, group_size, settings.wrap, backend, dropout, scaling)
