@@ -86,6 +86,18 @@ class TrainConfig(BaseModel):
     group_by_length: bool = Field(True, description="batch samples of similar length together (less padding)")
     dataloader_num_workers: int = Field(0, ge=0, description="data loading worker processes")
 
+    # loss (issue 13): chunked cross-entropy, reduction over the global batch
+    chunked_loss: bool = Field(
+        True, description="never build the tokens x vocabulary logits: only supervised positions go through the LM "
+        "head, loss_chunk_size tokens at a time, recomputed in backward (same loss and gradients); false: the model "
+        "computes all logits (the plain path)")
+    loss_chunk_size: int = Field(2048, ge=1, description="tokens per LM-head call of the chunked loss (2048 x a 49k "
+                                 "vocabulary = 0.4 GB of float32 logits)")
+    loss_reduction: Literal["token", "sample"] = Field(
+        "token", description="'token': mean over all supervised tokens of the global batch (every accumulation step "
+        "and rank); 'sample': each sample's mean token loss, averaged over the samples of the global batch "
+        "(LongAlign's loss weighting: a short answer weighs as much as a long one)")
+
     deepspeed: str | None = Field(
         None, description="DeepSpeed JSON config passed to the Trainer (configs/deepspeed/zero2.json, zero3.json; "
         "needs `pip install deepspeed` and a launch with `deepspeed`/`torchrun`/`accelerate launch`); null: none")
@@ -104,6 +116,9 @@ class TrainConfig(BaseModel):
     logging_steps: int = Field(1, ge=1, description="optimizer steps between metric lines in metrics.jsonl")
     save_steps: int = Field(4, ge=1, description="optimizer steps between checkpoints")
     save_total_limit: int | None = Field(2, ge=1, description="checkpoints kept (oldest deleted); null keeps all")
+    report_to: Literal["none", "tensorboard", "wandb", "trackio"] = Field(
+        "none", description="experiment tracker the Trainer logs to as well as metrics.jsonl (needs that package "
+        "installed: tensorboard, wandb or trackio)")
     resume: bool = Field(False, description="continue from the last checkpoint in output_dir (model, optimizer, "
                          "scheduler, data order)")
 

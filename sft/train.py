@@ -30,6 +30,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from schemas.train import TrainConfig
 from sft.data import DataStats, PadCollator, load_extend_dataset, load_sft_dataset, pad_token_id
+from sft.trainer import LongLoRATrainer
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 METRICS_FILE = "metrics.jsonl"
@@ -97,7 +98,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = ()) -> Tra
 
     # 2. train
     eval_dataset = load_eval_data(cfg)
-    trainer = Trainer(
+    trainer = LongLoRATrainer(
+        loss_reduction=cfg.loss_reduction, chunked_loss=cfg.chunked_loss, loss_chunk_size=cfg.loss_chunk_size,
         model=model, args=training_arguments(cfg), train_dataset=dataset, eval_dataset=eval_dataset,
         processing_class=tokenizer, data_collator=PadCollator(pad_token_id(tokenizer), cfg.max_length),
         callbacks=[StopOnNonFiniteLoss(output_dir), MetricsJsonl(output_dir / METRICS_FILE), *callbacks])
@@ -298,7 +300,7 @@ def training_arguments(cfg: TrainConfig) -> TrainingArguments:
         prediction_loss_only=True,  # the eval set is only for its loss: never gather (N, vocab) logits
         remove_unused_columns=False,  # the data already holds only input_ids/labels/length; the collator drops length
         ddp_find_unused_parameters=False,
-        report_to="none",
+        report_to=cfg.report_to,
     )
 
 
