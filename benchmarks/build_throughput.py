@@ -22,7 +22,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from longqa.config import default_recipe  # noqa: E402
+from longqa.build import default_recipe  # noqa: E402
 from longqa.paths import resolve_path  # noqa: E402
 from sft.evaluation.provenance import device_name  # noqa: E402
 

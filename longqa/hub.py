@@ -18,6 +18,8 @@ from collections.abc import Callable
 from pathlib import Path
 from urllib.parse import urlparse
 
+from schemas.errors import UserError
+
 log = logging.getLogger(__name__)
 
 DEFAULT_ENDPOINT = "https://huggingface.co"
@@ -25,8 +27,12 @@ CONNECT_TIMEOUT_S = 5.0
 TRIES = 3
 
 
-class HubError(RuntimeError):
-    """Publishing failed; the message says why and never contains the token."""
+class PublishError(UserError):
+    """What was asked cannot be published (not a finished build or run, a staged copy that does not load back)."""
+
+
+class HubError(PublishError):
+    """Publishing failed at the hub; the message says why and never contains the token."""
 
 
 def resolve_endpoint(endpoint: str | None) -> str:

@@ -16,12 +16,13 @@ from longqa.describe import describe
 from longqa.manifest import Tally
 from longqa.write import DATASETS, atomic_output, save_dict
 from schemas import BuildConfig
+from schemas.errors import ConfigError
 
 _PER_PART = ("shard_index", "out")
 
 
-class MergeError(ValueError):
-    pass
+class MergeError(ConfigError):
+    """The parts given do not make one dataset (unfinished, built differently, or not every shard)."""
 
 
 def load_parts(parts: list[Path]) -> list[dict]:

@@ -25,11 +25,12 @@ from longqa.tokenize import Encoded, OverBudget
 from longqa.validate import POLICY_REASONS, reject_record, validate
 from longqa.write import DATASETS, StreamWriter, atomic_output, list_array, save_datasets
 from schemas import BuildConfig, Record, Reject
+from schemas.errors import DataError
 
 log = logging.getLogger(__name__)
 
 
-class BuildError(RuntimeError):
+class BuildError(DataError):
     """A record stopped a `--strict` build, or the build cannot go on; the message names file, line and field."""
 
 

@@ -19,17 +19,13 @@ import datasets
 
 from longqa.card import render_card
 from longqa.describe import table_of
-from longqa.hub import add_hub_arguments, publish
+from longqa.hub import PublishError, add_hub_arguments, publish
 from longqa.manifest import fingerprint
 from longqa.write import quiet_datasets
 
 #: Hub config name -> (built dataset folder, staged folder). The first is the default config.
 LAYOUT = {"default": ("text", "data"), "tokenized": ("tokenized", "tokenized")}
 MAX_SHARD_BYTES = 500 * 1024**2
-
-
-class PublishError(ValueError):
-    pass
 
 
 def shard_name(folder: str, split: str, i: int, n: int) -> str:

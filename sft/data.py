@@ -20,14 +20,12 @@ from pathlib import Path
 import datasets
 import torch
 
+from schemas.errors import DataError  # noqa: F401 (the training data cannot be used as configured; re-exported)
+
 IGNORE_INDEX = -100
 #: Columns the trainer keeps; everything else of the built dataset is provenance.
 TRAIN_COLUMNS = ("input_ids", "labels", "length")
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl")
-
-
-class DataError(ValueError):
-    """The training data cannot be used as configured."""
 
 
 @dataclass

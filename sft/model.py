@@ -21,6 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from longqa.paths import ModelSource, resolve_source  # noqa: F401 (ModelSource re-exported)
+from schemas.errors import UserError
 
 logger = logging.getLogger(__name__)
 
@@ -29,7 +30,7 @@ ROPE_KINDS = ("linear", "dynamic", "yarn")
 ATTENTION_MODULES = {"s2_attn": "sft.s2attn"}
 
 
-class AdapterSetupError(ValueError):
+class AdapterSetupError(UserError, ValueError):
     """The wrapped model's trainable parameters are not exactly LoRA plus the requested extras."""
 
 
@@ -168,6 +169,17 @@ def _tied_embeddings(model: PreTrainedModel) -> bool:
     return bool(getattr(model.config.get_text_config(), "tie_word_embeddings", False))
 
 
+def check_target_modules(model: nn.Module, target_modules: Sequence[str]) -> None:
+    """Raise :class:`AdapterSetupError` naming the targets no module of `model` matches (peft's rule: the full name,
+    or its last dotted parts) and the linear layers it does have."""
+    names = [name for name, _ in model.named_modules() if name]
+    missing = [t for t in target_modules if not any(n == t or n.endswith("." + t) for n in names)]
+    if missing:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise AdapterSetupError(f"lora_target_modules: {type(model).__name__} has no module named {missing}; its "
+                                f"linear layers are {linear} (set --lora-target-modules to some of them)")
+
+
 def add_lora_plus(model: PreTrainedModel, *, r: int = 8, alpha: int = 16, dropout: float = 0.0,
                   target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
                   trainable: Sequence[str] = ("embed", "norm")):
@@ -188,9 +200,13 @@ def add_lora_plus(model: PreTrainedModel, *, r: int = 8, alpha: int = 16, dropou
         if "ensure_weight_tying" not in LoraConfig.__dataclass_fields__:
             raise AdapterSetupError("training tied embeddings needs a peft with LoraConfig(ensure_weight_tying=...)")
         options["ensure_weight_tying"] = True
+    check_target_modules(model, target_modules)
     lora_config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
                              modules_to_save=extras, task_type="CAUSAL_LM", **options)
-    peft_model = get_peft_model(model, lora_config)
+    try:
+        peft_model = get_peft_model(model, lora_config)
+    except ValueError as e:  # peft's own checks of the LoRA config against the model
+        raise AdapterSetupError(f"LoRA set-up of {type(model).__name__}: {e}") from None
     verify_lora_plus(peft_model, target_modules=target_modules, extras=extras)
     trained, total = trainable_parameters(peft_model)
     logger.info("LoRA+: %d trainable parameters of %d (%.2f%%): LoRA r=%d on %s, full %s (%d modules)",

@@ -18,13 +18,9 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from longqa.hub import add_hub_arguments, publish
+from longqa.hub import PublishError, add_hub_arguments, publish
 
 ADAPTER_DIR, MERGED_DIR, TRAIN_CONFIG, EVAL_REPORT = "adapter", "merged", "train_config.yaml", "eval/report.md"
-
-
-class PublishError(ValueError):
-    pass
 
 
 def find_parts(source: Path) -> dict[str, Path | None]:

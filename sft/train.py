@@ -13,11 +13,13 @@
 3. **save** — ``sft.merge.save_adapter`` writes ``output_dir/adapter`` (LoRA, embeddings, norms, the RoPE-scaled
    config and the tokenizer), which ``peft.PeftModel.from_pretrained`` loads and ``python -m sft.merge`` merges.
 
-Runs unchanged under ``torchrun``/``accelerate launch`` (the Trainer does DDP); only rank 0 prints and writes files.
+Runs unchanged under ``torchrun``/``accelerate launch`` (the Trainer does DDP); only rank 0 writes files, and only its
+log lines show (:func:`schemas.cli.setup_logging`).
 """
 from __future__ import annotations
 
 import json
+import logging
 import math
 import os
 from dataclasses import asdict, dataclass, field
@@ -28,9 +30,12 @@ import yaml
 from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
+from schemas.errors import UserError
 from schemas.train import TrainConfig
 from sft.data import DataStats, PadCollator, load_extend_dataset, load_sft_dataset, pad_token_id
 from sft.trainer import LongLoRATrainer
+
+log = logging.getLogger(__name__)
 
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16}
 METRICS_FILE = "metrics.jsonl"
@@ -39,7 +44,7 @@ DATA_STATS_FILE = "data_stats.json"
 ADAPTER_DIR = "adapter"
 
 
-class NonFiniteLoss(RuntimeError):
+class NonFiniteLoss(UserError, RuntimeError):
     """The loss became NaN or inf; training stopped before the optimizer step that would have applied it."""
 
 
@@ -65,11 +70,6 @@ def is_main_process() -> bool:
     return int(os.environ.get("RANK", "0")) == 0
 
 
-def say(message: str) -> None:
-    if is_main_process():
-        print(f"sft: {message}", flush=True)
-
-
 # ----------------------------------------------------------------------------------------------------------------------
 # The recipe
 # ----------------------------------------------------------------------------------------------------------------------
@@ -86,10 +86,10 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = ()) -> Tra
 
     # 1. setup: the data first (a data problem should not wait for the model to load), then the model
     dataset, stats = load_data(cfg)
-    say(f"data: {stats.summary()}")
+    log.info(f"data: {stats.summary()}")
     model, tokenizer, rope = setup_model(cfg)
     trainable, total = count_parameters(model)
-    say(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%): LoRA r={cfg.lora_r} on "
+    log.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%): LoRA r={cfg.lora_r} on "
         f"{','.join(cfg.lora_target_modules)} + {','.join(cfg.trainable) or 'nothing else'}")
     if is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
@@ -105,10 +105,10 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = ()) -> Tra
         callbacks=[StopOnNonFiniteLoss(output_dir), MetricsJsonl(output_dir / METRICS_FILE), *callbacks])
     args = trainer.args
     ddp = f" (DDP, {args.ddp_backend or 'default'} backend)" if args.world_size > 1 else ""
-    say(f"world size {args.world_size}{ddp}, global batch "
+    log.info(f"world size {args.world_size}{ddp}, global batch "
         f"{args.world_size * cfg.per_device_batch_size * cfg.gradient_accumulation_steps} samples")
     if checkpoint is not None:
-        say(f"resuming from {checkpoint}")
+        log.info(f"resuming from {checkpoint}")
         if is_main_process():
             truncate_metrics(output_dir / METRICS_FILE, checkpoint_step(checkpoint))
     eval_before = None
@@ -118,7 +118,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = ()) -> Tra
     eval_after = eval_loss(trainer) if eval_dataset is not None else None
     if eval_after is not None:
         before = f"before {eval_before:.4f} → " if eval_before is not None else ""
-        say(f"eval loss {before}after {eval_after:.4f} ({len(eval_dataset)} held-out '{cfg.eval_split}' samples, "
+        log.info(f"eval loss {before}after {eval_after:.4f} ({len(eval_dataset)} held-out '{cfg.eval_split}' samples, "
             "dense attention)")
 
     # 3. save
@@ -127,7 +127,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = ()) -> Tra
         from sft.merge import save_adapter
 
         save_adapter(trainer.model, tokenizer, adapter_dir)
-        say(f"saved the adapter to {adapter_dir} after {trainer.state.global_step} steps "
+        log.info(f"saved the adapter to {adapter_dir} after {trainer.state.global_step} steps "
             f"(train loss {output.training_loss:.4f})")
     return TrainResult(output_dir=output_dir, adapter_dir=adapter_dir, global_step=trainer.state.global_step,
                        trainable_params=trainable, total_params=total, data=stats, rope_scaling=rope,
@@ -187,18 +187,19 @@ def build_on_the_fly(cfg: TrainConfig) -> TrainConfig:
         return cfg
     import time
 
-    from longqa.config import load_recipe, resolve
     from longqa.pipeline import build
+    from schemas.build import BuildConfig
+    from schemas.resolve import load_recipe, resolve
 
     out = Path(cfg.output_dir) / "data"
-    build_cfg = resolve(load_recipe(ref), {"out": str(out)}, ref)
+    build_cfg = resolve(BuildConfig, load_recipe(ref), {"out": str(out)}, ref)
     manifest = out / "manifest.json"
 
     def current() -> bool:
         return manifest.is_file() and json.loads(manifest.read_text())["config"] == build_cfg.model_dump(mode="json")
 
     if is_main_process() and not current():
-        say(f"data: building {ref} into {out}")
+        log.info(f"data: building {ref} into {out}")
         build(build_cfg, progress=False)
     while not current():  # another rank: the build is rank 0's
         time.sleep(2)
@@ -223,7 +224,7 @@ def load_eval_data(cfg: TrainConfig):
     try:
         dataset, _ = load_sft_dataset(cfg.data_paths[0], cfg.eval_split, cfg.max_length, "drop")
     except DataError as e:
-        say(f"no held-out evaluation: {e}")
+        log.info(f"no held-out evaluation: {e}")
         return None
     return dataset.select(range(min(cfg.eval_samples, len(dataset))))
 
@@ -267,7 +268,7 @@ def resume_checkpoint(cfg: TrainConfig) -> Path | None:
     if complete is None:
         raise FileNotFoundError(f"resume: no complete checkpoint in {output_dir} (none holds trainer_state.json)")
     if complete != Path(last):
-        say(f"{Path(last).name} is incomplete (no trainer_state.json: the run stopped while saving it); skipped")
+        log.info(f"{Path(last).name} is incomplete (no trainer_state.json: the run stopped while saving it); skipped")
     return complete
 
 

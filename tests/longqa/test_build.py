@@ -187,7 +187,10 @@ def test_strict_stops_naming_file_line_and_field(tmp_path, tiny_tokenizer_path, 
     assert not (tmp_path / "out").exists()
 
 
-def test_cli_flags_override_recipe_and_print_config(tmp_path, capsys):
+def test_cli_flags_override_recipe_and_print_config(tmp_path, capsys, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    for name in ("a.csv", "q.csv"):
+        (tmp_path / name).write_text("context,q,a\n")
     recipe = tmp_path / "recipe.yaml"
     recipe.write_text(yaml.safe_dump({"inputs": [{"path": "a.csv", "format": "csv"}], "max_length": 1024}))
     assert build_main(["--config", str(recipe), "--max-length", "2048", "--print-config"]) == 0
@@ -202,5 +205,6 @@ def test_cli_flags_override_recipe_and_print_config(tmp_path, capsys):
 def test_config_problems_are_reported_at_once(tmp_path, capsys):
     code = build_main(["--input", "x.jsonl", "--format", "nope", "--max-length", "3", "--truncation", "sideways"])
     err = capsys.readouterr().err
-    assert code == 2 and "3 problem(s)" in err
+    assert code == 2 and "4 problem(s)" in err
     assert "inputs.0.format" in err and "max_length" in err and "truncation" in err
+    assert "inputs.0.path: x.jsonl does not exist" in err

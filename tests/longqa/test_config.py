@@ -7,7 +7,15 @@ from pathlib import Path
 
 import pytest
 
-from longqa.config import ConfigError, default_recipe, load_recipe, resolve
+from longqa.build import default_recipe
+from schemas.build import BuildConfig
+from schemas.errors import ConfigError
+from schemas.resolve import load_recipe
+from schemas.resolve import resolve as resolve_config
+
+
+def resolve(base, overrides, origin="config"):
+    return resolve_config(BuildConfig, base, overrides, origin)
 
 ROOT = Path(__file__).resolve().parents[2]
 

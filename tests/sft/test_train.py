@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import math
 from pathlib import Path
 
@@ -99,12 +100,13 @@ def test_extend_mode_with_checkpointing_and_a_bf16_base(tiny_llama_dir, tmp_path
     assert {t.dtype for t in adapter_tensors(result.adapter_dir).values()} == {torch.float32}
 
 
-def test_held_out_loss_is_measured_before_and_after_training(tiny_llama_dir, built, tmp_path, capsys):
+def test_held_out_loss_is_measured_before_and_after_training(tiny_llama_dir, built, tmp_path, caplog):
     import datasets
 
     splits = datasets.load_from_disk(str(Path(built) / "tokenized"))
     splits["test"] = splits["train"].select([9, 0, 1, 2])  # the 600-token sample does not fit: skipped
     splits.save_to_disk(str(tmp_path / "built/tokenized"))
+    caplog.set_level(logging.INFO, logger="sft")
     result = run(config(tiny_llama_dir, str(tmp_path / "built"), tmp_path / "run", eval_samples=2, max_steps=4))
 
     evals = [line for line in metric_lines(tmp_path / "run") if "eval_loss" in line]
@@ -112,7 +114,7 @@ def test_held_out_loss_is_measured_before_and_after_training(tiny_llama_dir, bui
     assert (result.eval_before, result.eval_after) == (evals[0]["eval_loss"], evals[1]["eval_loss"])
     assert result.eval_after < result.eval_before  # the eval samples repeat the training pattern: it is learnt
     assert f"eval loss before {result.eval_before:.4f} → after {result.eval_after:.4f} (2 held-out 'test'" in \
-        capsys.readouterr().out
+        caplog.text
 
     resumed = run(config(tiny_llama_dir, str(tmp_path / "built"), tmp_path / "run", eval_samples=2, max_steps=5,
                          resume=True))  # the loss before comes from the interrupted run's metrics.jsonl
@@ -120,10 +122,11 @@ def test_held_out_loss_is_measured_before_and_after_training(tiny_llama_dir, bui
     assert [line["step"] for line in metric_lines(tmp_path / "run") if "eval_loss" in line] == [0, 4, 5]
 
 
-def test_no_held_out_split_means_no_evaluation(tiny_llama_dir, built, tmp_path, capsys):
+def test_no_held_out_split_means_no_evaluation(tiny_llama_dir, built, tmp_path, caplog):
+    caplog.set_level(logging.INFO, logger="sft")
     result = run(config(tiny_llama_dir, built, tmp_path / "run", max_steps=1))
     assert result.eval_before is None and result.eval_after is None
-    assert "no held-out evaluation" in capsys.readouterr().out
+    assert "no held-out evaluation" in caplog.text
     assert not any("eval_loss" in line for line in metric_lines(tmp_path / "run"))
 
 
@@ -179,9 +182,11 @@ def test_shipped_recipes_validate_and_name_their_command(recipe):
     assert recipe.read_text().startswith(f"# python -m sft.run --config configs/train/{recipe.name}")
 
 
-def test_the_default_recipe_is_the_schema_defaults(capsys):
+def test_the_default_recipe_is_the_schema_defaults(capsys, tmp_path, monkeypatch):
     shipped = cli.resolve(cli.load_recipe(ROOT / "configs/train/smollm2_squad.yaml"), {}, check_paths=False)
     assert shipped == TrainConfig()
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "out" / "tokenized").mkdir(parents=True)  # the default data, so that no path problem is reported
     assert cli.main(["--print-config", "--max-steps", "3"]) == 0
     printed = yaml.safe_load(capsys.readouterr().out)
     assert printed == {**TrainConfig().model_dump(mode="json"), "max_steps": 3}

@@ -1,0 +1,181 @@
+"""Resolve a command's configuration: recipe (a YAML file, or the command's embedded default) → flags → pydantic model,
+with every problem reported at once, before any heavy work.
+
+Problems come in three kinds and are all collected into one :class:`~schemas.errors.ConfigError`:
+
+1. field problems (pydantic's own: a type, a bound, a choice);
+2. cross-field problems (the models' ``mode="after"`` validators). Pydantic skips those when a field fails, so they are
+   run again on a *lenient* copy of the configuration (each field coerced without its bounds, or left as given) —
+   ``--max-steps 0 --warmup-steps 5`` reports both the bound and the warm-up;
+3. path problems (files and folders that must exist), from the command's checker, on that same copy.
+
+Never imports torch or transformers.
+"""
+from __future__ import annotations
+
+import typing
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, TypeVar
+
+import yaml
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from schemas.errors import ConfigError
+
+Config = TypeVar("Config", bound=BaseModel)
+PathCheck = Callable[[Any], list[str]]
+
+
+def load_recipe(path: str | Path) -> dict[str, Any]:
+    """A YAML mapping of settings; a missing file, bad YAML or another shape is a ConfigError naming the file."""
+    file = Path(path)
+    if not file.is_file():
+        raise ConfigError(f"--config: {path} is not a file")
+    try:
+        data = yaml.safe_load(file.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {e}") from e
+    except OSError as e:
+        raise ConfigError(f"--config: cannot read {path} ({e.strerror})") from e
+    if not isinstance(data, dict):
+        raise ConfigError(f"{path}: a recipe is a mapping of settings, got {type(data).__name__}")
+    return data
+
+
+def apply_overrides(model: type[BaseModel], base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
+    """`base` updated with `overrides` (dotted keys reach into sections: ``qa.limit``).
+
+    For a list of sections (``inputs: list[InputSpec]``) the section's first field makes the items: ``inputs.path``
+    with N values replaces the list with N items, and the other ``inputs.*`` values go into each item (into every
+    item of the base list when no ``inputs.path`` is given)."""
+    data = {k: (dict(v) if isinstance(v, dict) else v) for k, v in base.items()}
+    sections: dict[str, dict[str, Any]] = {}
+    for key, value in overrides.items():
+        head, dot, rest = key.partition(".")
+        if dot:
+            sections.setdefault(head, {})[rest] = value
+        else:
+            data[key] = value
+    for head, values in sections.items():
+        field = model.model_fields.get(head)
+        sub = _section_model(field.annotation) if field is not None else None
+        if sub is not None and _is_list(field.annotation):
+            first = next(iter(sub.model_fields))
+            if first in values:
+                data[head] = [{first: item, **{k: v for k, v in values.items() if k != first}}
+                              for item in values[first]]
+            elif isinstance(data.get(head), list):
+                data[head] = [{**item, **values} if isinstance(item, dict) else item for item in data[head]]
+        elif sub is not None:
+            target = data.get(head)
+            data[head] = apply_overrides(sub, target if isinstance(target, dict) else {}, values)
+        else:  # not a section: let validation name the unknown key
+            data.update({f"{head}.{k}": v for k, v in values.items()})
+    return data
+
+
+def resolve(model: type[Config], base: dict[str, Any], overrides: dict[str, Any] | None = None, origin: str = "config",
+            path_problems: PathCheck | None = None, problems: list[str] | None = None) -> Config:
+    """`model` validated from `base` updated with `overrides`; every problem (fields, cross-field checks, what
+    ``path_problems(config)`` finds, and the given `problems`, e.g. from parsing flags) in one ConfigError."""
+    cfg, found = check(model, apply_overrides(model, base, overrides or {}), path_problems)
+    found = [*(problems or []), *found]
+    if found:
+        raise ConfigError(f"{origin}: {len(found)} problem(s)\n" + "\n".join(f"  {p}" for p in found))
+    return cfg
+
+
+def check(model: type[Config], data: dict[str, Any], path_problems: PathCheck | None = None) -> tuple[Any, list[str]]:
+    """``(config, problems)``: the validated model (or, when a field fails, the lenient copy) and every problem."""
+    try:
+        cfg, problems = model.model_validate(data), []
+    except ValidationError as e:
+        problems = [p for err in e.errors() for p in _describe(err)]
+        cfg, fell_back = lenient(model, data)
+        for problem in cross_problems(cfg):
+            # a check on a field that fell back to its default would judge the default, not what the user gave
+            if problem not in problems and not any(name in problem for name in fell_back):
+                problems.append(problem)
+    if path_problems is not None:
+        try:
+            problems.extend(path_problems(cfg))
+        except (TypeError, AttributeError, ValueError):  # an invalid value the checker cannot read: named already
+            pass
+    return cfg, problems
+
+
+def _describe(err: dict) -> list[str]:
+    """One pydantic error as problem lines: a field's names it and what it got; a cross-field check's lists its own."""
+    where = ".".join(str(p) for p in err["loc"])
+    message = err["msg"].removeprefix("Value error, ")
+    if err["type"] == "extra_forbidden":
+        return [f"{where}: unknown setting (check its spelling; `--help` lists them all)"]
+    if err["type"] == "missing":
+        return [f"{where}: required, and not given"]
+    if where and err["type"] != "value_error":
+        value = err["input"]
+        got = "null" if value is None else value if isinstance(value, str) and value.strip() == value != "" \
+            else repr(value)
+        return [f"{where}: {message} (got {got})"]
+    return [(f"{where}: " if where else "") + m for line in message.splitlines() for m in line.split("; ") if m]
+
+
+def cross_problems(cfg: BaseModel) -> list[str]:
+    """What the ``mode="after"`` validators of `cfg` and of its sections say, one problem an item."""
+    found: list[str] = []
+    for name, value in cfg.__dict__.items():
+        items = value if isinstance(value, list) else [value]
+        for item in items:
+            if isinstance(item, BaseModel):
+                found.extend(cross_problems(item))
+    for decorator in type(cfg).__pydantic_decorators__.model_validators.values():
+        if decorator.info.mode != "after":
+            continue
+        try:
+            decorator.func(cfg)
+        except ValueError as e:
+            found.extend(m for line in str(e).splitlines() for m in line.split("; ") if m)
+        except Exception:  # noqa: BLE001 - a lenient value the check cannot handle; its field error is reported
+            pass
+    return found
+
+
+def lenient(model: type[Config], data: Any) -> tuple[Config, set[str]]:
+    """A copy of `model` built without bounds: each field coerced to its type (``"0"`` → 0, even below a minimum),
+    else its default, else the raw value. Also returns the names of the fields that fell back to their default."""
+    data = data if isinstance(data, dict) else {}
+    values, fell_back = {}, set()
+    for name, field in model.model_fields.items():
+        if name not in data:
+            if not field.is_required():
+                values[name] = field.get_default(call_default_factory=True)
+            continue
+        raw, sub = data[name], _section_model(field.annotation)
+        if sub is not None and _is_list(field.annotation) and isinstance(raw, list):
+            values[name] = [lenient(sub, item)[0] for item in raw]
+        elif sub is not None and isinstance(raw, dict):
+            values[name], inner = lenient(sub, raw)
+            fell_back |= {f"{name}.{n}" for n in inner}
+        else:
+            try:
+                values[name] = TypeAdapter(field.annotation).validate_python(raw)
+            except ValidationError:
+                if field.is_required():
+                    values[name] = raw
+                else:
+                    values[name] = field.get_default(call_default_factory=True)
+                    fell_back.add(name)
+    return model.model_construct(**values), fell_back
+
+
+def _section_model(annotation: Any) -> type[BaseModel] | None:
+    """The model of a section field (``QAConfig``, or the item of ``list[InputSpec]``), else None."""
+    for candidate in (annotation, *typing.get_args(annotation)):
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+    return None
+
+
+def _is_list(annotation: Any) -> bool:
+    return typing.get_origin(annotation) is list
