@@ -14,6 +14,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from longqa.render import Rendered
+from longqa.truncation import middle_split
 
 IGNORE_INDEX = -100
 
@@ -49,8 +50,8 @@ def keep_indices(n: int, budget: int, policy: str) -> slice | tuple[slice, slice
         return slice(0, budget)
     if policy == "head":
         return slice(n - budget, n)
-    head = (budget + 1) // 2
-    return slice(0, head), slice(n - (budget - head), n)
+    head, tail = middle_split(n, budget)  # the project's one middle rule (longqa.truncation)
+    return slice(0, head), slice(n - tail, n)
 
 
 def truncate(ids: np.ndarray, budget: int, policy: str) -> np.ndarray:

@@ -54,6 +54,17 @@ class QAConfig(_Section):
     length_buckets: list[int] = Field([2048, 4096, 8192], description="ascending bucket edges in prompt tokens: "
                                       "0-2k, 2k-4k, 4k-8k, 8k+")
 
+    # --- truncation protocol (issue 9; docs/evaluation.md) ---
+    truncation: Literal["template", "longbench_v1", "longbench_v2"] = Field(
+        "template", description="how an over-long prompt is cut in the middle. 'template': the chat-templated "
+        "token ids, the project's one middle rule (longqa.truncation: head rounded up) to window - max_new_tokens; "
+        "'longbench_v1': LongBench pred.py, the raw prompt (the user turn) tokenized, int(max_length/2) tokens kept "
+        "from each end, the halves decoded apart and joined, then the chat template; 'longbench_v2': LongBench v2 "
+        "pred.py, ids[:max_length//2] + ids[-max_length//2:] decoded together, then the chat template")
+    max_length: int | None = Field(
+        None, ge=2, description="longbench_v1/v2: the raw prompt's token budget (LongBench's model2maxlen, e.g. 3500 "
+        "for a 4k model); null: window - max_new_tokens - the tokens the chat template adds")
+
     @field_validator("length_buckets")
     @classmethod
     def _ascending(cls, value: list[int]) -> list[int]:
@@ -63,14 +74,24 @@ class QAConfig(_Section):
 
 
 class PasskeyConfig(_Section):
-    """Passkey retrieval (LongLoRA Sec. 4.2): accuracy by prompt length x key depth."""
+    """Passkey retrieval (LongLoRA Sec. 4.2): accuracy by prompt length (x key depth)."""
 
-    lengths: list[int] = Field([1024, 2048, 4096], description="prompt lengths in tokens (each prompt is the "
-                               "longest whole number of filler sentences that fits)")
+    # --- protocol (issue 9; docs/evaluation.md) ---
+    protocol: Literal["grid", "longlora"] = Field(
+        "grid", description="'grid': accuracy by length x depth (prompts of whole filler sentences fitted to each "
+        "length in tokens, the key at each depth; the answer's first number compared); 'longlora': LongLoRA "
+        "passkey_retrivial.py exactly (filler of int(3.75 * length // 1024 * 1024) characters, a random depth and "
+        "key 1..49999 from numpy seeded with seed + trial, exactly the answer's token count generated and compared "
+        "token by token; reported length: the mean actual prompt tokens). depths and max_new_tokens are unused")
+
+    lengths: list[int] = Field([1024, 2048, 4096], description="prompt lengths in tokens (grid: each prompt is the "
+                               "longest whole number of filler sentences that fits; longlora: the reference's "
+                               "(i + 1) * interval, which sets the filler in characters)")
     depths: list[float] = Field([0.0, 0.5, 1.0], description="key positions as fractions of the filler (0: start)")
     trials: int = Field(1, ge=1, description="trials per length and depth, each with its own key (the default "
-                        "keeps the CPU run short; use 5-10 for a real measurement)")
-    seed: int = Field(0, description="seed of the keys (random integers 1..50000); same seed, same prompts")
+                        "keeps the CPU run short; use 5-10 for a real measurement; longlora: its --num_tests, 10)")
+    seed: int = Field(0, description="grid: seed of the keys (random integers 1..50000); longlora: trial t uses "
+                      "numpy seed seed + t (the reference: t); same seed, same prompts")
     max_new_tokens: int = Field(8, ge=1, description="tokens generated for the answer")
     batch_size: int = Field(1, ge=1, description="prompts per generate call (see qa.batch_size)")
     max_batch_tokens: int = Field(65536, ge=1, description="padded prompt tokens per batch at most")
@@ -88,13 +109,20 @@ class PasskeyConfig(_Section):
 class PPLConfig(_Section):
     """Perplexity by context length."""
 
+    # --- protocol (issue 9; docs/evaluation.md) ---
+    longlora_batch_size: int = Field(32, ge=1, description="longlora: eval.py's --batch_size. Its perplexity is "
+                                     "2.71828 ** (the mean over batches of each batch's mean loss), so the last, "
+                                     "smaller batch weighs more; windows are still computed one at a time")
+
     data: str = Field("out", description="a text file, or a built dataset folder (its documents, one per doc_id)")
     split: str = Field("test", description="split of a built dataset")
     max_documents: int | None = Field(4, ge=1, description="first N documents (sorted by doc_id); null: all")
     lengths: list[int] = Field([1024, 2048, 4096], description="context lengths in tokens")
-    protocol: Literal["sliding", "strided"] = Field(
-        "sliding", description="'sliding': LongLoRA's eval.py (a window of L tokens every `stride` tokens, all L "
-        "scored); 'strided': HF's fixed-length protocol (only the tokens new to a window scored)")
+    protocol: Literal["sliding", "longlora", "strided"] = Field(
+        "sliding", description="'sliding': LongLoRA eval.py's windows (L input tokens every `stride` tokens, the "
+        "last start dropped) with all L next tokens scored (its y targets); 'longlora': eval.py exactly (labels = "
+        "inputs: the L - 1 next tokens inside each window scored, mean per window, see longlora_batch_size); "
+        "'strided': HF's fixed-length protocol (only the tokens new to a window scored)")
     stride: int = Field(256, ge=1, description="tokens between window starts (paper: 256)")
     max_windows: int | None = Field(2, ge=1, description="first N windows per length; null: all")
 
@@ -138,6 +166,11 @@ class EvalConfig(BaseModel):
             problems.append("tasks: at least one task is required")
         if len(set(self.tasks)) != len(self.tasks):
             problems.append(f"tasks: listed twice in {self.tasks}")
+        if "passkey" in self.tasks and self.passkey.protocol == "longlora":
+            from_chars = [n for n in self.passkey.lengths if not 1 <= int(3.75 * n // 1024 * 1024) <= 449999]
+            if from_chars:
+                problems.append(f"passkey.lengths: longlora needs 274 <= length <= 120149 (its filler of int(3.75 * "
+                                f"length // 1024 * 1024) characters must be 1..449999, the reference's filler supply), got {from_chars}")
         if "ppl" in self.tasks and self.ppl.protocol == "strided":
             too_small = [n for n in self.ppl.lengths if n < self.ppl.stride]
             if too_small:

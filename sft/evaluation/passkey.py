@@ -1,8 +1,13 @@
-"""Task ``passkey``: passkey retrieval (LongLoRA, Chen et al. 2023, Sec. 4.2 and ``passkey_retrivial.py``; after Mohtashami & Jaggi
-2023): a key line hidden at a depth of repeated filler text, asked for at the end. Accuracy by length x depth.
+"""Task ``passkey``: passkey retrieval (LongLoRA, Chen et al. 2023, Sec. 4.2; after Mohtashami & Jaggi 2023): a key
+line hidden in repeated filler text, asked for at the end. Two protocols (``passkey.protocol``):
 
-The generator is pure: :func:`passkey_prompt` builds the text, :func:`fit_filler` finds how much filler makes a prompt
-of a target token length (given any token counter), :func:`passkey_cases` draws the keys from a seeded generator.
+- ``grid`` (default): accuracy by length x depth. Prompts of whole filler sentences fitted to each length in tokens
+  of the model's tokenizer, the key at fixed depths, keys from Python's ``random`` (1..50000), the first number of a
+  greedy answer compared. The generator is pure: :func:`passkey_prompt` builds the text, :func:`fit_filler` finds
+  how much filler makes a prompt of a target token length, :func:`passkey_cases` draws the keys.
+- ``longlora``: ``passkey_retrivial.py`` exactly (:func:`longlora_prompt`, :func:`evaluate_passkey_longlora`).
+
+Both report accuracy with n and a 95 % Wilson interval, overall and per length.
 """
 from __future__ import annotations
 
@@ -100,16 +105,19 @@ def answer_key(generated: str) -> int | None:
 
 
 def run(model, tokenizer, cfg: PasskeyConfig, ctx) -> dict[str, Any]:
-    """The task on one model (:mod:`sft.evaluation.tasks`)."""
-    return evaluate_passkey(model, tokenizer, cfg, window=ctx.window, too_long=ctx.too_long, progress=ctx.progress,
+    """The task on one model (:mod:`sft.evaluation.tasks`), by ``cfg.protocol``."""
+    evaluate = evaluate_passkey_longlora if cfg.protocol == "longlora" else evaluate_passkey
+    return evaluate(model, tokenizer, cfg, window=ctx.window, too_long=ctx.too_long, progress=ctx.progress,
                             say=ctx.say)
 
 
 def summary(result: dict[str, Any]) -> str:
     """Accuracy over all trials, time and throughput in one line."""
     timing = result["timing"]
-    return (f"accuracy {result['accuracy']}% over {len(result['trials'])} trials  {timing['seconds']:.1f} s, "
-            f"{timing['tokens_per_s']} tokens/s")
+    ci = result.get("ci")
+    interval = f" [{ci[0]:.0f}, {ci[1]:.0f}]" if ci else ""
+    return (f"accuracy {result['accuracy']}%{interval} over {len(result['trials'])} trials ({result['protocol']})  "
+            f"{timing['seconds']:.1f} s, {timing['tokens_per_s']} tokens/s")
 
 
 def evaluate_passkey(model, tokenizer, cfg: PasskeyConfig, *, window: int, too_long: str = "skip",
@@ -145,6 +153,110 @@ def evaluate_passkey(model, tokenizer, cfg: PasskeyConfig, *, window: int, too_l
         for depth in depths:
             hits = [r["correct"] for r in rows if r["length"] == length and r["depth"] == depth]
             grid[str(length)][str(depth)] = round(100 * sum(hits) / len(hits), 2)
-    accuracy = round(100 * sum(r["correct"] for r in rows) / len(rows), 2) if rows else None
-    return {"accuracy": accuracy, "grid": grid, "skipped_lengths": skipped, "window": window, "trials": rows,
-            "timing": stats.as_dict()}
+    return {"protocol": "grid", **accuracies(rows, fitting), "grid": grid, "skipped_lengths": skipped,
+            "window": window, "trials": rows, "timing": stats.as_dict()}
+
+
+def accuracies(rows: Sequence[dict[str, Any]], lengths: Sequence[int]) -> dict[str, Any]:
+    """Accuracy (percent), n and 95 % Wilson interval (percent) over all `rows` and per length."""
+    from sft.evaluation.intervals import percent, wilson
+
+    def summary(hits: list[bool]) -> dict[str, Any]:
+        return {"accuracy": round(100 * sum(hits) / len(hits), 2) if hits else None, "n": len(hits),
+                "ci": percent(wilson(sum(hits), len(hits)))}
+
+    by_length = {str(n): summary([r["correct"] for r in rows if r["length"] == n]) for n in lengths}
+    return {**summary([r["correct"] for r in rows]), "by_length": by_length}
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# protocol: longlora (passkey_retrivial.py exactly)
+# ----------------------------------------------------------------------------------------------------------------------
+
+LONGLORA_FILLER_SUPPLY = " ".join([FILLER] * 5000)  # the reference's garbage_inf (449,999 characters)
+
+
+def longlora_filler_chars(length: int) -> int:
+    """The reference's filler size in characters for test point ``length = (i + 1) * interval``:
+    ``int(3.75 * length // 1024 * 1024)`` ("a rough ratio to control the number of texts and tokens", for Llama)."""
+    return int(3.75 * length // 1024 * 1024)
+
+
+def longlora_prompt(n_garbage: int, seed: int) -> tuple[str, int, int]:
+    """``generate_prompt_landmark(n_garbage, seed)`` of passkey_retrivial.py: ``(prompt, key, prefix characters)``.
+
+    numpy's legacy generator seeded with `seed` draws the filler before the key (``randint(0, n_garbage)``
+    characters, n_garbage excluded) and the key (``randint(1, 50000)``: 1..49999); the filler before and after the key
+    are both cut from the start of the repeated filler, in characters (mid-word)."""
+    import numpy as np
+
+    rng = np.random.RandomState(seed)  # the same stream as the reference's numpy.random.seed(seed)
+    n_prefix = int(rng.randint(0, n_garbage))
+    key = int(rng.randint(1, 50000))
+    if len(LONGLORA_FILLER_SUPPLY) < n_garbage:
+        raise ValueError(f"passkey: {n_garbage} filler characters exceed the reference's supply")
+    lines = [TASK, LONGLORA_FILLER_SUPPLY[:n_prefix], KEY_LINE.format(key=key),
+             LONGLORA_FILLER_SUPPLY[:n_garbage - n_prefix], QUESTION]
+    return "\n".join(lines), key, n_prefix
+
+
+def answer_token_ids(tokenizer, prompt: str, key: int) -> list[int]:
+    """The key's token ids as they follow the prompt: ``ids(prompt + " " + key)`` after ``ids(prompt)``.
+
+    For Llama's sentencepiece tokenizer this equals the reference's ``tokenizer(answer).input_ids[:, 1:]`` (BOS
+    dropped, the '▁' word-start token kept, which the model generates after "is"). The reference's rule taken
+    literally drops a digit for tokenizers without BOS and misses the space token of byte-level BPE tokenizers
+    (SmolLM2: ' ', '1', '2', ...), so no answer could ever match; this is its meaning for any tokenizer."""
+    before = tokenizer(prompt)["input_ids"]
+    after = tokenizer(f"{prompt} {key}")["input_ids"]
+    if after[:len(before)] == before:
+        return after[len(before):]
+    return tokenizer(f" {key}", add_special_tokens=False)["input_ids"]
+
+
+def evaluate_passkey_longlora(model, tokenizer, cfg: PasskeyConfig, *, window: int, too_long: str = "skip",
+                              progress: bool = False, say: Callable[[str], None] = print) -> dict[str, Any]:
+    """passkey_retrivial.py: for each length, `cfg.trials` prompts (trial t: numpy seed ``cfg.seed + t``, the same at
+    every length, as the reference) with a filler of :func:`longlora_filler_chars` characters; greedy generation of
+    exactly the answer's token count; correct when those tokens equal :func:`answer_token_ids`. A length whose
+    prompts (plus answer) exceed `window` is skipped (or raises when `too_long` is "error"). Reported per length: the
+    mean actual prompt tokens (the reference's key, ``total // trials``), accuracy with n and Wilson interval."""
+    from sft.evaluation.generate import generate_tokens
+
+    cases, skipped = [], []
+    for length in cfg.lengths:
+        n_garbage = longlora_filler_chars(length)
+        trials = []
+        for t in range(cfg.trials):
+            prompt, key, n_prefix = longlora_prompt(n_garbage, cfg.seed + t)
+            ids, answer = tokenizer(prompt)["input_ids"], answer_token_ids(tokenizer, prompt, key)
+            trials.append({"length": length, "trial": t, "seed": cfg.seed + t, "key": key, "filler_chars": n_garbage,
+                           "depth": round(n_prefix / n_garbage, 4), "tokens": len(ids), "ids": ids,
+                           "answer_ids": answer})
+        if any(tr["tokens"] + len(tr["answer_ids"]) > window for tr in trials):
+            message = f"passkey: length {length} ({n_garbage} filler characters) exceeds the model window ({window})"
+            if too_long == "error":
+                raise ValueError(message)
+            say(message + "; skipped")
+            skipped.append(length)
+            continue
+        cases += trials
+    stats = GenerationStats()
+    for k in sorted({len(c["answer_ids"]) for c in cases}):  # one generate length per answer length
+        group = [c for c in cases if len(c["answer_ids"]) == k]
+        outputs = generate_tokens(model, tokenizer, [c["ids"] for c in group], max_new_tokens=k,
+                                  batch_size=cfg.batch_size, max_batch_tokens=cfg.max_batch_tokens,
+                                  min_shared_prefix=cfg.min_shared_prefix, progress=progress, desc="passkey",
+                                  stats=stats)
+        for c, out in zip(group, outputs):
+            c["correct"] = out == c["answer_ids"]
+            c["answer"] = tokenizer.decode(out, skip_special_tokens=True)
+    rows = [{k: v for k, v in c.items() if k not in ("ids", "answer_ids")} for c in cases]
+    fitting = [n for n in cfg.lengths if n not in skipped]
+    result = {"protocol": "longlora", **accuracies(rows, fitting), "skipped_lengths": skipped, "window": window,
+              "trials": rows, "timing": stats.as_dict()}
+    for length in fitting:
+        tokens = [r["tokens"] for r in rows if r["length"] == length]
+        result["by_length"][str(length)].update(mean_tokens=sum(tokens) // len(tokens),
+                                                filler_chars=longlora_filler_chars(length))
+    return result

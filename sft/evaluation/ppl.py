@@ -1,10 +1,13 @@
 """Task ``ppl``: perplexity by context length.
 
-Two window protocols over one token stream (documents joined by the end-of-sequence token, as the paper evaluates
+Three window protocols over one token stream (documents joined by the end-of-sequence token, as the paper evaluates
 the concatenated PG19 / proof-pile validation tokens):
 
-- ``sliding`` — LongLoRA ``eval.py`` (``get_as_batch``): a window of L input tokens starts every `stride` (256)
-  tokens, and all L next-token predictions of each window are scored.
+- ``sliding`` (default) — LongLoRA ``eval.py``'s windows (``get_as_batch``: a window of L input tokens every
+  `stride` (256) tokens, the last start dropped), with all L next-token predictions of each window scored (its `y`).
+- ``longlora`` — ``eval.py`` exactly: the same windows, but its loss has ``labels = inputs``, so only the L - 1
+  next tokens inside each window are scored; the mean per window, averaged per batch, the batches averaged,
+  ``2.71828 ** loss`` (:func:`aggregate`).
 - ``strided`` — Hugging Face's "perplexity of fixed-length models": windows of at most L tokens every `stride`
   tokens; only the tokens not scored by an earlier window are scored, each once, with as much context as fits.
 
@@ -67,7 +70,36 @@ def strided_windows(n_tokens: int, length: int, stride: int) -> list[Window]:
     return windows
 
 
-WINDOW_PROTOCOLS: dict[str, Callable[..., list[Window]]] = {"sliding": sliding_windows, "strided": strided_windows}
+def longlora_windows(n_tokens: int, length: int, stride: int = 256) -> list[Window]:
+    """LongLoRA ``eval.py`` exactly: the starts of :func:`sliding_windows`; the model gets the `length` tokens of
+    the window with ``labels = inputs`` (transformers shifts them), so the ``length - 1`` next tokens *inside* the
+    window are scored (its ``y`` is computed but only used for accuracy)."""
+    return [Window(w.begin, w.begin + length, w.begin + 1) for w in sliding_windows(n_tokens, length, stride)]
+
+
+WINDOW_PROTOCOLS: dict[str, Callable[..., list[Window]]] = {"sliding": sliding_windows, "longlora": longlora_windows,
+                                                            "strided": strided_windows}
+LONGLORA_E = 2.71828  # eval.py: stats['val_perplexity'] = 2.71828 ** stats['val_loss']
+
+
+def aggregate(scores: Sequence[tuple[float, int]], protocol: str, batch_size: int = 32) -> dict[str, Any]:
+    """Perplexity of per-window ``(NLL sum, scored tokens)`` with a 95 % interval (bootstrap over windows).
+
+    sliding / strided: ``exp(sum NLL / sum tokens)``. longlora, as ``eval.py``: each window's mean NLL, averaged per
+    batch of `batch_size` consecutive windows, the batch means averaged (a smaller last batch weighs more), and
+    ``2.71828 ** loss``; its interval is the bootstrap of the window means (batches ignored)."""
+    from sft.evaluation.intervals import bootstrap_mean, bootstrap_ratio
+
+    nlls, counts = [s for s, _ in scores], [n for _, n in scores]
+    if protocol == "longlora":
+        means = [s / n for s, n in scores]
+        batches = [means[i:i + batch_size] for i in range(0, len(means), batch_size)]
+        loss = sum(sum(b) / len(b) for b in batches) / len(batches)
+        ci, base = bootstrap_mean(means), LONGLORA_E
+    else:
+        loss, ci, base = sum(nlls) / sum(counts), bootstrap_ratio(nlls, counts), math.e
+    return {"ppl": round(base ** loss, 4), "nll": round(loss, 6), "tokens": sum(counts), "windows": len(scores),
+            "ci": [round(base ** ci[0], 4), round(base ** ci[1], 4)]}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -175,18 +207,15 @@ def evaluate_ppl(model, tokenizer, texts: Sequence[str], cfg: PPLConfig, *, wind
             skipped[str(length)] = "beyond the model window"
             continue
         windows = make(len(stream), length, stride)
-        if protocol == "sliding" and not windows:
+        if protocol != "strided" and not windows:
             say(f"ppl: the text has {len(stream)} tokens, too few for a {length}-token sliding window; skipped")
             skipped[str(length)] = f"text too short ({len(stream)} tokens)"
             continue
         windows = windows[:max_windows] if max_windows is not None else windows
-        total, count = 0.0, 0
-        for w in tqdm(windows, desc=f"ppl {length}", disable=not progress, leave=False):
-            nll, n = window_nll(model, stream, w)
-            total, count = total + nll, count + n
-        scored_tokens += count
-        by_length[str(length)] = {"ppl": round(math.exp(total / count), 4), "nll": round(total / count, 6),
-                                  "tokens": count, "windows": len(windows)}
+        scores = [window_nll(model, stream, w)
+                  for w in tqdm(windows, desc=f"ppl {length}", disable=not progress, leave=False)]
+        scored_tokens += sum(n for _, n in scores)
+        by_length[str(length)] = aggregate(scores, protocol, cfg.longlora_batch_size)
     seconds = time.perf_counter() - started
     return {"protocol": protocol, "stride": stride, "stream_tokens": len(stream), "by_length": by_length,
             "skipped": skipped, "window": window,

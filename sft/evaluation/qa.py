@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.eval import QAConfig
+from longqa.truncation import middle_keep
 from sft.evaluation.generate import GenerationStats, greedy_generate
 from sft.evaluation.metrics import bucket_label, bucket_labels, mean_scores, score
 
@@ -101,24 +102,75 @@ def _longbench_examples(path: Path, template: str, chat: bool) -> list[QAExample
 
 
 def middle_truncate(ids: Sequence[int], budget: int) -> list[int]:
-    """`ids` if they fit `budget`, else the first ``budget // 2`` and the last ``budget - budget // 2`` tokens
-    (LongBench ``pred.py`` keeps both ends, where instructions and the question sit)."""
+    """`ids` if they fit `budget`, else both ends (instructions and the question sit there) by the project's one
+    middle rule (:func:`longqa.truncation.middle_keep`: the first ``ceil(budget / 2)``, the last
+    ``floor(budget / 2)``)."""
     if budget < 2:
         raise ValueError(f"middle_truncate: a budget of {budget} tokens cannot hold a prompt")
-    if len(ids) <= budget:
-        return list(ids)
-    head = budget // 2
-    return list(ids[:head]) + list(ids[len(ids) - (budget - head):])
+    return middle_keep(ids, budget)
 
 
-def render(example: QAExample, tokenizer, budget: int) -> Prompt:
-    """Token ids of `example`'s prompt (chat template + generation prompt, or the raw prompt), cut to `budget`."""
+def longbench_v1_cut(tokenizer, text: str, max_length: int) -> str:
+    """LongBench v1 ``pred.py``: `text` tokenized (special tokens included); when longer than `max_length`,
+    ``half = int(max_length / 2)`` tokens from each end, each half decoded without special tokens, joined."""
+    ids = tokenizer(text)["input_ids"]
+    if len(ids) <= max_length:
+        return text
+    half = int(max_length / 2)
+    return (tokenizer.decode(ids[:half], skip_special_tokens=True)
+            + tokenizer.decode(ids[-half:], skip_special_tokens=True))
+
+
+def longbench_v2_cut(tokenizer, text: str, max_length: int) -> str:
+    """LongBench v2 ``pred.py`` (``query_llm``): ``ids[:max_length//2] + ids[-max_length//2:]`` (Python's floor
+    division makes the tail ``ceil(max_length / 2)``), decoded together without special tokens."""
+    ids = tokenizer.encode(text)
+    if len(ids) <= max_length:
+        return text
+    return tokenizer.decode(ids[:max_length // 2] + ids[-max_length // 2:], skip_special_tokens=True)
+
+
+LONGBENCH_CUTS = {"longbench_v1": longbench_v1_cut, "longbench_v2": longbench_v2_cut}
+
+
+def _template_ids(example: QAExample, tokenizer, messages: list[dict] | None = None, prompt: str | None = None):
+    messages = example.messages if messages is None else messages
+    if messages is not None:
+        text = tokenizer.apply_chat_template(messages, tokenize=False, add_generation_prompt=True)
+        return tokenizer(text, add_special_tokens=False)["input_ids"]
+    return tokenizer(example.prompt if prompt is None else prompt)["input_ids"]
+
+
+def render(example: QAExample, tokenizer, budget: int, *, truncation: str = "template",
+           max_length: int | None = None) -> Prompt:
+    """Token ids of `example`'s prompt (chat template + generation prompt, or the raw prompt), at most `budget`.
+
+    ``truncation="template"`` cuts the templated ids (:func:`middle_truncate`). ``"longbench_v1"`` /
+    ``"longbench_v2"`` cut the raw prompt (the last user turn, or the raw prompt) to `max_length` tokens as LongBench
+    does (:func:`longbench_v1_cut`, :func:`longbench_v2_cut`; default: `budget` minus the tokens the template adds)
+    and then apply the template; should re-tokenizing still exceed `budget` (by a few tokens), the template rule
+    cuts the rest."""
+    ids = _template_ids(example, tokenizer)
+    if truncation == "template" or len(ids) <= budget and max_length is None:
+        return Prompt(middle_truncate(ids, budget), len(ids))
+    cut = LONGBENCH_CUTS[truncation]
     if example.messages is not None:
-        text = tokenizer.apply_chat_template(example.messages, tokenize=False, add_generation_prompt=True)
-        ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+        turn = max(i for i, m in enumerate(example.messages) if m["role"] == "user")
+        raw = example.messages[turn]["content"]
     else:
-        ids = tokenizer(example.prompt)["input_ids"]
-    return Prompt(middle_truncate(ids, budget), len(ids))
+        turn, raw = None, example.prompt
+    if max_length is None:
+        max_length = budget - max(0, len(ids) - len(tokenizer(raw)["input_ids"]))
+        if max_length < 2:
+            raise ValueError(f"qa: the chat template leaves no room for a prompt in {budget} tokens")
+    text = cut(tokenizer, raw, max_length)
+    if turn is not None:
+        messages = [dict(m) for m in example.messages]
+        messages[turn]["content"] = text
+        new = _template_ids(example, tokenizer, messages=messages)
+    else:
+        new = _template_ids(example, tokenizer, prompt=text)
+    return Prompt(middle_truncate(new, budget), len(ids))
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -139,7 +191,9 @@ def run(model, tokenizer, cfg: QAConfig, ctx) -> dict[str, Any]:
 def summary(result: dict[str, Any]) -> str:
     """Headline scores, truncation count, time and throughput in one line."""
     o, timing = result["overall"], result["timing"]
-    return (f"F1 {o['f1']:.2f}  ROUGE-L {o['rouge_l']:.2f}  EM {o['exact_match']:.2f}  ({o['n']} questions, "
+    ci = o.get("ci", {}).get("f1")
+    interval = f" [{ci[0]:.1f}, {ci[1]:.1f}]" if ci else ""
+    return (f"F1 {o['f1']:.2f}{interval}  ROUGE-L {o['rouge_l']:.2f}  EM {o['exact_match']:.2f}  ({o['n']} questions, "
             f"{result['truncated']} cut in the middle)  {timing['seconds']:.1f} s, {timing['tokens_per_s']} tokens/s")
 
 
@@ -160,7 +214,7 @@ def evaluate_qa(model, tokenizer, examples: Sequence[QAExample], cfg: QAConfig, 
     if budget < 2:
         raise ValueError(f"qa: max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in the {window}-token "
                          "window")
-    prompts = [render(e, tokenizer, budget) for e in examples]
+    prompts = [render(e, tokenizer, budget, truncation=cfg.truncation, max_length=cfg.max_length) for e in examples]
     stats = GenerationStats()
     predictions = greedy_generate(model, tokenizer, [p.ids for p in prompts], max_new_tokens=cfg.max_new_tokens,
                                   batch_size=cfg.batch_size, max_batch_tokens=cfg.max_batch_tokens,
@@ -180,5 +234,6 @@ def evaluate_qa(model, tokenizer, examples: Sequence[QAExample], cfg: QAConfig, 
         tmp.replace(predictions_path)
     buckets = {label: mean_scores([r for r in rows if r["bucket"] == label]) for label in bucket_labels(length_buckets)}
     return {"overall": mean_scores(rows), "buckets": {k: v for k, v in buckets.items() if v["n"]},
-            "truncated": sum(r["truncated"] for r in rows), "window": window, "timing": stats.as_dict(),
+            "truncated": sum(r["truncated"] for r in rows), "truncation": cfg.truncation, "window": window,
+            "timing": stats.as_dict(),
             "predictions": str(predictions_path) if predictions_path else None}

@@ -62,12 +62,25 @@ def markdown(report: dict[str, Any]) -> str:
                     [[n, f"`{m['ref']}`", m.get("kind"), m.get("window"), m.get("parameters"), m.get("load_s")]
                      for n, m in report["models"].items()])]
     if "qa" in results:
-        parts += ["", "## Long QA (LongBench scoring, percent)", "", _qa_table(results["qa"], names)]
+        truncation = next(iter(results["qa"].values())).get("truncation", "template")
+        parts += ["", f"## Long QA (LongBench scoring, percent; middle truncation: {truncation})", "",
+                  _qa_table(results["qa"], names)]
     if "passkey" in results:
-        parts += ["", "## Passkey retrieval (accuracy, percent)", "", _passkey_table(results["passkey"], names)]
+        protocol = next(iter(results["passkey"].values())).get("protocol", "grid")
+        parts += ["", f"## Passkey retrieval (accuracy, percent; protocol: {protocol})", "",
+                  _passkey_table(results["passkey"], names)]
     if "ppl" in results:
         protocol = next(iter(results["ppl"].values()))["protocol"]
         parts += ["", f"## Perplexity by context length ({protocol} windows)", "", _ppl_table(results["ppl"], names)]
+    extra = [k for k in results if k not in ("qa", "passkey", "ppl")]
+    for task in extra:  # tasks with their own section writer (sft.evaluation.tasks)
+        from sft.evaluation.tasks import TASKS, get_task
+
+        module = get_task(task) if task in TASKS else None
+        if module is not None and hasattr(module, "markdown"):
+            parts += ["", module.markdown(results[task], names)]
+    if len(names) > 1:
+        parts += ["", "## Model comparison (95 % intervals)", "", INTERVALS_NOTE, "", _comparison(results, names)]
     parts += ["", "## Time", "", _time_table(report, names)]
     if "environment" in report:
         parts += ["", "## Reproduce", "", _provenance(report)]
@@ -94,10 +107,69 @@ def _provenance(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+INTERVALS_NOTE = ("Scores are shown as `score [low, high]`: 95 % intervals, Wilson for accuracies (passkey, exact "
+                  "match), the bootstrap over questions for F1 and ROUGE-L, over windows for perplexity. Overlapping "
+                  "intervals mean the difference is not established at this n.")
+
+#: (label, key) of the QA metrics in the report: ROUGE-L is LongBench's (the rouge package), see metrics.py
+QA_METRICS = (("F1", "f1"), ("ROUGE-L (LongBench)", "rouge_l"), ("ROUGE-L on normalized tokens", "rouge_l_normalized"),
+              ("exact match", "exact_match"))
+
+
+def with_ci(value: Any, ci: Sequence[float] | None, digits: int = 2) -> str:
+    """``value [low, high]`` (or the value alone without an interval)."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return "–"
+    return f"{value:.{digits}f}" + (f" [{ci[0]:.{digits}f}, {ci[1]:.{digits}f}]" if ci else "")
+
+
+def _comparison(results: dict[str, Any], names: list[str]) -> str:
+    """One row per headline score and model after the first: both values with intervals and whether they overlap."""
+    from sft.evaluation.intervals import overlap
+
+    first, rows = names[0], []
+
+    def add(label: str, a: tuple, b: tuple, other: str, digits: int = 2) -> None:
+        verdict = overlap(a[1], b[1])
+        rows.append([label, f"{first}: {with_ci(*a, digits)}", f"{other}: {with_ci(*b, digits)}",
+                     "–" if verdict is None else ("overlap: not established" if verdict else "no overlap: differ")])
+
+    for other in names[1:]:
+        if "qa" in results:
+            for label, key in QA_METRICS:
+                a, b = (results["qa"][n]["overall"] for n in (first, other))
+                add(f"qa {label} (n={a['n']})", (a[key], a.get("ci", {}).get(key)),
+                    (b[key], b.get("ci", {}).get(key)), other)
+        if "passkey" in results:
+            a, b = (results["passkey"][n] for n in (first, other))
+            add(f"passkey accuracy (n={a.get('n', len(a['trials']))})", (a["accuracy"], a.get("ci")),
+                (b["accuracy"], b.get("ci")), other)
+        if "ppl" in results:
+            a, b = (results["ppl"][n]["by_length"] for n in (first, other))
+            for length in a:
+                if length in b:
+                    add(f"perplexity at {length} tokens ({a[length]['windows']} windows)",
+                        (a[length]["ppl"], a[length].get("ci")), (b[length]["ppl"], b[length].get("ci")), other, 3)
+        for task, by_model in results.items():  # other tasks that report headline scores with intervals
+            if task in ("qa", "passkey", "ppl"):
+                continue
+            for label, (a, b) in _headlines(by_model, first, other):
+                add(f"{task} {label}", a, b, other)
+    return _table(["score", "", "", "intervals"], rows)
+
+
+def _headlines(by_model: dict[str, Any], first: str, other: str):
+    """``(label, ((value, ci), (value, ci)))`` of a task result's ``headline`` dict ({label: {score, ci}})."""
+    a, b = by_model[first].get("headline", {}), by_model[other].get("headline", {})
+    for label in a:
+        if label in b:
+            yield label, ((a[label]["score"], a[label].get("ci")), (b[label]["score"], b[label].get("ci")))
+
+
 def _qa_table(qa: dict[str, Any], names: list[str]) -> str:
-    rows = [[label] + [qa[n]["overall"][key] for n in names]
-            for label, key in (("F1", "f1"), ("ROUGE-L", "rouge_l"), ("exact match", "exact_match"),
-                               ("questions", "n"))]
+    rows = [[label] + [with_ci(qa[n]["overall"][key], qa[n]["overall"].get("ci", {}).get(key)) for n in names]
+            for label, key in QA_METRICS]
+    rows.append(["questions"] + [qa[n]["overall"]["n"] for n in names])
     rows.append(["prompts cut in the middle"] + [qa[n]["truncated"] for n in names])
     buckets = list(dict.fromkeys(b for n in names for b in qa[n]["buckets"]))
     for bucket in buckets:
@@ -110,11 +182,23 @@ def _with_n(scores: dict | None, key: str) -> str:
 
 
 def _passkey_table(passkey: dict[str, Any], names: list[str]) -> str:
-    keys = list(dict.fromkeys((length, depth) for n in names for length, row in passkey[n]["grid"].items()
+    keys = list(dict.fromkeys((length, depth) for n in names for length, row in passkey[n].get("grid", {}).items()
                               for depth in row))
     rows = [[f"{length} tokens, depth {depth}"] + [passkey[n]["grid"].get(length, {}).get(depth) for n in names]
             for length, depth in keys]
-    rows.append(["all"] + [passkey[n]["accuracy"] for n in names])
+    lengths = list(dict.fromkeys(length for n in names for length in passkey[n].get("by_length", {})))
+    for length in lengths:
+        cells = []
+        for n in names:
+            got = passkey[n].get("by_length", {}).get(length)
+            if not got:
+                cells.append("–")
+                continue
+            tokens = f", {got['mean_tokens']} tokens" if "mean_tokens" in got else ""
+            cells.append(f"{with_ci(got['accuracy'], got['ci'], 0)} (n={got['n']}{tokens})")
+        label = f"{length} tokens, all depths" if keys else f"length {length} (mean prompt tokens per model)"
+        rows.append([label] + cells)
+    rows.append(["all"] + [with_ci(passkey[n]["accuracy"], passkey[n].get("ci"), 1) for n in names])
     rows.append(["skipped lengths"] + [", ".join(map(str, passkey[n]["skipped_lengths"])) or "none" for n in names])
     return _table(["length x depth", *names], rows)
 
@@ -126,7 +210,8 @@ def _ppl_table(ppl: dict[str, Any], names: list[str]) -> str:
         cells = []
         for n in names:
             got = ppl[n]["by_length"].get(str(length))
-            cells.append(f"{got['ppl']:.3f}" if got else f"skipped ({ppl[n]['skipped'].get(str(length), '?')})")
+            cells.append(with_ci(got["ppl"], got.get("ci"), 3) if got
+                         else f"skipped ({ppl[n]['skipped'].get(str(length), '?')})")
         rows.append([str(length)] + cells)
     return _table(["context (tokens)", *names], rows)
 
@@ -157,7 +242,7 @@ def plot_all(report: dict[str, Any], out: Path) -> dict[str, Path]:
     paths = {}
     if "qa" in results:
         paths["qa"] = _plot_qa(results["qa"], out / "qa.png")
-    if "passkey" in results and any(r["grid"] for r in results["passkey"].values()):
+    if "passkey" in results and all(r.get("grid") for r in results["passkey"].values()):
         paths["passkey"] = _plot_passkey(results["passkey"], out / "passkey.png")
     if "ppl" in results and any(r["by_length"] for r in results["ppl"].values()):
         paths["ppl"] = _plot_ppl(results["ppl"], out / "ppl.png")

@@ -27,7 +27,7 @@ WINDOW = 1024  # the tiny models' max_position_embeddings
 
 
 def test_middle_truncate_keeps_both_ends():
-    assert middle_truncate(list(range(10)), 5) == [0, 1, 7, 8, 9]
+    assert middle_truncate(list(range(10)), 5) == [0, 1, 2, 8, 9]  # the project's rule: the head gets the odd one
     assert middle_truncate(list(range(10)), 4) == [0, 1, 8, 9]
     assert middle_truncate([1, 2, 3], 3) == [1, 2, 3]
     with pytest.raises(ValueError):
@@ -335,3 +335,26 @@ def test_plain_peft_adapter_folder_loads_on_its_base(tmp_path, tiny_llama_dir):
         got = model(input_ids=ids).logits
     assert kind == "adapter, merged in memory" and not model.training
     assert torch.allclose(got, expected, atol=1e-5)
+
+
+def test_reference_protocols_run_end_to_end(tmp_path, tiny_models, tiny_built):
+    """passkey and ppl by LongLoRA's scripts and QA cut as LongBench v1, one model: results name their protocol and
+    carry n and intervals; report.md shows them."""
+    cfg = _config({"base": tiny_models["base"]}, tiny_built, tmp_path,
+                  passkey=dict(protocol="longlora", lengths=[300, 40000], trials=3),
+                  ppl=dict(data=tiny_built["folder"], lengths=[64], stride=32, max_windows=5, protocol="longlora",
+                           longlora_batch_size=2),
+                  qa=dict(data=tiny_built["folder"], limit=4, max_new_tokens=4, truncation="longbench_v1",
+                          max_length=200))
+    report = evaluate(cfg, progress=False, say=lambda m: None)
+    passkey = report["results"]["passkey"]["base"]
+    assert passkey["protocol"] == "longlora" and passkey["skipped_lengths"] == [40000]
+    row = passkey["by_length"]["300"]
+    assert row["n"] == 3 and row["filler_chars"] == 1024 and 0 < row["mean_tokens"] <= WINDOW
+    assert len(row["ci"]) == 2 and [t["seed"] for t in passkey["trials"]] == [0, 1, 2]
+    ppl = report["results"]["ppl"]["base"]["by_length"]["64"]
+    assert ppl["tokens"] == 5 * 63 and ppl["ci"][0] <= ppl["ppl"] <= ppl["ci"][1]
+    qa = report["results"]["qa"]["base"]
+    assert qa["truncation"] == "longbench_v1" and qa["truncated"] >= 1 and set(qa["overall"]["ci"]) >= {"f1", "rouge_l"}
+    md = (tmp_path / "report.md").read_text()
+    assert "protocol: longlora" in md and "(longlora windows)" in md and "middle truncation: longbench_v1" in md
