@@ -6,12 +6,10 @@ written; an unreachable endpoint fails within seconds, before anything is staged
 """
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
 import socket
-import sys
 import tempfile
 import time
 from collections.abc import Callable
@@ -19,6 +17,7 @@ from pathlib import Path
 from urllib.parse import urlparse
 
 from schemas.errors import UserError
+from schemas.publish import HubOptions
 
 log = logging.getLogger(__name__)
 
@@ -97,35 +96,23 @@ def upload(folder: Path, repo_id: str, *, repo_type: str, private: bool = False,
     return f"{endpoint}/{prefix}{repo_id}"
 
 
-def add_hub_arguments(parser: argparse.ArgumentParser, what: str) -> None:
-    """The options every publish command shares."""
-    parser.add_argument("--repo-id", required=True, help=f"ORG/NAME of the Hub {what} repo")
-    parser.add_argument("--private", action="store_true", help="create the repo private")
-    parser.add_argument("--revision", help="branch to commit to (created if missing; default main)")
-    parser.add_argument("--dry-run", type=Path, metavar="DIR", help="stage and verify into DIR; upload nothing")
-    parser.add_argument("--endpoint", help="Hub URL (default HF_ENDPOINT or https://huggingface.co)")
-
-
-def publish(args: argparse.Namespace, repo_type: str, prepare: Callable[[Path], str],
-            errors: tuple[type[Exception], ...] = ()) -> int:
-    """Stage (and verify) with `prepare(folder) -> commit message`, then upload unless --dry-run; an exit code.
+def publish(cfg: HubOptions, repo_type: str, prepare: Callable[[Path], str]) -> str | None:
+    """Stage (and verify) with `prepare(folder) -> commit message`, then upload unless ``cfg.dry_run``; returns the
+    repo URL (None for a dry run).
 
     The hub is checked before any staging, so an unreachable endpoint or a missing token fails at once.
     """
-    staged = args.dry_run or Path(tempfile.mkdtemp(prefix="longqa-publish-")) / "repo"
+    staged = Path(cfg.dry_run) if cfg.dry_run else Path(tempfile.mkdtemp(prefix="longqa-publish-")) / "repo"
     try:
-        if not args.dry_run:
-            preflight(args.endpoint)
+        if not cfg.dry_run:
+            preflight(cfg.endpoint)
         message = prepare(staged)
-        if args.dry_run:
-            return 0
-        url = upload(staged, args.repo_id, repo_type=repo_type, private=args.private, revision=args.revision,
-                     endpoint=args.endpoint, commit_message=message)
-    except (HubError, FileNotFoundError, *errors) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
+        if cfg.dry_run:
+            return None
+        url = upload(staged, cfg.repo_id, repo_type=repo_type, private=cfg.private, revision=cfg.revision,
+                     endpoint=cfg.endpoint, commit_message=message)
     finally:
-        if not args.dry_run:
+        if not cfg.dry_run:
             shutil.rmtree(staged.parent, ignore_errors=True)
-    print(url)
-    return 0
+    log.info(url)
+    return url

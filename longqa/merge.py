@@ -5,8 +5,8 @@ whose rows, order and fingerprints equal a single-machine build: rows are re-ord
 """
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import sys
 from pathlib import Path
 
@@ -16,7 +16,12 @@ from longqa.describe import describe
 from longqa.manifest import Tally
 from longqa.write import DATASETS, atomic_output, save_dict
 from schemas import BuildConfig
+from schemas.cli import Command, Options
 from schemas.errors import ConfigError
+from schemas.merge import ShardMergeConfig
+from schemas.paths import shard_merge_problems
+
+log = logging.getLogger(__name__)
 
 _PER_PART = ("shard_index", "out")
 
@@ -63,20 +68,19 @@ def merge(parts: list[Path], out: Path) -> dict:
         return describe(tmp, cfg, tally, tokenizer_meta=manifests[0]["tokenizer"], parts=[str(p) for p in parts])
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m longqa.merge", description=__doc__.split("\n\n")[1])
-    p.add_argument("parts", nargs="+", type=Path, help="output folders of the shard builds")
-    p.add_argument("--out", type=Path, required=True, help="merged output folder")
-    args = p.parse_args(argv)
-    try:
-        manifest = merge(args.parts, args.out)
-    except (MergeError, FileNotFoundError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+def merge_parts(cfg: ShardMergeConfig, options: Options) -> None:
+    manifest = merge([Path(p) for p in cfg.parts], Path(cfg.out))
     c = manifest["counts"]
-    print(f"merged {len(args.parts)} parts into {args.out}/: read {c['read']} = written {c['written']} + rejected "
-          f"{c['rejected']}")
-    return 0
+    log.info("merged %d parts into %s/: read %d = written %d + rejected %d", len(cfg.parts), cfg.out, c["read"],
+             c["written"], c["rejected"])
+
+
+COMMAND = Command("python -m longqa.merge", __doc__, ShardMergeConfig, paths=shard_merge_problems,
+                  positional=("parts",))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.main(argv, merge_parts)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ With --dry-run DIR it stops after staging and verifying DIR.
 """
 from __future__ import annotations
 
-import argparse
 import copy
+import logging
 import json
 import shutil
 import sys
@@ -19,9 +19,14 @@ import datasets
 
 from longqa.card import render_card
 from longqa.describe import table_of
-from longqa.hub import PublishError, add_hub_arguments, publish
+from longqa.hub import PublishError, publish
 from longqa.manifest import fingerprint
 from longqa.write import quiet_datasets
+from schemas.cli import Command, Options
+from schemas.paths import dataset_publish_problems
+from schemas.publish import DatasetPublishConfig
+
+log = logging.getLogger(__name__)
 
 #: Hub config name -> (built dataset folder, staged folder). The first is the default config.
 LAYOUT = {"default": ("text", "data"), "tokenized": ("tokenized", "tokenized")}
@@ -95,19 +100,22 @@ def verify(staged: Path, manifest: dict) -> None:
     shutil.rmtree(staged.parent / f".{staged.name}-cache", ignore_errors=True)
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m longqa.publish", description=__doc__.split("\n\n")[1])
-    p.add_argument("dataset_dir", type=Path, help="output folder of python -m longqa.build")
-    add_hub_arguments(p, "dataset")
-    args = p.parse_args(argv)
-
+def publish_dataset(cfg: DatasetPublishConfig, options: Options) -> None:
     def prepare(staged: Path) -> str:
-        manifest = stage(args.dataset_dir, staged, args.repo_id)
+        manifest = stage(Path(cfg.dataset_dir), staged, cfg.repo_id)
         verify(staged, manifest)
-        print(f"staged and verified {staged}/ ({sum(1 for _ in staged.rglob('*.parquet'))} parquet shards)")
+        log.info("staged and verified %s/ (%d parquet shards)", staged, sum(1 for _ in staged.rglob("*.parquet")))
         return f"Upload {manifest['name']} with longqa"
 
-    return publish(args, "dataset", prepare, (PublishError,))
+    publish(cfg, "dataset", prepare)
+
+
+COMMAND = Command("python -m longqa.publish", __doc__, DatasetPublishConfig, paths=dataset_publish_problems,
+                  positional=("dataset_dir",))
+
+
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.main(argv, publish_dataset)
 
 
 if __name__ == "__main__":

@@ -197,18 +197,19 @@ class Command:
     - `paths`: the path checker (:mod:`schemas.paths`), run before any heavy work, also with ``--print-config``;
     - `aliases`: extra option strings, ``{"--input": "inputs.path"}``, declared once by the command;
     - `positional`: fields given without a flag, in order (``("adapter_dir",)``);
+    - `consts`: flags that set a field to one value, ``{"--merged": ("kind", "merged")}``;
     - `base`: the configuration before flags when no ``--config`` is given: ``base(overrides) -> (mapping, origin)``
       (default: the model's defaults).
     """
 
     def __init__(self, prog: str, doc: str, model: type[BaseModel], *, paths: PathCheck | None = None,
-                 aliases: dict[str, str] | None = None, positional: tuple[str, ...] = (), base: Base | None = None,
-                 epilog: str | None = None):
+                 aliases: dict[str, str] | None = None, positional: tuple[str, ...] = (),
+                 consts: dict[str, tuple[str, Any]] | None = None, base: Base | None = None):
         self.prog, self.doc, self.model, self.paths = prog, doc, model, paths
-        self.aliases, self.positional, self.base = aliases or {}, positional, base
+        self.aliases, self.positional, self.consts, self.base = aliases or {}, positional, consts or {}, base
         self.flags: dict[str, Flag] = {}
         self.parser = _Parser(prog=prog, description=doc.split("\n\n")[1] if "\n\n" in doc else doc,
-                              formatter_class=argparse.RawDescriptionHelpFormatter, epilog=epilog,
+                              formatter_class=argparse.RawDescriptionHelpFormatter,
                               argument_default=argparse.SUPPRESS)
         own = self.parser.add_argument_group("command")
         own.add_argument("--config", metavar="FILE.yaml", help="YAML settings; flags override them")
@@ -219,7 +220,7 @@ class Command:
         own.add_argument("--no-progress", action="store_true", help="no progress bars")
         self._add_model(model, "", self.parser.add_argument_group("settings (the fields of "
                                                                   f"{model.__name__}; --config FILE sets them too)"))
-        unknown = set(self.aliases.values()) - set(self.flags)
+        unknown = (set(self.aliases.values()) | {key for key, _ in self.consts.values()}) - set(self.flags)
         if unknown:
             raise ValueError(f"{prog}: aliases for unknown fields {sorted(unknown)}")
 
@@ -244,11 +245,11 @@ class Command:
 
     def _add_flag(self, group, key: str, kind: str, annotation: Any, info: FieldInfo, nullable: bool) -> None:
         options = ["--" + key.replace("_", "-")] + [a for a, target in self.aliases.items() if target == key]
-        flag = Flag(key, kind, options, nullable)
+        flag = Flag(key, kind, list(options), nullable)
         self.flags[key] = flag
         help_text = _help(info, nullable)
-        if key in self.positional:
-            nargs = "+" if kind in ("list", "one_or_many", "items") else None
+        if key in self.positional:  # optional for argparse: --config may give it; pydantic says when it is missing
+            nargs = "*" if kind in ("list", "one_or_many", "items") else "?"
             group.add_argument(key, metavar=key.upper(), nargs=nargs, help=help_text,
                                action=_List if kind == "list" else _Scalar)
             flag.options = []
@@ -264,6 +265,11 @@ class Command:
             group.add_argument(*options, dest=key, action=_Mapping, nargs="+", metavar="NAME=VALUE", help=help_text)
         else:
             group.add_argument(*options, dest=key, action=_Scalar, metavar=_metavar(annotation), help=help_text)
+        for option, (target, value) in self.consts.items():
+            if target == key:
+                group.add_argument(option, dest=key, action="store_const", const=value,
+                                   help=f"same as {options[0]} {value}")
+                flag.options.append(option)
 
     # -- parsing -------------------------------------------------------------------------------------------------------
 

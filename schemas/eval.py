@@ -1,9 +1,11 @@
-"""`EvalConfig`: everything `python -m sft.eval` needs. Mirrored in `configs/eval/default.yaml`.
+"""`EvalConfig`: everything `python -m sft.eval` needs. Every field is a flag of `sft.eval` (sections dotted:
+`--qa.limit`); `configs/eval/default.yaml` resolves to the defaults (a test checks it).
 
 The defaults *are* the embedded default run: SmolLM2-135M-Instruct (GGUF) against the model the default training
 run writes (`python -m sft.run` saves `runs/smollm2-squad/adapter`), on the held-out articles of the default build
 `out/`, bounded to minutes on 2 CPU cores. Field problems are collected by pydantic; cross-field problems are listed
-together by `_cross_checks`. Nothing here opens a file or imports torch (path checks live in `sft.eval`).
+together by `_cross_checks`. Nothing here opens a file or imports torch (path checks live in
+`schemas.paths.eval_problems`).
 """
 from __future__ import annotations
 

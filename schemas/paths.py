@@ -244,6 +244,9 @@ def adapter_merge_problems(cfg) -> list[str]:
                             "does not exist") + " (train one first: python -m sft.run; it writes OUTPUT_DIR/adapter)")
         elif not (path / "adapter_config.json").is_file():
             problems.append(f"adapter_dir: {cfg.adapter_dir} holds no adapter_config.json (not an adapter folder)")
+        elif not (path / "model_config" / "config.json").is_file():
+            problems.append(f"adapter_dir: {cfg.adapter_dir} holds no model_config/config.json (not saved by "
+                            "python -m sft.run / sft.merge.save_adapter)")
         if isinstance(cfg.out, str) and Path(cfg.out).resolve() == path.resolve():
             problems.append(f"out: {cfg.out} is the adapter folder; the merged model must not replace it")
     problems.extend(_present(model_problem("base", cfg.base) if cfg.base else None))

@@ -1,11 +1,13 @@
-"""`TrainConfig`: everything `python -m sft.run` needs (LongLoRA fine-tuning). Mirrored in `configs/train/*.yaml`.
+"""`TrainConfig`: everything `python -m sft.run` needs (LongLoRA fine-tuning). Every field is a flag of `sft.run`
+(generated: `schemas.cli`); example recipes in `configs/train/` set some fields, the rest keep these defaults.
 
-The defaults *are* the embedded default run (`configs/train/smollm2_squad.yaml` spells them out): SmolLM2-135M-Instruct
-fine-tuned on the default built dataset `out/` for a few steps, sized for a few minutes on 2 CPU cores. The paper's
-settings (Chen et al. 2023, Sec. 4.1) are named in the field descriptions.
+The defaults *are* the embedded default run (`configs/train/smollm2_squad.yaml` resolves to the same values, a test
+checks it): SmolLM2-135M-Instruct fine-tuned on the default built dataset `out/` for a few steps, sized for a few
+minutes on 2 CPU cores. The paper's settings (Chen et al. 2023, Sec. 4.1) are named in the field descriptions.
 
-Field problems are collected by pydantic; cross-field problems are listed together by `_cross_checks`. Nothing here
-opens a file or imports torch (the path checks live in `sft.run.path_problems`).
+Field problems are collected by pydantic; cross-field problems are listed together by `_cross_checks` (run even when a
+field fails: `schemas.resolve`). Nothing here opens a file or imports torch (the path checks live in
+`schemas.paths.train_problems`).
 """
 from __future__ import annotations
 

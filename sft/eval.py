@@ -3,8 +3,8 @@
 Evaluate any number of named models with dense attention (SDPA, eval mode) on held-out long QA (LongBench scoring),
 passkey retrieval and perplexity by context length, and write one report (report.json, report.md, PNG plots;
 models as columns; library versions, device and fingerprints of the models and data) plus each model's QA
-predictions (predictions-NAME.jsonl). With no --config, runs the embedded default (configs/eval/default.yaml spells
-it out: SmolLM2-135M-Instruct vs the default training run's adapter on the default build out/, about 4 minutes for
+predictions (predictions-NAME.jsonl). With no --config, runs the embedded default (configs/eval/default.yaml resolves to
+it: SmolLM2-135M-Instruct vs the default training run's adapter on the default build out/, about 4 minutes for
 both models on 2 CPU cores). Every field of EvalConfig is a flag (`--help` lists them; sections are dotted:
 `--qa.limit 200`, `--passkey.lengths 1024,2048`) and overrides the config; every configuration problem is reported at
 once, before any model loads (exit code 2).

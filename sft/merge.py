@@ -21,10 +21,8 @@ folder for a full model with an embedded adapter. Load the trained model with :f
 """
 from __future__ import annotations
 
-import argparse
 import copy
 import logging
-import shutil
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -32,6 +30,9 @@ from pathlib import Path
 import torch
 from transformers import AutoConfig, AutoTokenizer
 
+from schemas.cli import Command, Options
+from schemas.merge import AdapterMergeConfig
+from schemas.paths import adapter_merge_problems
 from sft.model import AdapterSetupError, context_length, embeddings_tied, load_model, verify_lora_plus
 
 logger = logging.getLogger(__name__)
@@ -42,16 +43,13 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 
 def _write_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
-    """Run `write(tmp)` on a temporary sibling folder, then replace `out_dir` with it."""
+    """Run `write(tmp)` on a temporary sibling folder, then put it in the place of `out_dir` (the old one is removed
+    only once the new one is in place: :func:`longqa.write.atomic_output`)."""
+    from longqa.write import atomic_output
+
     out = Path(out_dir)
-    tmp = out.with_name(out.name + ".tmp")
-    if tmp.exists():
-        shutil.rmtree(tmp)
-    tmp.mkdir(parents=True)
-    write(tmp)
-    if out.exists():
-        shutil.rmtree(out)
-    tmp.rename(out)
+    with atomic_output(out) as tmp:
+        write(tmp)
     return out
 
 
@@ -87,7 +85,7 @@ def load_adapter(adapter_dir: str | Path, *, base: str | None = None, dtype: tor
     adapter_dir = Path(adapter_dir)
     ref = base or PeftConfig.from_pretrained(str(adapter_dir)).base_model_name_or_path
     if not ref:
-        raise ValueError(f"{adapter_dir}: adapter_config.json names no base model; pass base=")
+        raise AdapterSetupError(f"{adapter_dir}: adapter_config.json names no base model; give one with --base")
     config_dir = adapter_dir / CONFIG_SUBDIR
     if not (config_dir / "config.json").is_file():
         raise FileNotFoundError(f"{adapter_dir}: no {CONFIG_SUBDIR}/config.json (not saved by sft.merge.save_adapter)")
@@ -156,21 +154,16 @@ def published_config(config, *, keep_s2_attn: bool = False):
     return config
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    parser = argparse.ArgumentParser(prog="python -m sft.merge", description="Merge a LoRA+ adapter into its base "
-                                     "model and save a plain transformers model with its tokenizer.")
-    parser.add_argument("adapter_dir", type=Path, help="adapter folder written by training (sft.merge.save_adapter)")
-    parser.add_argument("--out", type=Path, required=True, help="folder for the merged model")
-    parser.add_argument("--base", help="base model reference; default: the one named in adapter_config.json")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="float32", help="dtype of the merged weights")
-    return parser.parse_args(argv)
+def merge_command(cfg: AdapterMergeConfig, options: Options) -> None:
+    merge_adapter(cfg.adapter_dir, cfg.out, base=cfg.base, dtype=DTYPES[cfg.dtype])
+
+
+COMMAND = Command("python -m sft.merge", __doc__, AdapterMergeConfig, paths=adapter_merge_problems,
+                  positional=("adapter_dir",))
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s: %(message)s")
-    merge_adapter(args.adapter_dir, args.out, base=args.base, dtype=DTYPES[args.dtype])
-    return 0
+    return COMMAND.main(argv, merge_command)
 
 
 if __name__ == "__main__":

@@ -8,8 +8,8 @@ The staged folder is loaded back before anything is uploaded: `PeftModel.from_pr
 """
 from __future__ import annotations
 
-import argparse
 import json
+import logging
 import shutil
 import sys
 from importlib import resources
@@ -18,7 +18,12 @@ from pathlib import Path
 import jinja2
 import yaml
 
-from longqa.hub import PublishError, add_hub_arguments, publish
+from longqa.hub import PublishError, publish
+from schemas.cli import Command, Options
+from schemas.paths import model_publish_problems
+from schemas.publish import ModelPublishConfig
+
+log = logging.getLogger(__name__)
 
 ADAPTER_DIR, MERGED_DIR, TRAIN_CONFIG, EVAL_REPORT = "adapter", "merged", "train_config.yaml", "eval/report.md"
 
@@ -132,26 +137,22 @@ def verify(staged: Path, kind: str, base: str | None) -> None:
         AutoTokenizer.from_pretrained(str(staged))
 
 
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(prog="python -m sft.publish", description=__doc__.split("\n\n")[1])
-    p.add_argument("source", type=Path, help="run folder (python -m sft.run output_dir), adapter or model folder")
-    kind = p.add_mutually_exclusive_group()
-    kind.add_argument("--adapter", dest="kind", action="store_const", const="adapter", help="publish the adapter")
-    kind.add_argument("--merged", dest="kind", action="store_const", const="merged",
-                      help="publish the merged model (merged now if the run has none)")
-    p.add_argument("--base-model-id", help="Hub id of the base model, written into the card and adapter config")
-    p.add_argument("--base", help="where to load the base from when verifying an adapter (default: the base it was "
-                   "trained on, on this machine)")
-    add_hub_arguments(p, "model")
-    args = p.parse_args(argv)
-
+def publish_model(cfg: ModelPublishConfig, options: Options) -> None:
     def prepare(staged: Path) -> str:
-        kind, trained_base = stage(args.source, staged, args.repo_id, args.kind, args.base_model_id)
-        verify(staged, kind, args.base or trained_base)
-        print(f"staged and verified the {kind} in {staged}/")
+        kind, trained_base = stage(Path(cfg.source), staged, cfg.repo_id, cfg.kind, cfg.base_model_id)
+        verify(staged, kind, cfg.base or trained_base)
+        log.info("staged and verified the %s in %s/", kind, staged)
         return f"Upload {kind} with longqa"
 
-    return publish(args, "model", prepare, (PublishError,))
+    publish(cfg, "model", prepare)
+
+
+COMMAND = Command("python -m sft.publish", __doc__, ModelPublishConfig, paths=model_publish_problems,
+                  positional=("source",), consts={"--adapter": ("kind", "adapter"), "--merged": ("kind", "merged")})
+
+
+def main(argv: list[str] | None = None) -> int:
+    return COMMAND.main(argv, publish_model)
 
 
 if __name__ == "__main__":

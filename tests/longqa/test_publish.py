@@ -53,8 +53,8 @@ def test_dry_run_stages_the_hub_tree_and_it_loads(built, tmp_path, capsys):
 
 def test_dry_run_refuses_an_unfinished_build(tmp_path, capsys):
     (tmp_path / "half").mkdir()
-    assert publish_main([str(tmp_path / "half"), "--repo-id", "a/b", "--dry-run", str(tmp_path / "s")]) == 1
-    assert "no manifest.json" in capsys.readouterr().err
+    assert publish_main([str(tmp_path / "half"), "--repo-id", "a/b", "--dry-run", str(tmp_path / "s")]) == 2
+    assert "no manifest.json" in capsys.readouterr().err  # a path problem: found before any work (exit code 2)
 
 
 def test_upload_makes_one_commit_with_the_staged_files_and_never_leaks_the_token(built, tmp_path, monkeypatch,

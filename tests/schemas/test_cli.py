@@ -15,7 +15,7 @@ from schemas.resolve import resolve
 from schemas.train import TrainConfig
 
 #: every command line of the project (module, positional arguments a parse needs)
-COMMANDS = {"longqa.build": [], "sft.run": [], "sft.eval": []}
+COMMANDS = ("longqa.build", "longqa.merge", "longqa.publish", "sft.run", "sft.eval", "sft.merge", "sft.publish")
 
 
 def field_keys(model: type[BaseModel], prefix: str = "") -> set[str]:

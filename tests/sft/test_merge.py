@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import json
+import sys
+from pathlib import Path
 
 import pytest
 import torch
@@ -151,8 +153,28 @@ def test_cli_merges_with_base_override_and_dtype(trained, tmp_path):
 
 def test_cli_docstring_and_errors(tmp_path):
     assert sft.merge.__doc__.splitlines()[0].startswith("python -m sft.merge ADAPTER_DIR --out DIR")
-    with pytest.raises(SystemExit):
-        main([str(tmp_path)])  # --out is required
+    assert main([str(tmp_path)]) == 2  # --out is required, and tmp_path is no adapter folder
     (tmp_path / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "base_model_name_or_path": "x"}))
     with pytest.raises(FileNotFoundError, match=CONFIG_SUBDIR):
         load_adapter(tmp_path)
+
+
+@pytest.mark.skipif(sys.platform != "linux", reason="the atomic exchange is a Linux system call")
+def test_replacing_an_output_never_leaves_a_moment_without_it(tmp_path, monkeypatch):
+    """sft.merge writes into a temporary folder and swaps it with the old output; the old one is deleted only after."""
+    import shutil
+
+    from longqa import write
+    from sft.merge import _write_atomically
+
+    out = tmp_path / "merged"
+    out.mkdir()
+    (out / "config.json").write_text("old")
+    present = []
+    real_rename, real_rmtree = Path.rename, shutil.rmtree
+    monkeypatch.setattr(Path, "rename", lambda self, target: (present.append(out.is_dir()), real_rename(self, target))[1])
+    monkeypatch.setattr(write.shutil, "rmtree", lambda path, **kw: (present.append(out.is_dir()), real_rmtree(path, **kw)))
+
+    _write_atomically(out, lambda tmp: (tmp / "config.json").write_text("new"))
+    assert (out / "config.json").read_text() == "new" and present and all(present)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["merged"]  # no temporary or old copy left
