@@ -85,7 +85,20 @@ class TrainConfig(BaseModel):
     model_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="dtype the frozen base weights are loaded in; trainable ones are always float32")
     seed: int = Field(42, description="seed of the data order, LoRA initialisation and dropout")
-    group_by_length: bool = Field(True, description="batch samples of similar length together (less padding)")
+
+    # packing and batching (issue 13; sft.packing). `group_by_length: true/false` of older recipes is read as
+    # `batching: grouped/random` (_legacy_group_by_length)
+    packing: bool = Field(
+        False, description="pack several samples into each row of at most max_length tokens (first-fit-decreasing, "
+        "rows in a seeded shuffled order); position_ids restart at every sample and attention never crosses one "
+        "(S2-Attn segments restart per sample; with s2_attn: false, full attention inside each sample). "
+        "per_device_batch_size then counts rows. sft: a sample is never split across rows; extend: each document is "
+        "a sample, cut into max_length pieces")
+    batching: Literal["random", "grouped", "sorted"] = Field(
+        "grouped", description="how unpacked samples form batches: 'random'; 'grouped' (the Trainer's length-grouped "
+        "sampler: similar lengths in random mega-batches); 'sorted' (LongAlign's sorted batching: all samples sorted "
+        "by length, cut into batches, the batch order shuffled; for samples near max_length, where packing gains "
+        "little)")
     dataloader_num_workers: int = Field(0, ge=0, description="data loading worker processes")
 
     # loss (issue 13): chunked cross-entropy, reduction over the global batch
@@ -126,6 +139,26 @@ class TrainConfig(BaseModel):
 
     _split_commas = field_validator("trainable", mode="before")(split_commas)
 
+    @model_validator(mode="before")
+    @classmethod
+    def _legacy_group_by_length(cls, data):
+        """``group_by_length`` (the field ``batching`` replaced): true -> ``grouped``, false -> ``random``."""
+        if not isinstance(data, dict) or "group_by_length" not in data:
+            return data
+        data = dict(data)
+        legacy = data.pop("group_by_length")
+        if legacy is None:
+            return data
+        if not isinstance(legacy, bool):
+            raise ValueError(f"group_by_length: expected true or false, got {legacy!r} (better: batching: grouped, "
+                             "random or sorted)")
+        implied = "grouped" if legacy else "random"
+        if data.get("batching", implied) != implied:
+            raise ValueError(f"group_by_length: {str(legacy).lower()} contradicts batching: {data['batching']} "
+                             "(group_by_length is the old name of batching; keep only batching)")
+        data["batching"] = implied
+        return data
+
     @field_validator("trainable")
     @classmethod
     def _known_groups(cls, value: list[str]) -> list[str]:
@@ -150,6 +183,9 @@ class TrainConfig(BaseModel):
         if self.model_dtype == "bfloat16" and not self.bf16:
             problems.append("model_dtype: bfloat16 base weights need bf16: true (autocast, with float32 trainable "
                             "weights)")
+        if self.packing and self.batching == "sorted":
+            problems.append("batching: sorted is the alternative to packing (rows are packed, then shuffled); set "
+                            "packing: false or batching: grouped")
         if self.warmup_steps > self.max_steps:
             problems.append(f"warmup_steps: {self.warmup_steps} exceeds max_steps ({self.max_steps})")
         if problems:

@@ -8,7 +8,8 @@
   inputs (the collator copies them).
 - :class:`PadCollator`: right padding; ``labels`` padded with -100; ``attention_mask`` and ``position_ids``.
 
-Length-grouped batching is the Trainer's (``train_sampling_strategy="group_by_length"`` reading the ``length`` column).
+Length-grouped batching is the Trainer's (``train_sampling_strategy="group_by_length"`` reading the ``length`` column);
+packing and sorted batching are ``sft.packing``'s.
 """
 from __future__ import annotations
 
@@ -38,6 +39,7 @@ class DataStats:
     dropped_too_long: int = 0
     documents: int = 0
     notes: list[str] = field(default_factory=list)
+    layout: object | None = None  # sft.packing.LayoutStats: rows, samples per row, padding fraction
 
     def summary(self) -> str:
         parts = [f"{self.samples} samples, {self.tokens} tokens from {self.source}"]
@@ -45,6 +47,8 @@ class DataStats:
             parts.append(f"{self.documents} documents")
         if self.dropped_too_long:
             parts.append(f"{self.dropped_too_long} longer than max_length dropped")
+        if self.layout is not None:
+            parts.append(self.layout.summary())
         return "; ".join(parts + self.notes)
 
 
@@ -78,7 +82,9 @@ def load_sft_dataset(path: str | Path, split: str, max_length: int, too_long: st
     if "length" not in loaded.column_names:
         loaded = loaded.map(lambda ids: {"length": len(ids)}, input_columns="input_ids", keep_in_memory=True)
     loaded = loaded.select_columns(list(TRAIN_COLUMNS))
-    lengths = loaded["length"]
+    lengths = list(loaded["length"])
+    if not lengths:
+        raise DataError(f"{folder} [{split}]: the split holds no samples")
     keep = [i for i, n in enumerate(lengths) if n <= max_length]
     stats = DataStats(source=f"{folder} [{split}]", dropped_too_long=len(lengths) - len(keep))
     if stats.dropped_too_long and too_long == "error":
@@ -149,8 +155,20 @@ def chunk_token_streams(documents: Iterable[Sequence[int]], max_length: int, eos
         yield buffer
 
 
-def load_extend_dataset(paths: Sequence[str | Path], tokenizer, max_length: int) -> tuple[datasets.Dataset, DataStats]:
-    """Chunks of ``max_length`` tokens from the text at ``paths`` (see :func:`chunk_token_streams`)."""
+def document_pieces(documents: Iterable[Sequence[int]], max_length: int, eos_id: int) -> Iterator[list[int]]:
+    """``doc + [eos]`` for every document, a longer one cut into pieces of ``max_length`` (the last one shorter):
+    the samples that packing places into rows (no document starts inside another's piece)."""
+    for doc in documents:
+        tokens = [*doc, eos_id]
+        for start in range(0, len(tokens), max_length):
+            yield tokens[start:start + max_length]
+
+
+def load_extend_dataset(paths: Sequence[str | Path], tokenizer, max_length: int, packing: bool = False
+                        ) -> tuple[datasets.Dataset, DataStats]:
+    """Chunks of ``max_length`` tokens from the text at ``paths`` (see :func:`chunk_token_streams`); with
+    ``packing``, one sample per document (cut into ``max_length`` pieces, :func:`document_pieces`) for
+    ``sft.packing`` to place into rows."""
     eos_id = tokenizer.eos_token_id
     if eos_id is None:
         raise DataError("extend: the tokenizer has no EOS token to separate documents")
@@ -164,11 +182,12 @@ def load_extend_dataset(paths: Sequence[str | Path], tokenizer, max_length: int)
             stats.documents += 1
             yield tokenizer(text, add_special_tokens=False)["input_ids"]
 
-    chunks = list(chunk_token_streams(token_streams(), max_length, eos_id))
+    cut = document_pieces if packing else chunk_token_streams
+    chunks = list(cut(token_streams(), max_length, eos_id))
     if not chunks:
         raise DataError(f"extend: the {len(files)} file(s) hold no text")
     stats.samples, stats.tokens = len(chunks), sum(map(len, chunks))
-    if len(chunks[-1]) < max_length:
+    if len(chunks[-1]) < max_length and not packing:
         stats.notes.append(f"last chunk {len(chunks[-1])} tokens")
     table = {"input_ids": chunks, "length": [len(c) for c in chunks]}
     return datasets.Dataset.from_dict(table), stats

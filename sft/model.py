@@ -27,7 +27,7 @@ logger = logging.getLogger(__name__)
 
 ROPE_KINDS = ("linear", "dynamic", "yarn")
 # attention implementations of this package: the module that registers each is imported only when it is asked for
-ATTENTION_MODULES = {"s2_attn": "sft.s2attn"}
+ATTENTION_MODULES = {"s2_attn": "sft.s2attn", "packed_causal": "sft.s2attn"}
 
 
 class AdapterSetupError(UserError, ValueError):

@@ -11,7 +11,8 @@ Usage::
 Contract (DESIGN.md, "S2-Attn (shifted sparse attention) — the contract"):
 
 - Used only while training (``module.training``); in eval mode the function is ordinary dense causal attention
-  (transformers' ``sdpa_attention_forward``), so weights and evaluation are unchanged.
+  (transformers' ``sdpa_attention_forward``; inside each sample for packed rows), so weights and evaluation are
+  unchanged.
 - Inputs are query/key/value *after* RoPE, so every token keeps its global position.
 - Group size ``G`` = ``round(group_size_ratio * N)`` (at least 1), ``N`` the padded length of the batch, or
   ``group_size`` tokens. ``s = G // 2`` is the shift.
@@ -32,9 +33,16 @@ Masks. transformers builds a mask only for attention names that have a mask func
 (``masking_utils._preprocess_mask_arguments``); :func:`s2_attn_mask` is registered for ``"s2_attn"``. For a forward over
 a whole sequence with a plain causal mask (training, prefill, evaluation without cache) it returns, like the
 flash-attention mask function, the 2D padding mask ``(B, N)`` of booleans, or ``None`` when no token is padding:
-O(N), never an N x N mask. Every other case (decoding with a cache, packed rows detected by transformers, sliding
-windows, custom mask overlays) gets transformers' own ``sdpa`` mask (4D boolean or ``None``), which eval mode passes
-on unchanged and train mode reads only on its two diagonals (O(N)).
+O(N), never an N x N mask. Packed rows (transformers detects ``position_ids`` that restart and composes its causal
+mask with a per-sample one) get ``None`` too: the attention functions find the samples in ``position_ids``, O(N), as
+flash-attention does. Every other case (decoding with a cache, sliding windows, custom mask overlays) gets
+transformers' own ``sdpa`` mask (4D boolean or ``None``), which eval mode passes on unchanged and train mode reads
+only on its two diagonals (O(N)).
+
+Full attention over packed rows (``s2_attn: false`` with packing, and S2's eval mode) is
+:func:`packed_causal_forward`, registered as ``"packed_causal"``: causal attention inside each sample (S2 with one
+segment per sample), on gathered samples (SDPA) or back to back in one flash varlen call (``cu_seqlens`` = sample
+boundaries); rows that are not packed go to transformers' SDPA attention unchanged.
 
 Cost (LongLoRA Sec. 3.2): attention FLOPs ~ ``N * G`` instead of ``N**2 / 2``, never an N x N mask.
 
@@ -61,6 +69,7 @@ from transformers.integrations.sdpa_attention import sdpa_attention_forward
 from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMaskInterface, causal_mask_function
 
 ATTN_NAME = "s2_attn"
+PACKED_CAUSAL_NAME = "packed_causal"  # full causal attention inside packed samples (s2_attn: false with packing)
 CONFIG_ATTR = "s2_attn"
 WRAP_MODES = ("none", "roll")
 BACKENDS = ("auto", "sdpa", "flash")
@@ -462,10 +471,9 @@ def s2_attention_forward(
         ``(attn_output (B, N, H, D), None)``.
     """
     if not module.training:
-        mask = _eval_mask(attention_mask, query.shape[2], key.shape[2])
         extra = {"position_bias": position_bias} if position_bias is not None else {}
-        return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling,
-                                      is_causal=is_causal, **extra, **kwargs)
+        return packed_causal_forward(module, query, key, value, attention_mask, dropout=dropout, scaling=scaling,
+                                     is_causal=is_causal, **extra, **kwargs)
 
     _check_supported(module, query, key, is_causal, position_bias, kwargs)
     batch, _, seq_len, _ = query.shape
@@ -524,6 +532,58 @@ def _gathered_attention(q_t, k_t, v_t, samples, group_size, wrap, backend, dropo
     return torch.cat(halves, dim=2)
 
 
+def packed_samples(attention_mask: torch.Tensor | None, position_ids: torch.Tensor | None, batch_size: int,
+                   q_len: int, kv_len: int) -> tuple | None:
+    """The sample spans of every row (:func:`row_samples`) when some row holds more than one packed sample, else
+    ``None`` (no row is packed: ordinary causal attention with the mask is right). Only whole-sequence forwards
+    (``q_len == kv_len``) with ``position_ids`` can be packed; checking costs one O(B * N) pass and host sync."""
+    if position_ids is None or q_len != kv_len or q_len < 2 or position_ids.shape[-1] != q_len:
+        return None
+    pos = position_ids[0] if position_ids.ndim == 3 else position_ids
+    if not bool((torch.diff(pos, dim=-1) != 1).any()):
+        return None
+    samples = row_samples(attention_mask, position_ids, batch_size, q_len)
+    return samples if any(len(spans) > 1 for spans in samples) else None
+
+
+def packed_causal_forward(
+    module: torch.nn.Module,
+    query: torch.Tensor,
+    key: torch.Tensor,
+    value: torch.Tensor,
+    attention_mask: torch.Tensor | None,
+    dropout: float = 0.0,
+    scaling: float | None = None,
+    is_causal: bool | None = None,
+    **kwargs,
+) -> tuple[torch.Tensor, None]:
+    """Full causal attention that never crosses a packed sample (registered as ``"packed_causal"``; also S2-Attn's
+    eval mode). API and shapes of transformers' ``sdpa_attention_forward``.
+
+    Rows holding several samples (``position_ids`` restarting, see :func:`packed_samples`; :func:`s2_attn_mask` gives
+    ``None`` for them, never a tokens x tokens mask) are attended sample by sample: the samples gathered by size
+    class for batched causal SDPA, or back to back in one flash-attn varlen call whose ``cu_seqlens`` are the sample
+    boundaries (``S2AttnSettings.backend``). It is S2 with one segment per sample (a group of ``2 N`` tokens).
+    Everything else (no packing, padding, a cache) is transformers' SDPA attention with the mask as given.
+    """
+    samples = packed_samples(attention_mask, kwargs.get("position_ids"), query.shape[0], query.shape[2],
+                             key.shape[2])
+    if samples is None:
+        mask = _eval_mask(attention_mask, query.shape[2], key.shape[2])
+        return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling,
+                                      is_causal=is_causal, **kwargs)
+    if kwargs.get("position_bias") is not None or kwargs.get("sliding_window") is not None:
+        raise NotImplementedError("packed rows with position_bias or sliding_window attention are not supported")
+    if query.shape[1] % key.shape[1]:
+        raise ValueError(f"{query.shape[1]} query heads are not a multiple of {key.shape[1]} key/value heads")
+    settings = S2AttnSettings.from_config(getattr(module, "config", None))
+    backend = select_backend(settings.backend, query)
+    q_t, k_t, v_t = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
+    out = _gathered_attention(q_t, k_t, v_t, samples, 2 * query.shape[2], "none", backend,
+                              dropout if module.training else 0.0, scaling)
+    return out.contiguous(), None
+
+
 def _check_supported(module, query, key, is_causal, position_bias, kwargs) -> None:
     """Reject, in training, inputs whose semantics S2-Attn would silently change."""
     if is_causal is False or (is_causal is None and not getattr(module, "is_causal", True)):
@@ -557,22 +617,46 @@ def s2_attn_mask(
     ``(B, N)``, or ``None`` when no token is padding. Everything else is answered by transformers' ``sdpa`` mask
     function (a 4D boolean mask or ``None``), so eval mode sees exactly what ``sdpa`` would.
     """
-    plain = (mask_function is causal_mask_function and q_length == kv_length and kv_offset == 0
-             and not isinstance(q_offset, torch.Tensor) and q_offset == 0
+    whole = (q_length == kv_length and kv_offset == 0 and not isinstance(q_offset, torch.Tensor) and q_offset == 0
              and kwargs.get("local_size") is None and not kwargs.get("use_vmap", False))
+    plain = whole and mask_function is causal_mask_function
     if plain and attention_mask is None:
         return None
     if plain and attention_mask.ndim == 2 and attention_mask.shape[-1] == kv_length:
         return None if bool(attention_mask.all()) else attention_mask.to(torch.bool)
+    if whole and attention_mask is None and _is_packed_causal(mask_function, batch_size, q_length,
+                                                              kwargs.get("device")):
+        return None  # packed rows: the attention functions find the samples in position_ids (O(N))
     return ALL_MASK_ATTENTION_FUNCTIONS["sdpa"](
         batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset,
         mask_function=mask_function, attention_mask=attention_mask, **kwargs)
 
 
+def _is_packed_causal(mask_function, batch_size: int, length: int, device) -> bool:
+    """Is ``mask_function`` causal attention inside packed samples, as ``create_causal_mask`` composes it for rows
+    whose ``position_ids`` restart (no cache, no 2D mask)? Without user overlays (``use_vmap``, excluded by the
+    caller) the only other composition is a bidirectional block overlay (``block_sequence_ids``), in which some token
+    sees the next one. Probed on O(N) index pairs: every token sees itself, none sees the next."""
+    if length < 2:
+        return False
+    b = torch.arange(batch_size, device=device)[:, None]
+    i = torch.arange(length - 1, device=device)[None, :]
+    head = torch.zeros((), dtype=torch.long, device=device)
+    try:
+        sees_self = torch.as_tensor(mask_function(b, head, i, i))
+        sees_next = torch.as_tensor(mask_function(b, head, i, i + 1))
+    except (IndexError, RuntimeError, TypeError):  # a mask function that does not take index tensors
+        return False
+    return bool(sees_self.all()) and not bool(sees_next.any())
+
+
 def register() -> None:
-    """Register ``s2_attention_forward`` and ``s2_attn_mask`` under ``"s2_attn"`` (idempotent; done on import)."""
+    """Register ``s2_attention_forward`` under ``"s2_attn"`` and ``packed_causal_forward`` under
+    ``"packed_causal"``, both with the mask function ``s2_attn_mask`` (idempotent; done on import)."""
     AttentionInterface.register(ATTN_NAME, s2_attention_forward)
     AttentionMaskInterface.register(ATTN_NAME, s2_attn_mask)
+    AttentionInterface.register(PACKED_CAUSAL_NAME, packed_causal_forward)
+    AttentionMaskInterface.register(PACKED_CAUSAL_NAME, s2_attn_mask)
 
 
 register()

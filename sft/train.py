@@ -101,7 +101,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = ()) -> Tra
     trainer = LongLoRATrainer(
         loss_reduction=cfg.loss_reduction, chunked_loss=cfg.chunked_loss, loss_chunk_size=cfg.loss_chunk_size,
         model=model, args=training_arguments(cfg), train_dataset=dataset, eval_dataset=eval_dataset,
-        processing_class=tokenizer, data_collator=PadCollator(pad_token_id(tokenizer), cfg.max_length),
+        processing_class=tokenizer, data_collator=collator(cfg, tokenizer),
         callbacks=[StopOnNonFiniteLoss(output_dir), MetricsJsonl(output_dir / METRICS_FILE), *callbacks])
     args = trainer.args
     ddp = f" (DDP, {args.ddp_backend or 'default'} backend)" if args.world_size > 1 else ""
@@ -153,12 +153,22 @@ def setup_model(cfg: TrainConfig):
     rope = apply_rope_scaling(config, cfg.max_length, kind=cfg.rope_scaling)
     if cfg.s2_attn:  # read by the attention function at every call (sft.s2attn.S2AttnSettings)
         config.s2_attn = {"group_size_ratio": cfg.group_size_ratio, "wrap": cfg.wrap}
+        if cfg.packing:  # G from the training length, not from the length of each packed row (sft.packing)
+            config.s2_attn = {"group_size": max(1, round(cfg.group_size_ratio * cfg.max_length)), "wrap": cfg.wrap}
     model, tokenizer = load_model(cfg.model, dtype=DTYPES[cfg.model_dtype], config=config,
-                                  attn_implementation="s2_attn" if cfg.s2_attn else None)
+                                  attn_implementation=attention_implementation(cfg))
     model = add_lora_plus(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                           target_modules=tuple(cfg.lora_target_modules), trainable=tuple(cfg.trainable))
     upcast_trainable(model)
     return model, tokenizer, rope
+
+
+def attention_implementation(cfg: TrainConfig) -> str | None:
+    """``s2_attn``; full attention: ``packed_causal`` (causal inside each packed sample, no tokens x tokens mask)
+    with packing, else the model's default."""
+    if cfg.s2_attn:
+        return "s2_attn"
+    return "packed_causal" if cfg.packing else None
 
 
 def upcast_trainable(model: torch.nn.Module) -> None:
@@ -207,12 +217,28 @@ def build_on_the_fly(cfg: TrainConfig) -> TrainConfig:
 
 
 def load_data(cfg: TrainConfig):
-    """The training dataset (``input_ids``, in sft ``labels``, ``length``) and what was kept and dropped."""
+    """The training set in the order and rows it is trained in (``sft.packing.arrange``: packed rows, sorted batches
+    or the samples as loaded), and what was kept, dropped and how it is laid out."""
+    from sft.packing import arrange
+
     if cfg.mode == "extend":
         from sft.model import load_tokenizer
 
-        return load_extend_dataset(cfg.data_paths, load_tokenizer(cfg.model), cfg.max_length)
-    return load_sft_dataset(cfg.data_paths[0], cfg.split, cfg.max_length, cfg.too_long)
+        dataset, stats = load_extend_dataset(cfg.data_paths, load_tokenizer(cfg.model), cfg.max_length, cfg.packing)
+    else:
+        dataset, stats = load_sft_dataset(cfg.data_paths[0], cfg.split, cfg.max_length, cfg.too_long)
+    dataset, stats.layout = arrange(dataset, list(dataset["length"]), packing=cfg.packing, batching=cfg.batching,
+                                    max_length=cfg.max_length, batch_size=cfg.per_device_batch_size, seed=cfg.seed)
+    return dataset, stats
+
+
+def collator(cfg: TrainConfig, tokenizer):
+    """Packed rows (``sft.packing.PackedCollator``, which passes held-out samples to PadCollator) or padded samples."""
+    if cfg.packing:
+        from sft.packing import PackedCollator
+
+        return PackedCollator(pad_token_id(tokenizer), cfg.max_length)
+    return PadCollator(pad_token_id(tokenizer), cfg.max_length)
 
 
 def load_eval_data(cfg: TrainConfig):
@@ -290,7 +316,7 @@ def training_arguments(cfg: TrainConfig) -> TrainingArguments:
         deepspeed=cfg.deepspeed,
         **checkpointing_arguments(cfg.gradient_checkpointing),
         seed=cfg.seed,
-        **sampling_arguments(cfg.group_by_length),
+        **sampling_arguments("sequential" if cfg.packing or cfg.batching == "sorted" else cfg.batching),
         dataloader_num_workers=cfg.dataloader_num_workers,
         logging_steps=cfg.logging_steps,
         logging_nan_inf_filter=False,  # a NaN must reach the logs and StopOnNonFiniteLoss, not be averaged away
@@ -317,12 +343,11 @@ def has_accelerator() -> bool:
     return probe.is_available() if probe is not None else torch.cuda.is_available()
 
 
-def sampling_arguments(group_by_length: bool) -> dict:
-    """Length-grouped batches (the Trainer's ``LengthGroupedSampler`` reading the ``length`` column)."""
-    if "train_sampling_strategy" in TrainingArguments.__dataclass_fields__:
-        return {"train_sampling_strategy": "group_by_length" if group_by_length else "random",
-                "length_column_name": "length"}
-    return {"group_by_length": group_by_length, "length_column_name": "length"}  # transformers before 5.x renaming
+def sampling_arguments(order: str) -> dict:
+    """The Trainer's sampler: ``grouped`` (``LengthGroupedSampler`` reading the ``length`` column), ``random``, or
+    ``sequential`` (the dataset is already in training order: packed rows or sorted batches, ``sft.packing``)."""
+    strategy = {"grouped": "group_by_length", "random": "random", "sequential": "sequential"}[order]
+    return {"train_sampling_strategy": strategy, "length_column_name": "length"}
 
 
 def checkpointing_arguments(enabled: bool) -> dict:
