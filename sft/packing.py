@@ -90,10 +90,12 @@ def shuffled(rows: list, seed: int) -> list:
 
 def sorted_batch_order(lengths: Sequence[int], batch_size: int, seed: int = 0) -> list[int]:
     """LongAlign's sorted batching: sample indices sorted by length, cut into batches of ``batch_size``, the batches
-    in an order drawn from ``seed``, flattened (the Trainer's sequential sampler reads them batch by batch)."""
+    in an order drawn from ``seed``, flattened (the Trainer's sequential sampler reads them batch by batch). A last,
+    smaller batch stays last, so that every batch is read as it was cut."""
     order = sorted(range(len(lengths)), key=lambda i: (lengths[i], i))
-    batches = [order[i:i + batch_size] for i in range(0, len(order), batch_size)]
-    return [i for batch in shuffled(batches, seed) for i in batch]
+    full = len(order) - len(order) % batch_size
+    batches = [order[i:i + batch_size] for i in range(0, full, batch_size)]
+    return [i for batch in shuffled(batches, seed) for i in batch] + order[full:]
 
 
 # ----------------------------------------------------------------------------------------------------------------------

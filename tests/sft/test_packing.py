@@ -90,6 +90,9 @@ def test_sorted_batches_hold_similar_lengths_in_a_shuffled_batch_order():
     assert sorted(batches) == [[10, 15], [20, 30], [40, 45], [50, 60]]
     assert batches != sorted(batches)  # the batch order is shuffled (seed 3)
     assert sorted(order) == list(range(8)) and order == sorted_batch_order(lengths, 2, seed=3)
+    # a last, smaller batch stays last: every batch of 3 read in order is one batch as cut
+    order = sorted_batch_order(lengths, 3, seed=1)
+    assert order[-2:] == [0, 5] and padding_fraction([lengths[i] for i in order], 3) < 0.2
 
 
 def test_arrange_reports_rows_samples_per_row_and_padding():
