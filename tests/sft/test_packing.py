@@ -278,7 +278,7 @@ class BatchSpy(TrainerCallback):
         model.register_forward_pre_hook(lambda module, a, kw: self.batches.append(dict(kw)), with_kwargs=True)
 
 
-def test_sft_training_on_packed_rows_reports_its_layout(tiny_llama_dir, tmp_path, capsys):
+def test_sft_training_on_packed_rows_reports_its_layout(tiny_llama_dir, tmp_path, capsys, monkeypatch):
     import json
 
     from sft.train import run
@@ -286,6 +286,10 @@ def test_sft_training_on_packed_rows_reports_its_layout(tiny_llama_dir, tmp_path
     from tests.sft.test_train import config
 
     built = write_tokenized(tmp_path / "built", [20, 24, 28, 30, 36, 40, 44, 48, 52, 60, 600])
+    collated = []
+    collate = PackedCollator.__call__
+    monkeypatch.setattr(PackedCollator, "__call__", lambda self, items: collated.append(collate(self, items))
+                        or collated[-1])
     spy = BatchSpy()
     result = run(config(tiny_llama_dir, built, tmp_path / "run", packing=True, max_length=128, max_steps=2,
                         per_device_batch_size=2, eval_samples=0), callbacks=(spy,))
@@ -296,8 +300,9 @@ def test_sft_training_on_packed_rows_reports_its_layout(tiny_llama_dir, tmp_path
     assert layout["samples_per_row_max"] == 4 and layout["padding_fraction"] == pytest.approx(98 / 480, abs=1e-6)
     assert "packed 10 samples into 4 rows" in capsys.readouterr().out
     assert spy.attn == "s2_attn" and spy.group == {"group_size": 32, "wrap": "none"}  # G = max_length / 4
-    batch = spy.batches[0]
-    assert "attention_mask" not in batch and batch["input_ids"].shape[0] == 2
+    assert "attention_mask" not in spy.batches[0] and spy.batches[0]["input_ids"].shape[0] == 2
+    batch = collated[0]
+    assert torch.equal(batch["position_ids"], spy.batches[0]["position_ids"])
     starts = batch["position_ids"] == 0
     assert int(starts.sum()) > 2 and bool((batch["labels"][starts] == IGNORE_INDEX).all())
 
