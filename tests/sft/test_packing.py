@@ -278,8 +278,9 @@ class BatchSpy(TrainerCallback):
         model.register_forward_pre_hook(lambda module, a, kw: self.batches.append(dict(kw)), with_kwargs=True)
 
 
-def test_sft_training_on_packed_rows_reports_its_layout(tiny_llama_dir, tmp_path, capsys, monkeypatch):
+def test_sft_training_on_packed_rows_reports_its_layout(tiny_llama_dir, tmp_path, caplog, monkeypatch):
     import json
+    import logging
 
     from sft.train import run
     from tests.sft.test_data import write_tokenized
@@ -291,6 +292,7 @@ def test_sft_training_on_packed_rows_reports_its_layout(tiny_llama_dir, tmp_path
     monkeypatch.setattr(PackedCollator, "__call__", lambda self, items: collated.append(collate(self, items))
                         or collated[-1])
     spy = BatchSpy()
+    caplog.set_level(logging.INFO, logger="sft.train")
     result = run(config(tiny_llama_dir, built, tmp_path / "run", packing=True, max_length=128, max_steps=2,
                         per_device_batch_size=2, eval_samples=0), callbacks=(spy,))
     layout = json.loads((tmp_path / "run/data_stats.json").read_text())["layout"]
@@ -298,7 +300,7 @@ def test_sft_training_on_packed_rows_reports_its_layout(tiny_llama_dir, tmp_path
     assert layout["layout"] == "packed" and layout["samples"] == 10 and layout["rows"] == 4
     # rows of 112, 128, 122, 20 tokens; batches of similar rows: [20, 112], [122, 128]
     assert layout["samples_per_row_max"] == 4 and layout["padding_fraction"] == pytest.approx(98 / 480, abs=1e-6)
-    assert "packed 10 samples into 4 rows" in capsys.readouterr().out
+    assert "packed 10 samples into 4 rows" in caplog.text  # the start-up line
     assert spy.attn == "s2_attn" and spy.group == {"group_size": 32, "wrap": "none"}  # G = max_length / 4
     assert "attention_mask" not in spy.batches[0] and spy.batches[0]["input_ids"].shape[0] == 2
     batch = collated[0]
