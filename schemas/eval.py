@@ -15,7 +15,8 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from schemas.build import DEFAULT_TOKENIZER, split_commas
 
-TASKS = ("qa", "passkey", "ppl")
+TASKS = ("qa", "passkey", "ppl")  # the default tasks; opt-in ones are listed in EvalConfig.tasks
+SQUAD_V2_DEV = "pkg:long_context_eval/data/synthetic/json/squad.json"  # the default build's source
 DEFAULT_TUNED = "runs/smollm2-squad/adapter"
 
 LONGBENCH_QA_TEMPLATE = ("Answer the question based on the given passages. Only give me the answer and do not output "
@@ -73,6 +74,14 @@ class QAConfig(_Section):
         if not value or any(b <= a for a, b in zip(value, value[1:])) or value[0] <= 0:
             raise ValueError(f"must be positive and strictly ascending, got {value}")
         return value
+
+
+class ShortQAConfig(QAConfig):
+    """Short-context regression: the held-out questions of `data` with only their own SQuAD paragraph as the
+    document (the rest of the prompt as in qa), LongBench scoring: what long fine-tuning costs on short inputs."""
+
+    squad: str = Field(SQUAD_V2_DEV, description="the SQuAD v2 JSON the held-out questions were built from; each "
+                       "question's own paragraph (matched by question id) replaces its article in the prompt")
 
 
 class PasskeyConfig(_Section):
@@ -139,8 +148,9 @@ class EvalConfig(BaseModel):
         description="name -> model: a (merged) model folder, an adapter folder (adapter_config.json; its base is "
         "loaded from base_model_name_or_path), a .gguf file, pkg:MODULE/path or a Hub id. Report columns follow "
         "this order")
-    tasks: list[Literal["qa", "passkey", "ppl"]] = Field(list(TASKS), description="tasks to run, in order. A "
-                                                         "comma-separated string is accepted")
+    tasks: list[Literal["qa", "short_qa", "passkey", "ppl"]] = Field(
+        list(TASKS), description="tasks to run, in order (default qa, passkey, ppl; short_qa is opt-in). A "
+        "comma-separated string is accepted")
     out: str = Field("runs/eval", description="report folder: report.json, report.md, *.png, predictions/")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights dtype at inference")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': the first CUDA device when there is "
@@ -151,6 +161,7 @@ class EvalConfig(BaseModel):
                                                "'skip' with a message, or 'error'")
     threads: int | None = Field(None, ge=1, description="torch CPU threads; default: torch's choice")
     qa: QAConfig = Field(default_factory=QAConfig)
+    short_qa: ShortQAConfig = Field(default_factory=ShortQAConfig)
     passkey: PasskeyConfig = Field(default_factory=PasskeyConfig)
     ppl: PPLConfig = Field(default_factory=PPLConfig)
 
@@ -172,7 +183,8 @@ class EvalConfig(BaseModel):
             from_chars = [n for n in self.passkey.lengths if not 1 <= int(3.75 * n // 1024 * 1024) <= 449999]
             if from_chars:
                 problems.append(f"passkey.lengths: longlora needs 274 <= length <= 120149 (its filler of int(3.75 * "
-                                f"length // 1024 * 1024) characters must be 1..449999, the reference's filler supply), got {from_chars}")
+                                "length // 1024 * 1024) characters must be 1..449999, the reference's filler "
+                                f"supply), got {from_chars}")
         if "ppl" in self.tasks and self.ppl.protocol == "strided":
             too_small = [n for n in self.ppl.lengths if n < self.ppl.stride]
             if too_small:

@@ -193,7 +193,9 @@ def eval_problems(cfg) -> list[str]:
         hint = " (train it first: python -m sft.run)" if isinstance(ref, str) and ref.startswith("runs/") else ""
         problems.extend(_present(model_problem(f"models.{name}", ref, adapters=True, hint=hint)))
     tasks = cfg.tasks if isinstance(cfg.tasks, list) else []
-    for task in ("qa", "ppl"):
+    if "short_qa" in tasks:
+        problems.extend(_present(file_problem("short_qa.squad", getattr(cfg.short_qa, "squad", None), "SQuAD JSON")))
+    for task in ("qa", "short_qa", "ppl"):
         ref = getattr(getattr(cfg, task, None), "data", None)
         if task not in tasks or not isinstance(ref, str):
             continue
@@ -206,6 +208,8 @@ def eval_problems(cfg) -> list[str]:
                             "longqa.build)")
         elif task == "qa" and path.is_file() and path.suffix != ".jsonl":
             problems.append(f"qa.data: {ref} must be a built dataset folder or a LongBench .jsonl")
+        elif task == "short_qa" and path.is_file():
+            problems.append(f"short_qa.data: {ref} must be a dataset built from SQuAD (a folder), not a file")
         elif path.is_file() and not os.access(path, os.R_OK):
             problems.append(f"{task}.data: {ref} cannot be read (permission denied)")
     return problems

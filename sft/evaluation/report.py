@@ -65,6 +65,9 @@ def markdown(report: dict[str, Any]) -> str:
         truncation = next(iter(results["qa"].values())).get("truncation", "template")
         parts += ["", f"## Long QA (LongBench scoring, percent; middle truncation: {truncation})", "",
                   _qa_table(results["qa"], names)]
+    if "short_qa" in results:
+        parts += ["", "## Short QA: the same questions with only their own paragraph (LongBench scoring, percent)",
+                  "", _qa_table(results["short_qa"], names)]
     if "passkey" in results:
         protocol = next(iter(results["passkey"].values())).get("protocol", "grid")
         parts += ["", f"## Passkey retrieval (accuracy, percent; protocol: {protocol})", "",
@@ -72,7 +75,7 @@ def markdown(report: dict[str, Any]) -> str:
     if "ppl" in results:
         protocol = next(iter(results["ppl"].values()))["protocol"]
         parts += ["", f"## Perplexity by context length ({protocol} windows)", "", _ppl_table(results["ppl"], names)]
-    extra = [k for k in results if k not in ("qa", "passkey", "ppl")]
+    extra = [k for k in results if k not in BUILT_IN]
     for task in extra:  # tasks with their own section writer (sft.evaluation.tasks)
         from sft.evaluation.tasks import TASKS, get_task
 
@@ -107,6 +110,7 @@ def _provenance(report: dict[str, Any]) -> str:
     return "\n".join(lines)
 
 
+BUILT_IN = ("qa", "short_qa", "passkey", "ppl")  # tasks whose sections this module writes
 INTERVALS_NOTE = ("Scores are shown as `score [low, high]`: 95 % intervals, Wilson for accuracies (passkey, exact "
                   "match), the bootstrap over questions for F1 and ROUGE-L, over windows for perplexity. Overlapping "
                   "intervals mean the difference is not established at this n.")
@@ -135,10 +139,12 @@ def _comparison(results: dict[str, Any], names: list[str]) -> str:
                      "–" if verdict is None else ("overlap: not established" if verdict else "no overlap: differ")])
 
     for other in names[1:]:
-        if "qa" in results:
+        for task in ("qa", "short_qa"):
+            if task not in results:
+                continue
             for label, key in QA_METRICS:
-                a, b = (results["qa"][n]["overall"] for n in (first, other))
-                add(f"qa {label} (n={a['n']})", (a[key], a.get("ci", {}).get(key)),
+                a, b = (results[task][n]["overall"] for n in (first, other))
+                add(f"{task} {label} (n={a['n']})", (a[key], a.get("ci", {}).get(key)),
                     (b[key], b.get("ci", {}).get(key)), other)
         if "passkey" in results:
             a, b = (results["passkey"][n] for n in (first, other))
@@ -151,7 +157,7 @@ def _comparison(results: dict[str, Any], names: list[str]) -> str:
                     add(f"perplexity at {length} tokens ({a[length]['windows']} windows)",
                         (a[length]["ppl"], a[length].get("ci")), (b[length]["ppl"], b[length].get("ci")), other, 3)
         for task, by_model in results.items():  # other tasks that report headline scores with intervals
-            if task in ("qa", "passkey", "ppl"):
+            if task in BUILT_IN:
                 continue
             for label, (a, b) in _headlines(by_model, first, other):
                 add(f"{task} {label}", a, b, other)

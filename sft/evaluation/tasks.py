@@ -25,6 +25,7 @@ from typing import Any
 #: task name -> module (imported when the task runs, so ``import sft.evaluation`` stays light)
 TASKS: dict[str, str] = {
     "qa": "sft.evaluation.qa",
+    "short_qa": "sft.evaluation.short_qa",
     "passkey": "sft.evaluation.passkey",
     "ppl": "sft.evaluation.ppl",
 }

@@ -20,5 +20,5 @@ def test_every_configurable_task_is_registered_with_its_section():
 
 
 def test_unknown_task_names_the_known_ones():
-    with pytest.raises(ValueError, match="unknown task .nope.*known: qa, passkey, ppl"):
+    with pytest.raises(ValueError, match="unknown task .nope. .known: qa, "):
         get_task("nope")
