@@ -125,6 +125,20 @@ class TrainConfig(BaseModel):
     eval_samples: int = Field(4, ge=0, description="held-out samples evaluated: the first ones of eval_split that fit "
                               "max_length (a fixed set, so before and after compare); 0: no evaluation")
 
+    # --- long-context evaluation during training (issue 9; sft/evaluation/in_training.py) ---
+    eval_every: int | None = Field(
+        None, ge=1, description="every N optimizer steps (and before the first), run eval_tasks with dense attention "
+        "on rank 0 and log them to metrics.jsonl and report_to (longctx_passkey_<L>, longctx_ppl_<L>, longctx_qa_f1), "
+        "so a run shows its long-context curve; resumed runs keep the curve logged up to their checkpoint. null: off")
+    eval_tasks: list[Literal["passkey", "ppl", "qa"]] = Field(
+        ["passkey", "ppl"], description="tasks run every eval_every steps: 'passkey' (eval_passkey_lengths, key at "
+        "depth 0.5), 'ppl' (eval_ppl_lengths, one sliding window each, on eval_split's documents), 'qa' "
+        "(eval_qa_questions held-out questions of eval_split, LongBench F1). A comma-separated string is accepted")
+    eval_passkey_lengths: list[int] = Field([1024, 2048], description="passkey prompt lengths (tokens)")
+    eval_passkey_trials: int = Field(2, ge=1, description="passkey prompts per length (each its own key)")
+    eval_ppl_lengths: list[int] = Field([1024, 2048], description="perplexity context lengths (tokens)")
+    eval_qa_questions: int = Field(4, ge=1, description="held-out questions answered (the first of eval_split)")
+
     # outputs
     output_dir: str = Field("runs/smollm2-squad", description="checkpoints, metrics.jsonl, train_config.yaml and the "
                             "final adapter/ (LoRA + embeddings + norms, loadable with peft)")
@@ -137,7 +151,7 @@ class TrainConfig(BaseModel):
     resume: bool = Field(False, description="continue from the last checkpoint in output_dir (model, optimizer, "
                          "scheduler, data order)")
 
-    _split_commas = field_validator("trainable", mode="before")(split_commas)
+    _split_commas = field_validator("trainable", "eval_tasks", mode="before")(split_commas)
 
     @model_validator(mode="before")
     @classmethod
@@ -186,6 +200,18 @@ class TrainConfig(BaseModel):
         if self.packing and self.batching == "sorted":
             problems.append("batching: sorted is the alternative to packing (rows are packed, then shuffled); set "
                             "packing: false or batching: grouped")
+        if self.eval_every is not None and self.mode == "extend" and set(self.eval_tasks) & {"ppl", "qa"}:
+            problems.append(f"eval_tasks: {sorted(set(self.eval_tasks) & {'ppl', 'qa'})} read a built dataset's "
+                            "eval_split; in extend mode use eval_tasks: passkey")
+        if self.eval_every is not None and set(self.eval_tasks) & {"ppl", "qa"} and self.eval_split is None:
+            problems.append("eval_tasks: ppl and qa read eval_split, which is null")
+        if self.eval_every is not None:
+            lengths = ((self.eval_passkey_lengths if "passkey" in self.eval_tasks else [])
+                       + (self.eval_ppl_lengths if "ppl" in self.eval_tasks else []))
+            too_long = [n for n in lengths if n > self.max_length]
+            if too_long:
+                problems.append(f"eval_passkey_lengths/eval_ppl_lengths: {too_long} exceed max_length "
+                                f"({self.max_length}), the context the model is trained for")
         if self.warmup_steps > self.max_steps:
             problems.append(f"warmup_steps: {self.warmup_steps} exceeds max_steps ({self.max_steps})")
         if problems:

@@ -33,6 +33,7 @@ from transformers.trainer_utils import get_last_checkpoint
 from schemas.errors import UserError
 from schemas.train import TrainConfig
 from sft.data import DataStats, PadCollator, load_extend_dataset, load_sft_dataset, pad_token_id
+from sft.evaluation.in_training import add_long_context_eval
 from sft.trainer import LongLoRATrainer
 
 log = logging.getLogger(__name__)
@@ -103,6 +104,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = ()) -> Tra
         model=model, args=training_arguments(cfg), train_dataset=dataset, eval_dataset=eval_dataset,
         processing_class=tokenizer, data_collator=collator(cfg, tokenizer),
         callbacks=[StopOnNonFiniteLoss(output_dir), MetricsJsonl(output_dir / METRICS_FILE), *callbacks])
+    add_long_context_eval(trainer, cfg)  # eval_every: the long-context curve in metrics.jsonl (issue 9)
     args = trainer.args
     ddp = f" (DDP, {args.ddp_backend or 'default'} backend)" if args.world_size > 1 else ""
     log.info(f"world size {args.world_size}{ddp}, global batch "

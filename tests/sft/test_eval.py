@@ -358,3 +358,18 @@ def test_reference_protocols_run_end_to_end(tmp_path, tiny_models, tiny_built):
     assert qa["truncation"] == "longbench_v1" and qa["truncated"] >= 1 and set(qa["overall"]["ci"]) >= {"f1", "rouge_l"}
     md = (tmp_path / "report.md").read_text()
     assert "protocol: longlora" in md and "(longlora windows)" in md and "middle truncation: longbench_v1" in md
+
+
+def test_in_training_eval_scores_every_task_on_a_built_dataset(tiny_models, tiny_built):
+    """The eval_every callback's scores (passkey, ppl, qa) on the tiny built dataset, model back in train mode."""
+    from schemas.train import TrainConfig
+    from sft.eval import load_for_eval
+    from sft.evaluation.in_training import LongContextEval
+
+    model, tokenizer, _ = load_for_eval(tiny_models["base"])
+    cfg = TrainConfig(model=tiny_models["base"], data=tiny_built["folder"], max_length=1024, eval_every=1,
+                      eval_tasks="passkey,ppl,qa", eval_passkey_lengths=[256], eval_ppl_lengths=[128],
+                      eval_qa_questions=2)
+    scores = LongContextEval(cfg, trainer=None).scores(model, tokenizer)
+    assert set(scores) == {"longctx_passkey_256", "longctx_ppl_128", "longctx_qa_f1", "longctx_seconds"}
+    assert scores["longctx_ppl_128"] > 1 and 0 <= scores["longctx_qa_f1"] <= 100

@@ -255,3 +255,25 @@ def test_sft_on_a_build_recipe_builds_it_on_the_fly(tmp_path, tiny_llama_dir):
         cli.resolve({}, {"data": str(bad), "output_dir": str(tmp_path / "run2")})
     run(cfg.model_copy(update={"output_dir": str(tmp_path / "run"), "resume": True, "max_steps": 2}))
     assert manifest.stat().st_mtime_ns == stamp  # the same recipe is not built twice
+
+
+def test_eval_every_logs_a_long_context_curve_that_resume_keeps(tiny_llama_dir, built, tmp_path):
+    """eval_every: passkey before the first step and every 2 steps, in metrics.jsonl; a resumed run keeps the
+    points up to its checkpoint and adds the rest, each step once."""
+    settings = dict(eval_every=2, eval_tasks="passkey", eval_passkey_lengths=[300], eval_passkey_trials=1)
+    first = config(tiny_llama_dir, built, tmp_path / "run", max_steps=2, save_steps=2, **settings)
+    run(first)
+    curve = [line for line in metric_lines(tmp_path / "run") if "longctx_passkey_300" in line]
+    assert [line["step"] for line in curve] == [0, 2]
+    assert all(0 <= line["longctx_passkey_300"] <= 100 and line["longctx_seconds"] > 0 for line in curve)
+    run(first.model_copy(update={"max_steps": 4, "resume": True}))
+    lines = metric_lines(tmp_path / "run")
+    assert [line["step"] for line in lines if "longctx_passkey_300" in line] == [0, 2, 4]
+    assert [line["step"] for line in lines if "loss" in line] == [1, 2, 3, 4]
+
+
+def test_eval_every_problems_are_reported_with_the_config():
+    with pytest.raises(ValueError, match="eval_passkey_lengths/eval_ppl_lengths: \\[8192\\] exceed max_length"):
+        TrainConfig(eval_every=5, eval_passkey_lengths=[1024, 8192])
+    with pytest.raises(ValueError, match="in extend mode use eval_tasks: passkey"):
+        TrainConfig(mode="extend", data=["a.txt"], eval_every=5, eval_tasks="passkey,qa")
