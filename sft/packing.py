@@ -23,7 +23,6 @@ S2 segments of the real samples do not change.
 """
 from __future__ import annotations
 
-import logging
 import random
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -31,9 +30,8 @@ from dataclasses import dataclass
 import torch
 
 from schemas.errors import DataError
-from sft.data import IGNORE_INDEX, PadCollator
 
-log = logging.getLogger(__name__)
+IGNORE_INDEX = -100  # as sft.data (imported lazily: benchmarks/gpu uses this module without `datasets`)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -149,6 +147,8 @@ class PackedCollator:
 
     def __call__(self, items: Sequence[dict]) -> dict[str, torch.Tensor]:
         if not items or "position_ids" not in items[0]:
+            from sft.data import PadCollator
+
             return PadCollator(self.pad_id, self.max_length)(items)
         width = max(len(item["input_ids"]) for item in items)
         if self.max_length is not None and width > self.max_length:

@@ -16,6 +16,10 @@ them). ``--model``: a HF model folder, a ``.gguf`` file,
 default cannot be loaded, ``random`` is used and the table says so. RoPE is position-interpolated to each length as
 ``python -m sft.run`` does (SmolLM2 has 8192 positions).
 
+Packing on/off (issue 13, ``--packing``, on by default): at each length N, four samples of N/2, N/4, N/8, N/8 tokens
+trained one a step (packing off, S2 group 1/4 of each sample) and packed into one row of N (``sft.packing``: positions
+restart per sample, S2 group N/4, segments restarting at every sample; no N x N mask); tokens/s of the same samples.
+
 ``--cpu-smoke`` runs the same code on the CPU at 128/256 tokens, one measured step, with a 2-layer random Llama (or
 the ``--model`` given), to check the script where there is no GPU:
 ``python benchmarks/gpu/train_steps.py --cpu-smoke --out /tmp/smoke.md``.
@@ -61,6 +65,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--backends", nargs="+", choices=["sdpa", "flash"], default=None,
                    help="default: sdpa, plus flash when flash-attn imports")
     p.add_argument("--gradient-checkpointing", action="store_true", help="recompute activations (less memory)")
+    p.add_argument("--packing", action=argparse.BooleanOptionalAction, default=True,
+                   help="also measure packing on/off with S2-Attn (four samples one a step vs one packed row)")
     p.add_argument("--out", type=Path, default=None, help="markdown report (default under benchmarks/results/)")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny random Llama on the CPU at 128/256 tokens")
     args = p.parse_args(argv)
@@ -146,12 +152,75 @@ def measure(config, ref, n: int, kind: str, backend: str, args, device: str) -> 
             torch.cuda.empty_cache()
 
 
+PACKED_FRACTIONS = (2, 4, 8, 8)  # four samples of N/2, N/4, N/8, N/8 tokens: one row of N when packed
+
+
+def measure_packing(config, ref, n: int, backend: str, args, device: str) -> dict:
+    """S2-Attn tokens/s of the same four samples trained one a step (off) and packed into one row (on)."""
+    import copy
+
+    from sft.model import apply_rope_scaling
+    from sft.packing import pack_samples
+
+    config = copy.deepcopy(config)
+    apply_rope_scaling(config, n, kind="linear")
+    on_gpu = device == "cuda"
+    gen = torch.Generator().manual_seed(n)
+    samples = [{"input_ids": torch.randint(3, config.vocab_size, (n // k,), generator=gen).tolist()}
+               for k in PACKED_FRACTIONS]
+    row = pack_samples(samples)
+    packed = {key: torch.tensor([row[key]], device=device) for key in ("input_ids", "labels", "position_ids")}
+    model = optimizer = None
+    try:
+        model, optimizer = build_model(config, "s2", group_size_ratio=args.group_size_ratio, s2_backend=backend,
+                                       dtype=torch.bfloat16 if on_gpu else torch.float32, device=device, ref=ref)
+        if args.gradient_checkpointing:
+            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+            model.enable_input_require_grads()
+        autocast = torch.bfloat16 if on_gpu else None
+        base = model.get_base_model().config
+        unpacked_s2, packed_s2 = dict(base.s2_attn), {**base.s2_attn, "group_size": round(args.group_size_ratio * n)}
+        packed_s2.pop("group_size_ratio", None)
+
+        def off():
+            base.s2_attn = unpacked_s2
+            for sample in samples:
+                train_step(model, optimizer, torch.tensor([sample["input_ids"]], device=device),
+                           autocast_dtype=autocast)
+
+        def on():
+            base.s2_attn = packed_s2
+            with torch.autocast(device, dtype=autocast or torch.float32, enabled=autocast is not None):
+                loss = model(**packed, use_cache=False).loss
+            loss.backward()
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+
+        times = {"off": [], "on": []}
+        for i in range(args.repeats + 1):  # interleaved; the first round is a warm-up
+            for name, run in (("off", off), ("on", on)):
+                _sync(on_gpu)
+                start = time.perf_counter()
+                run()
+                _sync(on_gpu)
+                times[name].append(time.perf_counter() - start)
+        tokens = len(row["input_ids"])
+        return {name: tokens / statistics.median(t[1:]) for name, t in times.items()}
+    except torch.OutOfMemoryError:
+        return {"error": "OOM"}
+    finally:
+        del model, optimizer
+        gc.collect()
+        if on_gpu:
+            torch.cuda.empty_cache()
+
+
 def _sync(on_gpu: bool) -> None:
     if on_gpu:
         torch.cuda.synchronize()
 
 
-def report(rows: list[dict], args, device: str, model_note: str) -> str:
+def report(rows: list[dict], args, device: str, model_note: str, packed_rows: list[dict] = ()) -> str:
     name = device_name(device)
     flash = "flash-attn " + __import__("flash_attn").__version__ if flash_available() else "no flash-attn"
     lines = [
@@ -180,6 +249,22 @@ def report(rows: list[dict], args, device: str, model_note: str) -> str:
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "n/a"
         lines.append(f"| {r['n']} | {r['backend']} | {r['kind']} | {r['step']:.3f} ({r['min']:.3f}) | {peak} | "
                      f"{r['tokens_s']:.0f} | {ratio} |")
+    if packed_rows:
+        lines += [
+            "",
+            f"Packing (S2-Attn): four samples of N/{', N/'.join(map(str, PACKED_FRACTIONS))} tokens, one a step "
+            "(off, S2 group 1/4 of each) vs packed into one row of N (on, S2 group N/4 restarting at every sample); "
+            "tokens/s of the same samples, median after a warm-up, interleaved",
+            "",
+            "| N (tokens) | backend | packing off tokens/s | packing on tokens/s | on / off |",
+            "|---:|---|---:|---:|---:|",
+        ]
+        for r in packed_rows:
+            if "error" in r:
+                lines.append(f"| {r['n']} | {r['backend']} | {r['error']} | | |")
+            else:
+                lines.append(f"| {r['n']} | {r['backend']} | {r['off']:.0f} | {r['on']:.0f} | "
+                             f"{r['on'] / r['off']:.2f}x |")
     return "\n".join(lines) + "\n"
 
 
@@ -198,7 +283,15 @@ def main(argv=None) -> int:
             shown = result.get("error") or (f"{result['step']:.3f} s/step, {result['tokens_s']:.0f} tokens/s"
                                             + (f", peak {result['peak_gib']:.2f} GiB" if result["peak_gib"] else ""))
             print(f"N={n} {backend} {kind}: {shown}", flush=True)
-    text = report(rows, args, device, note)
+    packed_rows = []
+    if args.packing:
+        for n in args.lengths:
+            for backend in sorted({backend for _, backend in variants(args)}):
+                result = measure_packing(config, ref, n, backend, args, device)
+                packed_rows.append({"n": n, "backend": backend, **result})
+                shown = result.get("error") or f"off {result['off']:.0f}, on {result['on']:.0f} tokens/s"
+                print(f"N={n} {backend} packing: {shown}", flush=True)
+    text = report(rows, args, device, note, packed_rows)
     print(text)
     out = args.out or ROOT / "benchmarks/results" / f"train_steps_{slug(device_name(device))}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
