@@ -65,6 +65,10 @@ def build(cfg: BuildConfig, options: Options) -> None:
 
     manifest = build_dataset(cfg, progress=options.progress)
     log.info(summary_table(manifest))
+    counts = manifest["counts"]
+    if not counts["written"]:
+        log.warning("no sample was written: all %d records read were rejected; %s/rejects.jsonl says why, line by "
+                    "line", counts["read"], cfg.out)
     log.info("wrote %s/ (text/, tokenized/, manifest.json, rejects.jsonl, lengths.png, README.md)", cfg.out)
 
 

@@ -25,7 +25,7 @@ from longqa.tokenize import Encoded, OverBudget
 from longqa.validate import POLICY_REASONS, reject_record, validate
 from longqa.write import DATASETS, StreamWriter, atomic_output, list_array, save_datasets
 from schemas import BuildConfig, Record, Reject
-from schemas.errors import DataError
+from schemas.errors import ConfigError, DataError
 
 log = logging.getLogger(__name__)
 
@@ -41,7 +41,7 @@ def load_tokenizer(ref: str):
     source = resolve_source(ref)
     tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs())
     if not tokenizer.is_fast:
-        raise ValueError(f"tokenizer {ref}: a fast (Rust) tokenizer is required")
+        raise ConfigError(f"tokenizer {ref}: a fast (Rust) tokenizer is required (tokenizer.json); give another --tokenizer")
     return tokenizer
 
 

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from schemas import BuildConfig, Record
+from schemas.errors import ConfigError
 
 # Private-use code points: they never occur in real text and survive every chat template unchanged.
 _MATERIAL = "\ue000longqa-material\ue000"
@@ -54,7 +55,7 @@ class Renderer:
         self.cfg = cfg
         self.tokenizer = tokenizer
         if cfg.template == "chat" and not getattr(tokenizer, "chat_template", None):
-            raise ValueError(f"template 'chat': tokenizer {cfg.tokenizer} has no chat template; "
+            raise ConfigError(f"template 'chat': tokenizer {cfg.tokenizer} has no chat template; "
                              "choose --template llama2-inst or alpaca")
         # A named template starts with BOS only where the tokenizer itself would add it.
         probe = tokenizer("a").input_ids
@@ -92,7 +93,7 @@ class Renderer:
         ]
         text = self.tokenizer.apply_chat_template(turns, tokenize=False)
         if text.count(_MATERIAL) != 1 or text.count(_ANSWER) != 1:
-            raise ValueError(f"the chat template of {self.cfg.tokenizer} does not reproduce message contents "
+            raise ConfigError(f"the chat template of {self.cfg.tokenizer} does not reproduce message contents "
                              "verbatim; use --template llama2-inst or alpaca")
         return text
 

@@ -41,7 +41,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from schemas.errors import ConfigError, UserError
-from schemas.resolve import PathCheck, check, load_recipe, apply_overrides
+from schemas.resolve import PathCheck, apply_overrides, check, load_recipe, report
 
 log = logging.getLogger(__name__)
 
@@ -210,7 +210,7 @@ class Command:
         self.flags: dict[str, Flag] = {}
         self.parser = _Parser(prog=prog, description=doc.split("\n\n")[1] if "\n\n" in doc else doc,
                               formatter_class=argparse.RawDescriptionHelpFormatter,
-                              argument_default=argparse.SUPPRESS)
+                              argument_default=argparse.SUPPRESS, allow_abbrev=False)  # a prefix is a typo, not a flag
         own = self.parser.add_argument_group("command")
         own.add_argument("--config", metavar="FILE.yaml", help="YAML settings; flags override them")
         own.add_argument("--print-config", action="store_true", help="print the resolved configuration and every "
@@ -312,7 +312,7 @@ class Command:
         """The valid configuration of `argv`, or a ConfigError with every problem."""
         cfg, problems, options = self.configure(argv)
         if problems:
-            raise ConfigError(_report(options.origin, problems))
+            raise ConfigError(report(options.origin, problems))
         return cfg
 
     # -- running -------------------------------------------------------------------------------------------------------
@@ -326,7 +326,7 @@ class Command:
             if options.print_config:
                 print(yaml.safe_dump(_dump(cfg), sort_keys=False, allow_unicode=True), end="", flush=True)
             if problems:
-                raise ConfigError(_report(options.origin, problems))
+                raise ConfigError(report(options.origin, problems))
             if options.print_config:
                 return 0
             return body(cfg, options) or 0
@@ -369,10 +369,6 @@ def _mapping(items: list[str], flag: str) -> tuple[dict[str, str], list[str]]:
         else:
             mapping[name] = value
     return mapping, problems
-
-
-def _report(origin: str, problems: list[str]) -> str:
-    return f"{origin}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems)
 
 
 def _dump(cfg: BaseModel) -> dict[str, Any]:

@@ -25,3 +25,7 @@ class ConfigError(UserError, ValueError):
 
 class DataError(UserError, ValueError):
     """Input data that cannot be used as asked (an empty split, samples that do not fit, a malformed file)."""
+
+
+class ModelError(UserError, ValueError):
+    """A model that lacks what the configuration asks for (LoRA target modules, a RoPE layout that can be scaled)."""

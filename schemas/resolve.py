@@ -82,8 +82,15 @@ def resolve(model: type[Config], base: dict[str, Any], overrides: dict[str, Any]
     cfg, found = check(model, apply_overrides(model, base, overrides or {}), path_problems)
     found = [*(problems or []), *found]
     if found:
-        raise ConfigError(f"{origin}: {len(found)} problem(s)\n" + "\n".join(f"  {p}" for p in found))
+        raise ConfigError(report(origin, found))
     return cfg
+
+
+def report(origin: str, problems: list[str]) -> str:
+    """The text of a ConfigError: one problem on one line; several as a count, then one a line."""
+    if len(problems) == 1:
+        return f"{origin}: {problems[0]}"
+    return f"{origin}: {len(problems)} problem(s)\n" + "\n".join(f"  {p}" for p in problems)
 
 
 def check(model: type[Config], data: dict[str, Any], path_problems: PathCheck | None = None) -> tuple[Any, list[str]]:

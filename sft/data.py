@@ -91,6 +91,9 @@ def load_sft_dataset(path: str | Path, split: str, max_length: int, too_long: st
         raise DataError(f"{folder} [{split}]: {stats.dropped_too_long} of {len(lengths)} samples are longer than "
                         f"max_length {max_length} (longest {max(lengths)}); raise max_length, set too_long: drop, or "
                         f"rebuild with python -m longqa.build --max-length {max_length}")
+    if not lengths:
+        raise DataError(f"{folder} [{split}]: the split is empty (0 samples); see the build's manifest.json and "
+                        "rejects.jsonl for why, or train on another --split")
     if not keep:
         raise DataError(f"{folder} [{split}]: none of the {len(lengths)} samples fits max_length {max_length} "
                         f"(shortest {min(lengths, default=0)} tokens); raise max_length or rebuild with "

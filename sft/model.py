@@ -21,7 +21,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
 from longqa.paths import ModelSource, resolve_source  # noqa: F401 (ModelSource re-exported)
-from schemas.errors import UserError
+from schemas.errors import ModelError
 
 logger = logging.getLogger(__name__)
 
@@ -30,7 +30,7 @@ ROPE_KINDS = ("linear", "dynamic", "yarn")
 ATTENTION_MODULES = {"s2_attn": "sft.s2attn", "packed_causal": "sft.s2attn"}
 
 
-class AdapterSetupError(UserError, ValueError):
+class AdapterSetupError(ModelError):
     """The wrapped model's trainable parameters are not exactly LoRA plus the requested extras."""
 
 
@@ -85,7 +85,7 @@ def _flat_rope_parameters(config: PretrainedConfig) -> dict:
     config.standardize_rope_params()  # old `rope_scaling` / `rope_theta` fields -> `rope_parameters`
     rope = dict(getattr(config, "rope_parameters", None) or {})
     if not rope or any(isinstance(v, dict) for v in rope.values()):
-        raise ValueError(f"{config.model_type}: RoPE scaling needs one global `rope_parameters` dict, got {rope!r}")
+        raise ModelError(f"{config.model_type}: RoPE scaling needs one global `rope_parameters` dict, got {rope!r}")
     return rope
 
 
@@ -122,7 +122,7 @@ def apply_rope_scaling(config: PretrainedConfig, target_length: int, kind: str =
         return rope
     old_kind = rope.get("rope_type", "default")
     if old_kind not in ("default", kind):
-        raise ValueError(f"the model already uses {old_kind!r} RoPE scaling; extending it with {kind!r} is not defined")
+        raise ModelError(f"the model already uses {old_kind!r} RoPE scaling; extending it with {kind!r} is not defined")
     old_factor = float(rope.get("factor") or 1.0) if old_kind == kind else 1.0
     new = {**rope, "rope_type": kind, "factor": old_factor * target_length / current}
     if kind == "yarn":  # YaRN's frequency ramp is defined against the pretraining length

@@ -17,6 +17,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
+from schemas.errors import DataError
 from schemas.eval import PasskeyConfig
 from sft.evaluation.generate import GenerationStats, greedy_generate
 
@@ -53,7 +54,7 @@ def fit_filler(count_tokens: Callable[[str], int], key: int, depth: float, lengt
         return count_tokens(passkey_prompt(key, n, depth))
 
     if size(0) > length:
-        raise ValueError(f"passkey: the prompt without filler has {size(0)} tokens, more than the length {length}")
+        raise DataError(f"passkey: the prompt without filler has {size(0)} tokens, more than the length {length}")
     lo, hi = 0, 1  # size(lo) <= length; find hi with size(hi) > length
     while size(hi) <= length:
         lo, hi = hi, hi * 2
@@ -133,7 +134,7 @@ def evaluate_passkey(model, tokenizer, cfg: PasskeyConfig, *, window: int, too_l
         message = (f"passkey: length(s) {skipped} exceed the model window ({window} tokens minus {max_new_tokens} "
                    "new tokens)")
         if too_long == "error":
-            raise ValueError(message)
+            raise DataError(message)
         say(message + "; skipped")
 
     def count(text: str) -> int:
@@ -236,7 +237,7 @@ def evaluate_passkey_longlora(model, tokenizer, cfg: PasskeyConfig, *, window: i
         if any(tr["tokens"] + len(tr["answer_ids"]) > window for tr in trials):
             message = f"passkey: length {length} ({n_garbage} filler characters) exceeds the model window ({window})"
             if too_long == "error":
-                raise ValueError(message)
+                raise DataError(message)
             say(message + "; skipped")
             skipped.append(length)
             continue

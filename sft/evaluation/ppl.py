@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any, NamedTuple
 
+from schemas.errors import DataError
 from schemas.eval import PPLConfig
 
 
@@ -202,7 +203,7 @@ def evaluate_ppl(model, tokenizer, texts: Sequence[str], cfg: PPLConfig, *, wind
         if length > window:
             message = f"ppl: length {length} exceeds the model window ({window} tokens)"
             if too_long == "error":
-                raise ValueError(message)
+                raise DataError(message)
             say(message + "; skipped")
             skipped[str(length)] = "beyond the model window"
             continue

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from schemas.errors import DataError
 from schemas.eval import QAConfig
 from longqa.truncation import middle_keep
 from sft.evaluation.generate import GenerationStats, greedy_generate
@@ -59,6 +60,9 @@ def load_examples(data: str, *, split: str = "test", prompt_template: str = "", 
         examples = _longbench_examples(path, prompt_template, chat)
     else:
         examples = _built_examples(path, split)
+    if not examples:
+        raise DataError(f"qa.data: {data}" + ("" if path.is_file() else f" split {split!r}") + " holds no question; "
+                        "evaluate another --qa.data / --qa.split, or drop qa from --tasks")
     examples.sort(key=lambda e: e.id)
     return examples[:limit] if limit is not None else examples
 
@@ -69,7 +73,7 @@ def _built_examples(folder: Path, split: str) -> list[QAExample]:
     text = folder / "text" if (folder / "text").is_dir() else folder
     dd = datasets.load_from_disk(str(text))
     if split not in dd:
-        raise ValueError(f"{folder}: no split {split!r} (splits: {', '.join(dd)})")
+        raise DataError(f"{folder}: no split {split!r} (splits: {', '.join(dd)})")
     examples = []
     for row in dd[split]:
         messages = list(row["messages"])
@@ -91,7 +95,7 @@ def _longbench_examples(path: Path, template: str, chat: bool) -> list[QAExample
                 prompt = template.format(context=row["context"], input=row["input"])
                 answers = [str(a) for a in row["answers"]]
             except (json.JSONDecodeError, KeyError, TypeError) as e:
-                raise ValueError(f"{path}:{line_no}: not a LongBench record ({type(e).__name__}: {e})") from e
+                raise DataError(f"{path}:{line_no}: not a LongBench record ({type(e).__name__}: {e})") from e
             example_id = str(row.get("_id", f"{line_no:08d}"))
             if chat:
                 examples.append(QAExample(example_id, answers, messages=[{"role": "user", "content": prompt}],
@@ -162,7 +166,7 @@ def render(example: QAExample, tokenizer, budget: int, *, truncation: str = "tem
     if max_length is None:
         max_length = budget - max(0, len(ids) - len(tokenizer(raw)["input_ids"]))
         if max_length < 2:
-            raise ValueError(f"qa: the chat template leaves no room for a prompt in {budget} tokens")
+            raise DataError(f"qa: the chat template leaves no room for a prompt in {budget} tokens")
     text = cut(tokenizer, raw, max_length)
     if turn is not None:
         messages = [dict(m) for m in example.messages]
@@ -212,7 +216,7 @@ def evaluate_qa(model, tokenizer, examples: Sequence[QAExample], cfg: QAConfig, 
     JSON line per example (id, prediction, answers, scores, prompt tokens, truncated) to `predictions_path`."""
     budget = window - cfg.max_new_tokens
     if budget < 2:
-        raise ValueError(f"qa: max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in the {window}-token "
+        raise DataError(f"qa: max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in the {window}-token "
                          "window")
     prompts = [render(e, tokenizer, budget, truncation=cfg.truncation, max_length=cfg.max_length) for e in examples]
     stats = GenerationStats()

@@ -246,3 +246,16 @@ def test_real_gguf_model_round_trip(tmp_path):
     with torch.no_grad():
         torch.testing.assert_close(merged(input_ids=ids).logits, expected, atol=1e-4, rtol=0)
     assert AutoTokenizer.from_pretrained(str(tmp_path / "merged")).chat_template == tokenizer.chat_template
+
+
+def test_a_lora_target_the_model_lacks_is_a_user_error_naming_its_layers():
+    from torch import nn
+
+    from schemas.errors import UserError
+    from sft.model import check_target_modules
+
+    model = nn.ModuleDict({"q_proj": nn.Linear(2, 2), "mlp": nn.ModuleDict({"up": nn.Linear(2, 2)})})
+    with pytest.raises(AdapterSetupError, match=r"no module named \['c_attn'\]; its linear layers are \['q_proj', 'up'\]"):
+        check_target_modules(model, ["q_proj", "c_attn"])
+    check_target_modules(model, ["q_proj", "mlp.up"])
+    assert issubclass(AdapterSetupError, UserError)
