@@ -18,6 +18,7 @@ from longqa.card import render_card
 from longqa.manifest import Tally, describe_inputs, fingerprint, length_stats, library_versions
 from longqa.plots import plot_lengths
 from schemas import BuildConfig
+from schemas.build import SYNTHETIC_TASKS
 
 
 def tokenizer_info(tokenizer, ref: str) -> dict:
@@ -32,8 +33,20 @@ def table_of(ds: datasets.Dataset):
     return ds.data.table if len(ds) else ds.features.arrow_schema.empty_table()
 
 
+def mix_table(mix: list[dict], counts: dict) -> dict:
+    """The mix: each input (available, drawn, not drawn, written by split) and the written samples by role."""
+    inputs, by_role = [], {}
+    for entry in mix:
+        written = counts["by_source"].get(entry["source"], {}).get("written", {})
+        inputs.append({**entry, "written": sum(written.values()), "written_by_split": written})
+        by_role[entry["role"]] = by_role.get(entry["role"], 0) + sum(written.values())
+    total = sum(by_role.values())
+    return {"inputs": inputs, "by_role": {role: {"samples": n, "share": round(n / total, 4) if total else 0.0}
+                                          for role, n in by_role.items()}}
+
+
 def describe(out: Path, cfg: BuildConfig, tally: Tally, *, tokenizer=None, tokenizer_meta: dict | None = None,
-             seconds: float | None = None, parts: list[str] | None = None) -> dict:
+             seconds: float | None = None, parts: list[str] | None = None, mix: list[dict] | None = None) -> dict:
     tokenized = datasets.load_from_disk(str(out / "tokenized"))
     text = datasets.load_from_disk(str(out / "text"))
     lengths = {split: np.asarray(table_of(ds).column("length").to_numpy(), dtype=np.int64)
@@ -60,6 +73,12 @@ def describe(out: Path, cfg: BuildConfig, tally: Tally, *, tokenizer=None, token
         "files": {"text": "text/", "tokenized": "tokenized/", "rejects": "rejects.jsonl",
                   "plot": "lengths.png", "card": "README.md"},
     }
+    if mix is not None:
+        manifest["mix"] = mix_table(mix, manifest["counts"])
+    synthetic = {task: SYNTHETIC_TASKS[task] for spec in cfg.inputs if spec.synthetic is not None
+                 for task, weight in spec.synthetic.tasks.items() if weight > 0}
+    if synthetic:  # the card says which evaluation tasks these resemble
+        manifest["synthetic_tasks"] = synthetic
     if seconds is not None:
         manifest["build_seconds"] = round(seconds, 2)
     if parts is not None:

@@ -5,7 +5,7 @@ appended to `rejects.jsonl` with a reason, and the `Tally` proves it in the mani
 """
 from __future__ import annotations
 
-import json
+import functools
 import logging
 import time
 from dataclasses import dataclass
@@ -17,21 +17,19 @@ from tqdm.auto import tqdm
 
 from longqa.describe import describe
 from longqa.manifest import Tally
+from longqa.mix import MixLog, sampled
 from longqa.paths import resolve_source
 from longqa.readers import read_input
+from longqa.rejects import BuildError, RejectLog  # noqa: F401  (BuildError: re-exported)
 from longqa.render import Renderer, Rendered
 from longqa.split import SPLITS, Deduplicator, Splitter, shard_of
 from longqa.tokenize import Encoded, OverBudget
-from longqa.validate import POLICY_REASONS, reject_record, validate
+from longqa.validate import reject_record, validate
 from longqa.write import DATASETS, StreamWriter, atomic_output, list_array, save_datasets
 from schemas import BuildConfig, Record, Reject
-from schemas.errors import ConfigError, DataError
+from schemas.errors import ConfigError
 
 log = logging.getLogger(__name__)
-
-
-class BuildError(DataError):
-    """A record stopped a `--strict` build, or the build cannot go on; the message names file, line and field."""
 
 
 def load_tokenizer(ref: str):
@@ -55,31 +53,12 @@ class Prepared:
     rendered: Rendered
 
 
-class RejectLog:
-    """Appends rejects to `rejects.jsonl`; in strict mode the first non-policy reject stops the build."""
-
-    def __init__(self, path: Path, tally: Tally, strict: bool):
-        self._file = open(path, "w", encoding="utf-8")
-        self.tally, self.strict = tally, strict
-
-    def add(self, reject: Reject) -> None:
-        self.tally.rejected[reject.source][reject.reason] += 1
-        self._file.write(json.dumps({"reason": reject.reason, "field": reject.field, "message": reject.message,
-                                     "origin": str(reject.origin), "source": reject.source, "seq": reject.seq,
-                                     "record": reject.record}, ensure_ascii=False) + "\n")
-        if self.strict and reject.reason not in POLICY_REASONS:
-            self._file.close()
-            raise BuildError(f"--strict: {reject.describe()}")
-
-    def close(self) -> None:
-        self._file.close()
-
-
-def numbered(cfg: BuildConfig) -> Iterator[Record | Reject]:
-    """All inputs in order, each item numbered with its global read position `seq`."""
-    seq = 0
+def numbered(cfg: BuildConfig, mix: MixLog | None = None) -> Iterator[Record | Reject]:
+    """All inputs in order, drawn as their `sample` asks (`mix` counts it), each item numbered with its global read
+    position `seq`."""
+    seq, mix = 0, MixLog() if mix is None else mix
     for spec in cfg.inputs:
-        for item in read_input(spec):
+        for item in sampled(spec, functools.partial(read_input, spec, cfg), cfg.seed, mix):
             item.seq = seq
             seq += 1
             yield item
@@ -107,7 +86,8 @@ def prepare(cfg: BuildConfig, items: Iterable[Record | Reject], renderer: Render
         if reject is None and split is None:
             reject = reject_record(item, "denied_document", "documents",
                                    f"document {doc_id} is in deny_docs {cfg.deny_docs}")
-        if reject is None and (earlier := dedup.first_seen(doc_id, item.question, item.seq)) is not None:
+        if reject is None and item.repeat == 0 and (earlier := dedup.first_seen(doc_id, item.question,
+                                                                                 item.seq)) is not None:
             reject = reject_record(item, "duplicate_pair", "question",
                                    f"same document and question as record #{earlier}")
         if reject is not None:
@@ -164,7 +144,8 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
         rejects = RejectLog(tmp / "rejects.jsonl", tally, cfg.strict)
         streams = {name: {split: StreamWriter(tmp / f"{name}-{split}.arrow", features) for split in SPLITS}
                    for name, features in DATASETS.items()}
-        reading = tqdm(numbered(cfg), desc="read", unit=" rec", disable=not progress)
+        mix = MixLog()
+        reading = tqdm(numbered(cfg, mix), desc="read", unit=" rec", disable=not progress)
         batches = batched(prepare(cfg, reading, renderer, tally, rejects), cfg.batch_size)
         tokenizing = tqdm(desc="tokenize", unit=" sample", disable=not progress)
         for batch, encoded in encode_batches(batches, tokenizer, cfg):
@@ -183,6 +164,6 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
         tokenizing.close()
         rejects.close()
         save_datasets(tmp, streams, cfg.max_shard_size)
-        manifest = describe(tmp, cfg, tally, tokenizer=tokenizer, seconds=time.time() - started)
+        manifest = describe(tmp, cfg, tally, tokenizer=tokenizer, seconds=time.time() - started, mix=mix.as_list())
     log.info("built %s in %.1fs", cfg.out, time.time() - started)
     return manifest

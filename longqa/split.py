@@ -50,6 +50,8 @@ class Splitter:
         names = _names(record, doc_id)
         if names & self.denied:
             return None
+        if record.train_only:  # short samples and synthetic tasks: the held-out split stays real long QA
+            return TRAIN
         if self.heldout:
             return HELDOUT if names & self.heldout else TRAIN
         return HELDOUT if unit_hash(self.salt, doc_id) < self.fraction else TRAIN

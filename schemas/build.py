@@ -9,7 +9,10 @@ from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
-InputFormat = Literal["longalpaca", "longbench", "squad", "jsonl", "csv", "parquet", "hf-disk", "docs"]
+#: Roles of an input in a mix: long-document QA, or short samples mixed in to keep short-context skill.
+ROLES = ("long", "short")
+
+InputFormat = Literal["longalpaca", "longbench", "squad", "jsonl", "csv", "parquet", "hf-disk", "docs", "synthetic"]
 
 #: Record fields a field mapping may name (`--field document=context`).
 MAPPABLE_FIELDS = ("document", "question", "answer", "id", "title", "system")
@@ -22,6 +25,47 @@ def split_commas(value):
     if isinstance(value, str):
         return [part.strip() for part in value.split(",") if part.strip()]
     return value
+
+
+#: Synthetic long-context tasks (longqa.readers.synthetic) and the RULER tasks each resembles.
+SYNTHETIC_TASKS = {"kv_single": "RULER niah_single_*", "kv_multi": "RULER niah_multikey_*/niah_multivalue/"
+                   "niah_multiquery", "variable_tracking": "RULER vt", "counting": "RULER cwe/fwe (aggregation)"}
+
+#: Tokens per word assumed when checking that synthetic haystacks fit `max_length` (English BPE is ~1.3; code more).
+TOKENS_PER_WORD = 1.6
+
+
+class SyntheticSpec(BaseModel):
+    """`format: synthetic`: retrieval, tracking and counting tasks hidden in real haystack text (the input's path: a
+    long-text corpus folder, whose train/ documents are used, or a docs folder, whose train-side documents are)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    samples: int = Field(100, ge=1, description="samples to make")
+    tasks: dict[str, float] = Field(default_factory=lambda: {t: 1.0 for t in SYNTHETIC_TASKS},
+                                    description=f"task -> weight; tasks: {', '.join(SYNTHETIC_TASKS)}")
+    lengths: list[int] = Field(default_factory=lambda: [1000, 2000, 4000], description="haystack lengths in words, "
+                               "cycled over the samples (keep them within max_length: ~1.3-1.6 tokens a word)")
+    depths: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], description="where the "
+                                "(first) needle goes, as a share of the haystack, cycled over the samples")
+    pairs: int = Field(4, ge=2, description="kv_multi: key-value pairs hidden (one or two are asked)")
+    hops: int = Field(4, ge=2, description="variable_tracking: variables in the chain")
+    max_count: int = Field(6, ge=2, description="counting: the planted sentence appears 1 to this many times")
+
+    @model_validator(mode="after")
+    def _check(self) -> "SyntheticSpec":
+        problems = []
+        if set(self.tasks) - set(SYNTHETIC_TASKS) or not any(w > 0 for w in self.tasks.values()) or any(
+                w < 0 for w in self.tasks.values()):
+            problems.append(f"synthetic.tasks: weights >= 0, at least one > 0, of tasks {', '.join(SYNTHETIC_TASKS)}"
+                            f" (got {self.tasks})")
+        if not self.lengths or min(self.lengths) < 50:
+            problems.append("synthetic.lengths: at least one length, each >= 50 words")
+        if not self.depths or not all(0.0 <= d <= 1.0 for d in self.depths):
+            problems.append("synthetic.depths: at least one depth, each in [0, 1]")
+        if problems:
+            raise ValueError("; ".join(problems))
+        return self
 
 
 class InputSpec(BaseModel):
@@ -42,6 +86,27 @@ class InputSpec(BaseModel):
         None, description="squad v2: keep unanswerable questions with this answer (by default they are rejected with "
         "reason 'unanswerable' and counted)")
 
+    # squad: what a question's document is (longqa.readers.squad)
+    context: Literal["article", "paragraph"] = Field(
+        "article", description="squad: the document of a question is its whole article (long), or only its own "
+        "paragraph (short samples, e.g. the short part of a mix)")
+
+    # synthetic: tasks over real haystack text (longqa.readers.synthetic)
+    synthetic: SyntheticSpec | None = Field(None, description="format synthetic: the tasks, lengths and depths "
+                                            "(defaults when omitted)")
+
+    # mixing (longqa.mix): how much of this input, and its role
+    role: Literal["long", "short"] = Field(
+        "long", description="long: long-document QA; short: short samples mixed in to keep short-context skill "
+        "(LongAlpaca-12k mixes 9k long with 3k short); short records always go to the train split. The manifest and "
+        "card count the mix by role and source")
+    sample: int | float | None = Field(
+        None, description="draw this many records (an integer) or this share (a float: 0.25 = a quarter) of the "
+        "input, seeded by `seed`, in input order; the records not drawn are counted in the manifest's `mix`. "
+        "null: every record")
+    sample_replace: bool = Field(False, description="draw with replacement: repeats allowed, so a count above the "
+                                 "input's size or a share above 1 upsamples it (repeats are exempt from deduplication)")
+
     @model_validator(mode="after")
     def _check_fields(self) -> "InputSpec":
         unknown = sorted(set(self.fields) - set(MAPPABLE_FIELDS))
@@ -50,6 +115,17 @@ class InputSpec(BaseModel):
         if self.fields and self.format in ("longalpaca", "longbench", "squad"):
             raise ValueError(f"input {self.path}: format '{self.format}' has fixed fields; a field mapping applies to "
                              "jsonl/csv/parquet/hf-disk/docs")
+        if self.synthetic is not None and self.format != "synthetic":
+            raise ValueError(f"input {self.path}: 'synthetic' settings apply to format synthetic only")
+        if self.format == "synthetic" and self.synthetic is None:
+            self.synthetic = SyntheticSpec()
+        if self.context != "article" and self.format != "squad":
+            raise ValueError(f"input {self.path}: context '{self.context}' applies to format squad only")
+        if self.sample is not None and (isinstance(self.sample, bool) or self.sample <= 0):
+            raise ValueError(f"input {self.path}: sample must be a count >= 1 or a share > 0 (got {self.sample!r})")
+        if isinstance(self.sample, float) and self.sample > 1 and not self.sample_replace:
+            raise ValueError(f"input {self.path}: a share above 1 ({self.sample}) repeats records: set "
+                             "sample_replace: true")
         return self
 
 
@@ -92,6 +168,10 @@ class BuildConfig(BaseModel):
     num_proc: int = Field(1, ge=1, description="tokenizing workers (threads sharing the tokenizer's cores; at most one a core)")
     batch_size: int = Field(256, ge=1, description="samples per tokenizer batch")
 
+    # mixing (longqa.mix)
+    seed: int = Field(0, description="seed of the inputs' `sample` draws (and of synthetic tasks): the same seed "
+                      "draws the same records")
+
     # scale
     shard_index: int = Field(0, ge=0, description="build the part of the input with this index ...")
     num_shards: int = Field(1, ge=1, description="... out of this many (documents are assigned by content hash)")
@@ -104,6 +184,11 @@ class BuildConfig(BaseModel):
             problems.append("inputs: at least one input is required (--input PATH --format FORMAT, or a recipe)")
         if self.shard_index >= self.num_shards:
             problems.append(f"shard_index: {self.shard_index} must be < num_shards ({self.num_shards})")
+        for spec in self.inputs:
+            if spec.synthetic is not None and max(spec.synthetic.lengths) * TOKENS_PER_WORD > self.max_length:
+                problems.append(f"input {spec.path}: synthetic lengths up to {max(spec.synthetic.lengths)} words "
+                                f"(~{round(max(spec.synthetic.lengths) * TOKENS_PER_WORD)} tokens) exceed max_length "
+                                f"({self.max_length}): truncation could cut the hidden facts out; lower the lengths")
         if self.max_doc_chars is not None and self.max_doc_chars < self.min_doc_chars:
             problems.append(f"max_doc_chars: {self.max_doc_chars} is below min_doc_chars ({self.min_doc_chars})")
         if problems:

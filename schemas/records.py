@@ -50,6 +50,9 @@ class Record(BaseModel):
     license: str | None = None
     origin: Origin
     seq: int = Field(0, description="global position in read order (input index, record index); merge sorts by it")
+    role: str = Field("long", description="the input's role in a mix: long or short")
+    train_only: bool = Field(False, description="always in the train split (short samples, synthetic tasks)")
+    repeat: int = Field(0, description="k-th repeat of a record drawn with replacement (repeats skip deduplication)")
 
     def doc_id(self) -> str:
         """Content hash of the documents: the unit of splitting and deduplication (16 hex digits of sha256)."""

@@ -62,11 +62,12 @@ def apply_overrides(model: type[BaseModel], base: dict[str, Any], overrides: dic
         sub = _section_model(field.annotation) if field is not None else None
         if sub is not None and _is_list(field.annotation):
             first = next(iter(sub.model_fields))
-            if first in values:
-                data[head] = [{first: item, **{k: v for k, v in values.items() if k != first}}
-                              for item in values[first]]
+            if first in values:  # (each item through apply_overrides: its own sections, `inputs.synthetic.samples`)
+                rest = {k: v for k, v in values.items() if k != first}
+                data[head] = [apply_overrides(sub, {first: item}, rest) for item in values[first]]
             elif isinstance(data.get(head), list):
-                data[head] = [{**item, **values} if isinstance(item, dict) else item for item in data[head]]
+                data[head] = [apply_overrides(sub, item, values) if isinstance(item, dict) else item
+                              for item in data[head]]
         elif sub is not None:
             target = data.get(head)
             data[head] = apply_overrides(sub, target if isinstance(target, dict) else {}, values)

@@ -9,8 +9,8 @@ from __future__ import annotations
 
 from collections.abc import Callable, Iterator
 
-from longqa.readers import csv, docs, hf_disk, jsonl, longalpaca, longbench, parquet, squad
-from schemas.build import InputSpec
+from longqa.readers import csv, docs, hf_disk, jsonl, longalpaca, longbench, parquet, squad, synthetic
+from schemas.build import BuildConfig, InputSpec
 from schemas.records import Record, Reject
 
 Reader = Callable[[InputSpec], Iterator[Record | Reject]]
@@ -25,9 +25,12 @@ READERS: dict[str, Reader] = {
     "parquet": parquet.read,
     "hf-disk": hf_disk.read,
     "docs": docs.read,
+    "synthetic": synthetic.read,  # also takes the build config: its seed and split (haystacks are train-side only)
 }
 
 
-def read_input(spec: InputSpec) -> Iterator[Record | Reject]:
+def read_input(spec: InputSpec, cfg: BuildConfig | None = None) -> Iterator[Record | Reject]:
     """Records and rejects of one input, in file order. Raises FileNotFoundError now if the input does not exist."""
+    if spec.format == "synthetic":
+        return synthetic.read(spec, cfg)
     return READERS[spec.format](spec)

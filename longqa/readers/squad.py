@@ -1,4 +1,5 @@
-"""SQuAD v1/v2 JSON, streamed article by article: one record per question, the WHOLE article as its document.
+"""SQuAD v1/v2 JSON, streamed article by article: one record per question, the WHOLE article as its document
+(or, with the input's `context: paragraph`, only the question's own paragraph: short samples for a mix).
 
 `{"version": …, "data": [{"title", "paragraphs": [{"context", "qas": [{"id", "question", "answers": [{"text",
 "answer_start"}], "is_impossible"?}]}]}]}`. The document is the article's paragraph contexts joined with a blank line,
@@ -76,16 +77,16 @@ def _article(article: Any, i: int, src: Source, spec: InputSpec,
     title = article.get("title")
     title = None if title is None else str(title)
 
-    contexts, broken = [], None  # broken: why the article's document cannot be built (its questions are rejected)
+    contexts, problems = [], {}  # problems: paragraph -> why its context is unusable
     for j, paragraph in enumerate(paragraphs):
         context = paragraph.get("context") if isinstance(paragraph, dict) else None
         if not isinstance(context, str):
             what = "no 'context'" if context is None else f"a {type(context).__name__} 'context', not text"
-            broken = ("missing_field" if context is None else "non_text",
-                      f"paragraph {pointer}.paragraphs[{j}] has {what}: the article's document cannot be built")
-            break
+            problems[j] = ("missing_field" if context is None else "non_text",
+                           f"paragraph {pointer}.paragraphs[{j}] has {what}")
         contexts.append(context)
-    document = Document(text=PARAGRAPH_SEPARATOR.join(contexts), title=title)
+    by_paragraph = spec.context == "paragraph"
+    article = None if problems else Document(text=PARAGRAPH_SEPARATOR.join(contexts), title=title)
 
     for j, paragraph in enumerate(paragraphs):
         qas = paragraph.get("qas", []) if isinstance(paragraph, dict) else []
@@ -93,6 +94,13 @@ def _article(article: Any, i: int, src: Source, spec: InputSpec,
             yield src.reject("malformed_json", src.origin(pointer=f"{pointer}.paragraphs[{j}]"),
                              "'qas' is not a list", field="qas", raw={"qas": qas})
             continue
+        # the document: the paragraph's own context (context: paragraph), or the whole article
+        document = (None if j in problems else Document(text=contexts[j], title=title)) if by_paragraph else article
+        broken = None
+        if document is None:
+            j_bad = j if by_paragraph else min(problems)
+            reason, message = problems[j_bad]
+            broken = (reason, message if by_paragraph else f"{message}: the article's document cannot be built")
         for k, qa in enumerate(qas):
             index, origin = next(questions), src.origin(pointer=f"{pointer}.paragraphs[{j}].qas[{k}]")
             if broken is not None:
