@@ -68,7 +68,10 @@ class FakeOpenAI:
                     server.requests.append({"path": self.path, "authorization": self.headers.get("Authorization"),
                                             "body": body})
                     fault = server.faults.pop(0) if server.faults else None
+                    # counted when started, so concurrent requests cannot slip past the hold
                     hold = server.hold_after is not None and server.answers_served >= server.hold_after
+                    if not hold and is_answer_request(body):
+                        server.answers_served += 1
                 if hold:
                     server.held.set()
                     server.release.wait()
@@ -83,9 +86,6 @@ class FakeOpenAI:
                 if fault == "broken_body":
                     return self._send(200, b'{"id": "x", "choices": [{"message": ')
                 content = fault(body) if callable(fault) else server.content(body)
-                if is_answer_request(body):
-                    with server._lock:
-                        server.answers_served += 1
                 reply = {"id": "cmpl-1", "object": "chat.completion", "created": 0, "model": body["model"],
                          "choices": [{"index": 0, "finish_reason": "stop",
                                       "message": {"role": "assistant", "content": content}}],

@@ -92,7 +92,6 @@ class Journal:
             if repair_last_line(path):
                 log.warning("%s: removed a last line cut short by a killed run (its slot is asked again)", path)
         self.kept = [(row["doc"], row["id"], row["question"]) for row in _json_lines(self.qa_path)]
-        self.earlier_rejects = Counter(row["reason"] for row in _json_lines(self.rejects_path))
         rejected_ids = {row["record"]["id"] for row in _json_lines(self.rejects_path) if row.get("record")}
         self.done = {key for _, key, _ in self.kept} | rejected_ids
         self.source, self.tally = source, Tally()
@@ -141,7 +140,7 @@ class Generator:
         for doc, key, question in journal.kept:
             self.questions.add(doc, key, question)
 
-    def _reject(self, slot: Slot, doc: Loaded | None, reason: str, field: str | None, message: str, **kw) -> None:
+    def reject(self, slot: Slot, doc: Loaded | None, reason: str, field: str | None, message: str, **kw) -> None:
         self.journal.reject(slot, doc, reason, field, message, **kw)
         self.outcome.rejected[reason] += 1
 
@@ -159,15 +158,15 @@ class Generator:
                                            response_format=response_format(cfg.json_mode, "question", QUESTION_SCHEMA),
                                            seed=seed)
         except MalformedReply as e:
-            return self._reject(slot, doc, "malformed_reply", "question", str(e))
+            return self.reject(slot, doc, "malformed_reply", "question", str(e))
         parsed = parse_reply(reply.text, {"question": str})
         if isinstance(parsed, str):
-            return self._reject(slot, doc, "malformed_reply", "question", _cut(parsed, reply))
+            return self.reject(slot, doc, "malformed_reply", "question", _cut(parsed, reply))
         question = parsed["question"].strip()
         if not question:
-            return self._reject(slot, doc, "empty_question", "question", "the generated question is empty")
+            return self.reject(slot, doc, "empty_question", "question", "the generated question is empty")
         if (earlier := self.questions.similar(slot.doc, question)) is not None:
-            return self._reject(slot, doc, "duplicate_question", "question",
+            return self.reject(slot, doc, "duplicate_question", "question",
                                 f"near-duplicate of question {earlier}", question=question)
         self.questions.add(slot.doc, slot.id, question)  # pending questions count, so concurrent ones are compared
         try:
@@ -185,16 +184,16 @@ class Generator:
                                            response_format=response_format(cfg.json_mode, "answer", ANSWER_SCHEMA),
                                            seed=cfg.seed * 1_000_003 + slot.index)
         except MalformedReply as e:
-            return self._reject(slot, doc, "malformed_reply", "answer", str(e), question=question)
+            return self.reject(slot, doc, "malformed_reply", "answer", str(e), question=question)
         parsed = parse_reply(reply.text, {"answer": str, "quotes": list})
         if isinstance(parsed, str):
-            return self._reject(slot, doc, "malformed_reply", "answer", _cut(parsed, reply), question=question)
+            return self.reject(slot, doc, "malformed_reply", "answer", _cut(parsed, reply), question=question)
         answer = parsed["answer"].strip()
         if not answer:
-            return self._reject(slot, doc, "empty_answer", "answer", "the generated answer is empty",
+            return self.reject(slot, doc, "empty_answer", "answer", "the generated answer is empty",
                                 question=question)
         if (problem := unsupported(parsed["quotes"], doc.normalized, cfg.min_quote_chars)) is not None:
-            return self._reject(slot, doc, "unsupported", "quotes", problem, question=question, answer=answer)
+            return self.reject(slot, doc, "unsupported", "quotes", problem, question=question, answer=answer)
         context = "document" if whole else "passages"
         self.journal.keep({"id": slot.id, "doc": slot.doc, "question": question, "answer": answer,
                            "kind": slot.kind, "quotes": [normalize_ws(q) for q in parsed["quotes"]],
@@ -242,7 +241,7 @@ async def _run(cfg: GenerateConfig, folder: Path, names: list[str], generator: G
                 for i in range(cfg.questions_per_doc):
                     slot = Slot(name, i, "", ())
                     if slot.id not in journal.done:
-                        generator._reject(slot, None, loaded[0], "documents", loaded[1])
+                        generator.reject(slot, None, loaded[0], "documents", loaded[1])
                         bar.update(1)
                 continue
             for slot in plan_document(name, loaded.text, cfg):

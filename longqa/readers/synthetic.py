@@ -17,6 +17,7 @@ so every (length, depth) cell gets samples. Records are `train_only`.
 from __future__ import annotations
 
 import json
+import logging
 import random
 import re
 import string
@@ -28,6 +29,8 @@ from longqa.readers._common import Source, input_path
 from longqa.split import TRAIN, Splitter
 from schemas.build import BuildConfig, InputSpec, SyntheticSpec
 from schemas.records import Document, Record, Reject
+
+log = logging.getLogger(__name__)
 
 CORPUS_KIND = "longqa-long-text-corpus"
 _WORD = re.compile(r"\S+")
@@ -51,16 +54,19 @@ def train_documents(folder: Path, cfg: BuildConfig) -> list[Haystack]:
                 docs.extend(Haystack(str(row.get("title") or row.get("id")), row["text"])
                             for row in map(json.loads, f) if row.get("text", "").strip())
         return docs
-    splitter, docs = Splitter(cfg), []
+    splitter, docs, seen = Splitter(cfg), [], 0
     for path in sorted(p for p in folder.rglob("*") if p.is_file() and p.suffix.lower() in (".txt", ".md")):
         text = path.read_text(encoding="utf-8", errors="replace")
         if not text.strip():
             continue
+        seen += 1
         title = path.relative_to(folder).as_posix()
         probe = Record(id=title, documents=[Document(text=text, title=title)], question="", answers=[],
                        source="haystack", origin={"file": title})
         if splitter.assign(probe, probe.doc_id()) == TRAIN:
             docs.append(Haystack(title, text))
+    log.info("synthetic: %d of the %d documents of %s are on the train side (haystacks); the others are held out or "
+             "denied", len(docs), seen, folder)
     return docs
 
 
@@ -103,11 +109,15 @@ def insert(text: str, needles: list[tuple[float, str]]) -> str:
 
 
 def _keys(text: str, rng: random.Random, n: int) -> list[str]:
-    """`n` distinct keys made of words of the haystack ("harbour-council"), or letters when it has too few."""
-    pool = sorted({w.lower() for w in text.split() if _KEY_WORD.match(w.lower())})
+    """`n` distinct keys made of two words of the haystack ("harbour-council"); random letters once its words run
+    out of pairs."""
+    pool = sorted({w for w in re.findall(r"[a-z]+", text.lower()) if _KEY_WORD.match(w)})
     keys: list[str] = []
     while len(keys) < n:
-        key = "-".join(rng.sample(pool, 2)) if len(pool) >= 2 else "".join(rng.choices(string.ascii_lowercase, k=10))
+        if len(pool) >= 2 and len(keys) < len(pool) * (len(pool) - 1) // 2:
+            key = "-".join(rng.sample(pool, 2))
+        else:
+            key = "".join(rng.choices(string.ascii_lowercase, k=10))
         if key not in keys:
             keys.append(key)
     return keys

@@ -114,3 +114,6 @@ def test_the_longalpaca_mix_recipe_is_valid():
     assert roles["long"].sample == 9000 and roles["short"].sample == 3000
     assert roles["short"].format == "squad" and roles["short"].context == "paragraph"
     assert json.dumps(recipe)  # plain data
+    documents = BuildConfig.model_validate(yaml.safe_load((ROOT / "configs/build/documents_mix.yaml").read_text()))
+    assert [(s.format, s.role) for s in documents.inputs] == [("docs", "long"), ("synthetic", "long"),
+                                                               ("squad", "short")]
