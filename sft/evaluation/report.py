@@ -252,6 +252,13 @@ def plot_all(report: dict[str, Any], out: Path) -> dict[str, Path]:
         paths["passkey"] = _plot_passkey(results["passkey"], out / "passkey.png")
     if "ppl" in results and any(r["by_length"] for r in results["ppl"].values()):
         paths["ppl"] = _plot_ppl(results["ppl"], out / "ppl.png")
+    for task in [k for k in results if k not in ("qa", "passkey", "ppl")]:  # tasks with their own plot
+        from sft.evaluation.tasks import TASKS, get_task
+
+        module = get_task(task) if task in TASKS else None
+        path = module.plot(results[task], out / f"{task}.png") if hasattr(module, "plot") else None
+        if path is not None:
+            paths[task] = path
     return paths
 
 

@@ -8,8 +8,9 @@ A task is a module of :mod:`sft.evaluation` with
 - ``summary(result) -> str``: the headline scores in one line, for the log.
 - ``data_provenance(cfg, cache) -> dict`` (optional): fingerprints of the data the task read.
 - ``markdown(results_by_model, names) -> str`` (optional, tasks other than qa/passkey/ppl): the task's report.md
-  section. A result's ``headline`` dict (``{label: {"score": float, "ci": [low, high]}}``, percent) puts those scores
-  into the report's model comparison (:func:`sft.evaluation.intervals` makes the intervals).
+  section; ``plot(results_by_model, path) -> Path | None`` (optional, likewise): its PNG, ``<task>.png``. A result's
+  ``headline`` dict (``{label: {"score": float, "ci": [low, high]}}``, percent) puts those scores into the report's
+  model comparison (:func:`sft.evaluation.intervals` makes the intervals).
 
 Adding a task: a module with these functions, its config section in ``schemas/eval.py``, one line in :data:`TASKS`.
 """
@@ -28,6 +29,7 @@ TASKS: dict[str, str] = {
     "short_qa": "sft.evaluation.short_qa",
     "passkey": "sft.evaluation.passkey",
     "ppl": "sft.evaluation.ppl",
+    "ruler": "sft.evaluation.ruler",  # opt-in (issue 9)
 }
 
 
