@@ -15,8 +15,10 @@ bf16 autocast; activation checkpointing so a batch of 4 x 8k fits in memory), th
 a warm-up step each, so load on a shared machine hits them alike. Reported: supervised (answer) tokens per second,
 real tokens per second, and the share of computed tokens that is padding.
 
-The samples are ``--samples`` drawn at random (seeded) from the train split, so an epoch takes minutes on a CPU; a
-second table gives the layouts of the *whole* split (rows, samples per row, padding), computed without a model.
+The samples are ``--samples / --batch-size`` batches drawn at random (seeded) from the Trainer's length-grouped order of
+the whole split, so that the padded batches are the ones training would compute and an epoch takes
+minutes on a CPU; a second table gives the layouts of the *whole* split (rows, samples per row, padding), computed
+without a model.
 """
 from __future__ import annotations
 
@@ -49,10 +51,11 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--split", default="train")
     p.add_argument("--model", default=MODEL)
     p.add_argument("--max-length", type=int, default=8192)
-    p.add_argument("--samples", type=int, default=12, help="samples drawn from the split and trained each way")
+    p.add_argument("--samples", type=int, default=8, help="samples trained each way (a multiple of --batch-size)")
     p.add_argument("--batch-size", type=int, default=4, help="samples a padded batch")
     p.add_argument("--rounds", type=int, default=1, help="interleaved epochs over the samples per layout")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--dry-run", action="store_true", help="print the samples and the whole split's layouts only")
     p.add_argument("--threads", type=int, default=None, help="torch threads (default: torch's choice)")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
     return p.parse_args(argv)
@@ -64,11 +67,11 @@ def parse_args(argv=None) -> argparse.Namespace:
 
 
 def layouts(items: list[dict], max_length: int, batch_size: int, seed: int, pad_id: int) -> dict[str, list]:
-    """``layout -> [(batch, s2 settings)]`` for the same ``items``."""
+    """``layout -> [(batch, s2 settings)]`` for the same ``items`` (in the length-grouped order: padded batches are
+    consecutive items)."""
     lengths = [len(item["input_ids"]) for item in items]
     pad = PadCollator(pad_id, max_length)
-    by_length = sorted(range(len(items)), key=lambda i: -lengths[i])  # one mega-batch of the length-grouped sampler
-    padded = [by_length[i:i + batch_size] for i in range(0, len(items), batch_size)]
+    padded = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
     ratio = {"group_size_ratio": 0.25}
     rows = first_fit_decreasing(lengths, max_length, seed)
     packed_group = {"group_size": max_length // 4}
@@ -155,13 +158,17 @@ def run_layouts(model, optimizer, plans: dict, rounds: int) -> dict[str, list[fl
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def split_layouts(lengths: list[int], max_length: int, batch_size: int, seed: int) -> list[dict]:
-    """Rows, samples per row and padding of every layout of the whole split (training order as the Trainer reads)."""
+def grouped_order(lengths: list[int], batch_size: int, seed: int) -> list[int]:
+    """The Trainer's length-grouped order (``LengthGroupedSampler``) of the whole split."""
     from transformers.trainer_pt_utils import get_length_grouped_indices
 
-    gen = torch.Generator().manual_seed(seed)
-    random_order = torch.randperm(len(lengths), generator=gen).tolist()
-    grouped = get_length_grouped_indices(lengths, batch_size, generator=gen)
+    return get_length_grouped_indices(lengths, batch_size, generator=torch.Generator().manual_seed(seed))
+
+
+def split_layouts(lengths: list[int], max_length: int, batch_size: int, seed: int) -> list[dict]:
+    """Rows, samples per row and padding of every layout of the whole split (training order as the Trainer reads)."""
+    random_order = torch.randperm(len(lengths), generator=torch.Generator().manual_seed(seed)).tolist()
+    grouped = grouped_order(lengths, batch_size, seed)
     rows = first_fit_decreasing(lengths, max_length, seed)
     row_lengths = sorted((sum(lengths[i] for i in row) for row in rows), reverse=True)
     out = []
@@ -183,7 +190,7 @@ def split_layouts(lengths: list[int], max_length: int, batch_size: int, seed: in
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def report(args, measured: list[dict], whole: list[dict], n_split: int, dropped: int) -> str:
+def report(args, measured: list[dict], whole: list[dict], n_split: int, dropped: int, lengths_note: str) -> str:
     base = next(m for m in measured if m["layout"] == "padded")
     lines = [
         "# Packing vs padded batches vs one sample a row (CPU)",
@@ -195,7 +202,8 @@ def report(args, measured: list[dict], whole: list[dict], n_split: int, dropped:
         f"- model: SmolLM2-135M-Instruct (`{args.model}`, dequantized to float32), RoPE scaled to {args.max_length}, "
         "S2-Attn, LoRA r=8 on q/k/v/o + trainable embeddings and norms, bf16 autocast, activation checkpointing, "
         "chunked loss (sft.loss, token mean), AdamW step",
-        f"- data: {args.samples} samples drawn (seed {args.seed}) from the `{args.split}` split of `{args.data}` "
+        f"- data: {args.samples} samples ({lengths_note}) = {args.samples // args.batch_size} batches drawn at "
+        f"random from the Trainer's length-grouped order (seed {args.seed}) of the `{args.split}` split of `{args.data}` "
         f"({n_split} samples within max_length {args.max_length}; {dropped} longer ones dropped, as the trainer "
         f"does); each layout trains all of them once per round, {args.rounds} round(s) interleaved after a warm-up "
         "step each; time: median over rounds",
@@ -230,9 +238,16 @@ def main(argv=None) -> int:
     dataset, stats = load_sft_dataset(args.data, args.split, args.max_length)
     lengths = list(dataset["length"])
     whole = split_layouts(lengths, args.max_length, args.batch_size, args.seed)
-    picked = sorted(random.Random(args.seed).sample(range(len(dataset)), min(args.samples, len(dataset))))
+    grouped = grouped_order(lengths, args.batch_size, args.seed)
+    batches = len(grouped) // args.batch_size
+    chosen = sorted(random.Random(args.seed).sample(range(batches), args.samples // args.batch_size))
+    picked = [i for b in chosen for i in grouped[b * args.batch_size:(b + 1) * args.batch_size]]
     items = [{"input_ids": row["input_ids"], "labels": row["labels"]} for row in dataset.select(picked)]
+    print(f"samples {picked}: {[len(item['input_ids']) for item in items]} tokens", flush=True)
 
+    if args.dry_run:
+        print("\n".join(map(str, whole)))
+        return 0
     model, optimizer, tokenizer = build(args.model, args.max_length)
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     plans = layouts(items, args.max_length, args.batch_size, args.seed, pad_id)
@@ -245,7 +260,8 @@ def main(argv=None) -> int:
                          "per_row": len(items) / sum(batch["input_ids"].shape[0] for batch, _ in plan)
                          if name != "packed" else len(items) / len(plan)})
     assert len({m["supervised"] for m in measured}) == 1, "the layouts must train the same supervised tokens"
-    text = report(args, measured, whole, len(lengths), stats.dropped_too_long)
+    note = "tokens " + ", ".join(str(len(item["input_ids"])) for item in items)
+    text = report(args, measured, whole, len(lengths), stats.dropped_too_long, note)
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
