@@ -823,11 +823,10 @@ def evaluate_ruler(model, tokenizer, cfg, *, window: int, too_long: str = "skip"
     """Run RULER under `cfg` (:class:`schemas.eval.RulerConfig`): greedy answers of at most each task's tokens to
     generate (prompts sharing a haystack start are prefilled once), RULER's metric per sample, the mean per task and
     length (rounded to 2 decimals as RULER does) with its n and 95 % interval, the mean over tasks per length (its
-    interval: the bootstrap over all that length's samples, which weigh equally) and the effective length. Lengths
+    interval: :func:`cell_interval` of all that length's samples, which weigh equally) and the effective length. Lengths
     beyond `window` are skipped (or raise DataError when `too_long` is ``"error"``). `samples` may hold the prompts
     made for an earlier model with the same tokenizer."""
     from sft.evaluation.generate import GenerationStats, greedy_generate
-    from sft.evaluation.intervals import bootstrap_mean, percent
 
     lengths = [n for n in cfg.lengths if n <= window]
     skipped = [n for n in cfg.lengths if n > window]
@@ -862,7 +861,7 @@ def evaluate_ruler(model, tokenizer, cfg, *, window: int, too_long: str = "skip"
             per_length.setdefault(key, []).extend(cell)
             say(f"ruler {task} at {length} tokens: {scores[task][key]:.2f} ({len(cell)} samples)")
     averages = {str(n): round(sum(scores[t][str(n)] for t in cfg.tasks) / len(cfg.tasks), 2) for n in lengths}
-    average_ci = {k: percent(bootstrap_mean([v / 100 for v in values])) for k, values in per_length.items()}
+    average_ci = {k: cell_interval(values) for k, values in per_length.items()}
     if predictions_path is not None:
         predictions_path.parent.mkdir(parents=True, exist_ok=True)
         tmp = predictions_path.with_suffix(".tmp")
@@ -873,7 +872,7 @@ def evaluate_ruler(model, tokenizer, cfg, *, window: int, too_long: str = "skip"
             "effective_length": effective_length({int(k): v for k, v in averages.items()}), "threshold": THRESHOLD,
             "skipped_lengths": skipped, "window": window, "samples_per_task": cfg.samples, "seed": cfg.seed,
             "template": cfg.template, "metrics": {t: FAMILIES[TASKS[t][0]]["metric"] for t in cfg.tasks},
-            "headline": {f"RULER average, {k} tokens": {"score": v, "ci": average_ci[k]} for k, v in averages.items()},
+            "headline": {f"average, {k} tokens": {"score": v, "ci": average_ci[k]} for k, v in averages.items()},
             "timing": stats.as_dict(), "predictions": str(predictions_path) if predictions_path else None}
 
 

@@ -69,6 +69,13 @@ def test_metrics_follow_rulers_definitions():
     assert ruler.postprocess(None) == ""
 
 
+def test_cells_get_wilson_intervals_when_binary_and_the_bootstrap_with_partial_credit():
+    assert ruler.cell_interval([0.0, 0.0]) == [0.0, 65.76]  # Wilson: not degenerate at 0 %
+    assert ruler.cell_interval([100.0] * 10)[0] > 60 and ruler.cell_interval([100.0] * 10)[1] == 100.0
+    low, high = ruler.cell_interval([25.0, 50.0, 75.0, 100.0])
+    assert 25.0 <= low < 62.5 < high <= 100.0
+
+
 def test_effective_length_is_the_longest_length_at_or_above_the_threshold():
     assert ruler.effective_length({4096: 90.0, 8192: 85.6, 16384: 70.0}) == 8192
     assert ruler.effective_length({4096: 80.0, 8192: 60.0}) is None
