@@ -153,7 +153,7 @@ class RulerConfig(_Section):
                                "tokenizer (prompt + the task's tokens to generate, as RULER counts); RULER's "
                                "standard set is 4096 ... 131072. Lengths beyond a model's window follow too_long")
     samples: int = Field(10, ge=1, description="samples per task and length (RULER: 500); each costs a prefill of "
-                         "its length (benchmarks/results/ruler_smollm2_cpu.md: the time on 2 CPU cores)")
+                         "its length, so 13 tasks x lengths prefills per sample")
     seed: int = Field(42, description="generators' random seed; 42 gives RULER's own prompts (its prepare.py always "
                       "seeds 42)")
     template: str = Field("auto", description="model template around each prompt, before RULER's answer prefix: "
