@@ -57,7 +57,7 @@ def default_build(tmp_path_factory):
 
     out = tmp_path_factory.mktemp("default-build") / "out"
     root = Path(__file__).resolve().parents[1]
-    done = subprocess.run([sys.executable, "-m", "longqa.build", "--out", str(out), "--quiet"], cwd=root,
+    done = subprocess.run([sys.executable, "-m", "longqa.build", "--out", str(out), "--no-progress"], cwd=root,
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done.stdout
