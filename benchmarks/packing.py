@@ -203,7 +203,8 @@ def report(args, measured: list[dict], whole: list[dict], n_split: int, dropped:
         "S2-Attn, LoRA r=8 on q/k/v/o + trainable embeddings and norms, bf16 autocast, activation checkpointing, "
         "chunked loss (sft.loss, token mean), AdamW step",
         f"- data: {args.samples} samples ({lengths_note}) = {args.samples // args.batch_size} batches drawn at "
-        f"random from the Trainer's length-grouped order (seed {args.seed}) of the `{args.split}` split of `{args.data}` "
+        f"random from the Trainer's length-grouped order (seed {args.seed}) of the `{args.split}` split of "
+        f"`{args.data}` "
         f"({n_split} samples within max_length {args.max_length}; {dropped} longer ones dropped, as the trainer "
         f"does); each layout trains all of them once per round, {args.rounds} round(s) interleaved after a warm-up "
         "step each; time: median over rounds",

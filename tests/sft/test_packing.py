@@ -322,3 +322,33 @@ def test_extend_training_packs_documents_with_full_attention(tiny_llama_dir, tmp
     assert spy.attn == "packed_causal" and result.data.documents == 4
     assert result.data.layout.samples >= 4 and result.data.layout.rows < result.data.layout.samples
     assert all(b["input_ids"].shape[1] <= 96 and "attention_mask" not in b for b in spy.batches)
+
+
+def test_full_attention_over_packed_rows_is_one_varlen_call_per_head_half_with_the_sample_boundaries(monkeypatch):
+    """flash-attn varlen path of ``packed_causal`` (a stand-in for flash_attn_varlen_func): cu_seqlens are the sample
+    boundaries of the packed rows, and the output is each sample's causal attention."""
+    import itertools
+    from types import SimpleNamespace
+
+    calls = []
+
+    def fake_varlen(q, k, v, cu_q, cu_k, max_q, max_k, dropout_p=0.0, softmax_scale=None, causal=False):
+        assert torch.equal(cu_q, cu_k) and cu_q.dtype == torch.int32 and causal
+        calls.append(cu_q.tolist())
+        return torch.cat([F.scaled_dot_product_attention(*(x[a:b].transpose(0, 1) for x in (q, k, v)),
+                                                         is_causal=True, scale=softmax_scale).transpose(0, 1)
+                          for a, b in itertools.pairwise(cu_q.tolist())])
+
+    monkeypatch.setattr(s2attn, "_flash_varlen_func", lambda: fake_varlen)
+    module = torch.nn.Module()
+    module.config, module.is_causal = SimpleNamespace(s2_attn={"backend": "flash"}), True
+    gen = torch.Generator().manual_seed(0)
+    q, k, v = (torch.randn(2, h, 20, 8, generator=gen) for h in (4, 2, 2))
+    position_ids = torch.tensor([list(range(7)) + list(range(13)), list(range(20))])
+    out, _ = s2attn.packed_causal_forward(module.train(), q, k, v, None, position_ids=position_ids)
+    assert calls == [[0, 7, 20, 40]] * 2  # row 0: samples of 7 and 13 tokens; row 1: one of 20
+    for row, spans in ((0, ((0, 7), (7, 20))), (1, ((0, 20),))):
+        for a, b in spans:
+            alone = F.scaled_dot_product_attention(q[row:row + 1, :, a:b], k[row:row + 1, :, a:b].repeat_interleave(
+                2, 1), v[row:row + 1, :, a:b].repeat_interleave(2, 1), is_causal=True).transpose(1, 2)
+            torch.testing.assert_close(out[row:row + 1, a:b], alone)
