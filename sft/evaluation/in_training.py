@@ -8,7 +8,8 @@ Logged keys (one line per evaluation): ``longctx_passkey_<L>`` (accuracy %, the 
 ``eval_qa_questions`` held-out questions), ``longctx_seconds``. A resumed run keeps the lines up to its checkpoint
 (``sft.train.truncate_metrics``) and continues the curve; the step-0 point is only measured by a fresh run.
 
-Other ranks wait at their next collective while rank 0 evaluates (keep the tasks small next to the DDP timeout).
+Other ranks wait at their next collective while rank 0 evaluates (keep the tasks small next to the DDP timeout). Not
+for sharded parameters (FSDP, DeepSpeed ZeRO-3): rank 0 alone cannot run the model there.
 """
 from __future__ import annotations
 
@@ -50,8 +51,9 @@ class LongContextEval(TrainerCallback):
         model = self.trainer.model
         was_training = model.training
         model.eval()  # dense attention (S2-Attn is only used in train mode)
-        try:
-            scores = self.scores(model, self.trainer.processing_class)
+        try:  # the training's mixed precision (bfloat16 base weights need autocast next to float32 trainable ones)
+            with self.trainer.accelerator.autocast():
+                scores = self.scores(model, self.trainer.processing_class)
         finally:
             model.train(was_training)
         log.info("long-context eval at step %d: %s", state.global_step,
