@@ -108,6 +108,11 @@ class PasskeyConfig(_Section):
     max_batch_tokens: int = Field(65536, ge=1, description="padded prompt tokens per batch at most")
     min_shared_prefix: int = Field(256, ge=0, description=SHARED_PREFIX_HELP + " (trials of one length share "
                                    "the filler before their keys)")
+    # real-text filler (issue 10): held-out documents instead of the paper's repeated sentences
+    filler: str | None = Field(None, description="grid protocol: null, the paper's repeated filler sentences; else a text file, "
+                               ".jsonl ('text' per line) or folder of them whose lines (documents in order) are the "
+                               "filler, e.g. the held-out corpus data/long-text/heldout/paul_graham.jsonl "
+                               "(python -m longqa.corpus); it must hold at least the longest length")
 
     @field_validator("depths")
     @classmethod
@@ -125,7 +130,9 @@ class PPLConfig(_Section):
                                      "2.71828 ** (the mean over batches of each batch's mean loss), so the last, "
                                      "smaller batch weighs more; windows are still computed one at a time")
 
-    data: str = Field("out", description="a text file, or a built dataset folder (its documents, one per doc_id)")
+    data: str = Field("out", description="a text file, a built dataset folder (its documents, one per doc_id), or "
+                      "long-text corpus documents: a .jsonl ('text' per line) or a folder of .jsonl/.txt files, e.g. "
+                      "data/long-text/heldout (python -m longqa.corpus)")
     split: str = Field("test", description="split of a built dataset")
     max_documents: int | None = Field(4, ge=1, description="first N documents (sorted by doc_id); null: all")
     lengths: list[int] = Field([1024, 2048, 4096], description="context lengths in tokens")

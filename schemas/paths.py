@@ -167,7 +167,10 @@ def train_problems(cfg) -> list[str]:
             continue
         if not path.exists():
             build = "python -m longqa.build" + ("" if ref == "out" else f" --out {ref}")  # the default writes out/
-            hint = f" (build it first: {build})" if cfg.mode == "sft" else ""
+            corpus = path.name in ("train", "heldout")  # a split of the long-text corpus (longqa.corpus)
+            hint = (f" (build it first: {build})" if cfg.mode == "sft" else
+                    f" (build the offline long-text corpus first: python -m longqa.corpus --out {path.parent})"
+                    if corpus else "")
             problems.append(f"data: {ref} does not exist{hint}")
         elif cfg.mode == "sft" and not ((path / "tokenized").is_dir() or (path / "dataset_dict.json").is_file()
                                         or (path / "dataset_info.json").is_file()):
@@ -203,7 +206,8 @@ def eval_problems(cfg) -> list[str]:
         if not path.exists():
             hint = f" (build it first: python -m longqa.build --out {ref})" if not path.suffix else ""
             problems.append(f"{task}.data: {ref} does not exist{hint}")
-        elif path.is_dir() and not ((path / "text").is_dir() or (path / "dataset_dict.json").is_file()):
+        elif path.is_dir() and not ((path / "text").is_dir() or (path / "dataset_dict.json").is_file()
+                                    or (task == "ppl" and _text_folder(path))):
             problems.append(f"{task}.data: {ref} holds no built dataset (expected {ref}/text from python -m "
                             "longqa.build)")
         elif task == "qa" and path.is_file() and path.suffix != ".jsonl":
@@ -212,7 +216,15 @@ def eval_problems(cfg) -> list[str]:
             problems.append(f"short_qa.data: {ref} must be a dataset built from SQuAD (a folder), not a file")
         elif path.is_file() and not os.access(path, os.R_OK):
             problems.append(f"{task}.data: {ref} cannot be read (permission denied)")
+    filler = getattr(getattr(cfg, "passkey", None), "filler", None)
+    if "passkey" in tasks and isinstance(filler, str) and not Path(filler).exists():
+        problems.append(f"passkey.filler: {filler} does not exist (held-out documents: python -m longqa.corpus)")
     return problems
+
+
+def _text_folder(path: Path) -> bool:
+    """A folder of plain documents (.txt/.md/.jsonl: a split of python -m longqa.corpus), not a built dataset."""
+    return any(p.suffix in (".txt", ".md", ".jsonl") for p in path.iterdir() if p.is_file())
 
 
 def built_dataset_problem(field: str, ref: Any) -> str | None:
@@ -234,8 +246,29 @@ def shard_merge_problems(cfg) -> list[str]:
 
 
 def dataset_publish_problems(cfg) -> list[str]:
-    """longqa.publish: the dataset is a finished build."""
-    return _present(built_dataset_problem("dataset_dir", cfg.dataset_dir))
+    """longqa.publish: the dataset is a finished build (a long-text corpus is not, and one holding sources that may
+    not be redistributed says so)."""
+    corpus = corpus_publish_problem("dataset_dir", cfg.dataset_dir)
+    return _present(corpus or built_dataset_problem("dataset_dir", cfg.dataset_dir))
+
+
+def corpus_publish_problem(field: str, ref: Any) -> str | None:
+    """`ref` is a long-text corpus (python -m longqa.corpus): refused, naming the licence problem when it has one."""
+    import json
+
+    manifest = Path(ref) / "manifest.json" if isinstance(ref, str) else None
+    if manifest is None or not manifest.is_file():
+        return None
+    try:
+        data = json.loads(manifest.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if data.get("kind") != "longqa-long-text-corpus":
+        return None
+    if not data.get("publishable", False):
+        return f"{field}: {ref} is a long-text corpus that may not be published: {data.get('publish_note')}"
+    return (f"{field}: {ref} is a long-text corpus (python -m longqa.corpus), not a built LongQA dataset; "
+            "longqa.publish publishes built datasets only")
 
 
 def adapter_merge_problems(cfg) -> list[str]:

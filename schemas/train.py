@@ -138,6 +138,10 @@ class TrainConfig(BaseModel):
     eval_passkey_trials: int = Field(2, ge=1, description="passkey prompts per length (each its own key)")
     eval_ppl_lengths: list[int] = Field([1024, 2048], description="perplexity context lengths (tokens)")
     eval_qa_questions: int = Field(4, ge=1, description="held-out questions answered (the first of eval_split)")
+    # wall-time budget (issue 10: the CPU proof run trains for a fixed time)
+    max_train_seconds: float | None = Field(
+        None, gt=0, description="stop training after this many seconds of wall time (checked after every optimizer "
+        "step; the adapter is saved as usual), whichever of this and max_steps comes first; null: no limit")
 
     # outputs
     output_dir: str = Field("runs/smollm2-squad", description="checkpoints, metrics.jsonl, train_config.yaml and the "

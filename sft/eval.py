@@ -152,8 +152,8 @@ def _evaluate(cfg: EvalConfig, *, command: str, progress: bool, say: Callable[[s
             say(f"{name} {task}: {module.summary(result)}")
         del model, tokenizer
         gc.collect()
-    report["data"] = {task: get_task(task).data_provenance(getattr(cfg, task), cache) for task in cfg.tasks
-                      if hasattr(get_task(task), "data_provenance")}
+    report["data"] = {task: found for task in cfg.tasks if hasattr(get_task(task), "data_provenance")
+                      and (found := get_task(task).data_provenance(getattr(cfg, task), cache))}
     report["seconds"] = round(time.perf_counter() - started, 2)
     paths = write_report(report, out)
     say(f"report: {paths['markdown']} (and {paths['json'].name}, "

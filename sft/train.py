@@ -103,7 +103,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = ()) -> Tra
         loss_reduction=cfg.loss_reduction, chunked_loss=cfg.chunked_loss, loss_chunk_size=cfg.loss_chunk_size,
         model=model, args=training_arguments(cfg), train_dataset=dataset, eval_dataset=eval_dataset,
         processing_class=tokenizer, data_collator=collator(cfg, tokenizer),
-        callbacks=[StopOnNonFiniteLoss(output_dir), MetricsJsonl(output_dir / METRICS_FILE), *callbacks])
+        callbacks=[StopOnNonFiniteLoss(output_dir), MetricsJsonl(output_dir / METRICS_FILE),
+                   *([StopAfterSeconds(cfg.max_train_seconds)] if cfg.max_train_seconds else []), *callbacks])
     add_long_context_eval(trainer, cfg)  # eval_every: the long-context curve in metrics.jsonl (issue 9)
     args = trainer.args
     ddp = f" (DDP, {args.ddp_backend or 'default'} backend)" if args.world_size > 1 else ""
@@ -392,6 +393,27 @@ class StopOnNonFiniteLoss(TrainerCallback):
                 else "no checkpoint had been written yet")
         return (f"stopped at step {step}: {what}; {done} and {kept}. Lower learning_rate, add warmup_steps, or check "
                 "the data")
+
+
+class StopAfterSeconds(TrainerCallback):
+    """End training after the optimizer step that passes a wall-time budget (``max_train_seconds``), counted from
+    the start of training; the run then saves its adapter as after ``max_steps``."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.started: float | None = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        import time
+
+        self.started = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        import time
+
+        if self.started is not None and time.monotonic() - self.started >= self.seconds:
+            log.info("wall-time budget of %.0f s reached after step %d; stopping", self.seconds, state.global_step)
+            control.should_training_stop = True
 
 
 class MetricsJsonl(TrainerCallback):

@@ -172,9 +172,10 @@ def generate_tokens(model, tokenizer, prompts: Sequence[Sequence[int]], *, max_n
     import torch
     from tqdm.auto import tqdm
 
-    from sft.data import pad_token_id
-
-    pad = pad_token_id(tokenizer)
+    # the pad id as sft.data.pad_token_id, without importing sft.data (datasets): the GPU scripts use this module
+    pad = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
+    if pad is None:
+        raise ValueError("the tokenizer has neither a pad nor an EOS token to pad with")
     stats = stats if stats is not None else GenerationStats()
     outputs: list[list[int]] = [[] for _ in prompts]
     eos_ids = end_token_ids(model, tokenizer)

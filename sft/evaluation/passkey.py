@@ -15,10 +15,12 @@ import random
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from schemas.errors import DataError
-from schemas.eval import PasskeyConfig
+
+if TYPE_CHECKING:  # annotations only: the GPU scripts import this module where pydantic is absent
+    from schemas.eval import PasskeyConfig
 from sft.evaluation.generate import GenerationStats, greedy_generate
 
 TASK = ("There is an important info hidden inside a lot of irrelevant text. Find it and memorize them. "
@@ -29,35 +31,46 @@ QUESTION = "What is the pass key? The pass key is"
 KEY_RANGE = (1, 50000)  # the paper's random.randint(1, 50000)
 
 
-def passkey_prompt(key: int, n_filler: int, depth: float) -> str:
+def passkey_prompt(key: int, n_filler: int, depth: float, filler: Sequence[str] | None = None) -> str:
     """The prompt with `n_filler` copies of :data:`FILLER`, ``round(depth * n_filler)`` of them before the key line.
 
     As in the paper the parts are joined by newlines: task, filler before, key line, filler after, question (an
-    empty filler part leaves an empty line).
+    empty filler part leaves an empty line). With `filler` (lines of real text, e.g. held-out documents) the filler
+    is its first `n_filler` lines instead, joined by newlines.
     """
     if not 0.0 <= depth <= 1.0:
         raise ValueError(f"depth must be in [0, 1], got {depth}")
     if n_filler < 0:
         raise ValueError(f"n_filler must be >= 0, got {n_filler}")
     before = round(depth * n_filler)
+    if filler is not None:
+        if n_filler > len(filler):
+            raise ValueError(f"n_filler {n_filler} exceeds the {len(filler)} filler lines")
+        return "\n".join([TASK, "\n".join(filler[:before]), KEY_LINE.format(key=key),
+                          "\n".join(filler[before:n_filler]), QUESTION])
     return "\n".join([TASK, " ".join([FILLER] * before), KEY_LINE.format(key=key),
                       " ".join([FILLER] * (n_filler - before)), QUESTION])
 
 
-def fit_filler(count_tokens: Callable[[str], int], key: int, depth: float, length: int) -> tuple[int, int]:
+def fit_filler(count_tokens: Callable[[str], int], key: int, depth: float, length: int,
+               filler: Sequence[str] | None = None) -> tuple[int, int]:
     """The largest filler count whose prompt has at most `length` tokens, and that prompt's token count.
 
     Token counts grow with the filler count, so a doubling search then a bisection find it in O(log length) counts.
     Raises ValueError when even the prompt without filler is longer than `length`.
     """
     def size(n: int) -> int:
-        return count_tokens(passkey_prompt(key, n, depth))
+        return count_tokens(passkey_prompt(key, n, depth, filler))
 
     if size(0) > length:
         raise DataError(f"passkey: the prompt without filler has {size(0)} tokens, more than the length {length}")
+    limit = len(filler) if filler is not None else None
+    if limit is not None and size(limit) <= length:
+        raise DataError(f"passkey: the filler text ({limit} lines, {size(limit)} tokens with the prompt) is "
+                        f"shorter than the length {length}; give more filler documents")
     lo, hi = 0, 1  # size(lo) <= length; find hi with size(hi) > length
     while size(hi) <= length:
-        lo, hi = hi, hi * 2
+        lo, hi = hi, hi * 2 if limit is None else min(hi * 2, limit)
     while hi - lo > 1:
         mid = (lo + hi) // 2
         lo, hi = (mid, hi) if size(mid) <= length else (lo, mid)
@@ -84,7 +97,7 @@ def draw_keys(seed: int, n: int) -> list[int]:
 
 
 def passkey_cases(count_tokens: Callable[[str], int], lengths: Sequence[int], depths: Sequence[float], trials: int,
-                  seed: int) -> list[PasskeyCase]:
+                  seed: int, filler: Sequence[str] | None = None) -> list[PasskeyCase]:
     """All trials, ordered by length, depth, trial; keys drawn in that order, so the same seed gives the same
     prompts (for a given token counter)."""
     keys = iter(draw_keys(seed, len(lengths) * len(depths) * trials))
@@ -93,9 +106,9 @@ def passkey_cases(count_tokens: Callable[[str], int], lengths: Sequence[int], de
         for depth in depths:
             for trial in range(trials):
                 key = next(keys)
-                n_filler, n_tokens = fit_filler(count_tokens, key, depth, length)
+                n_filler, n_tokens = fit_filler(count_tokens, key, depth, length, filler)
                 cases.append(PasskeyCase(length, depth, trial, key, n_filler, n_tokens,
-                                         passkey_prompt(key, n_filler, depth)))
+                                         passkey_prompt(key, n_filler, depth, filler)))
     return cases
 
 
@@ -106,10 +119,26 @@ def answer_key(generated: str) -> int | None:
 
 
 def run(model, tokenizer, cfg: PasskeyConfig, ctx) -> dict[str, Any]:
-    """The task on one model (:mod:`sft.evaluation.tasks`), by ``cfg.protocol``."""
-    evaluate = evaluate_passkey_longlora if cfg.protocol == "longlora" else evaluate_passkey
-    return evaluate(model, tokenizer, cfg, window=ctx.window, too_long=ctx.too_long, progress=ctx.progress,
-                            say=ctx.say)
+    """The task on one model (:mod:`sft.evaluation.tasks`), by ``cfg.protocol``. ``cfg.filler`` (real-text filler,
+    grid protocol) is read once into the shared cache."""
+    if cfg.protocol == "longlora":
+        return evaluate_passkey_longlora(model, tokenizer, cfg, window=ctx.window, too_long=ctx.too_long,
+                                         progress=ctx.progress, say=ctx.say)
+    if cfg.filler is not None and "passkey_filler" not in ctx.cache:
+        from sft.evaluation.ppl import load_texts
+
+        ctx.cache["passkey_filler"] = filler_lines(load_texts(cfg.filler))
+    return evaluate_passkey(model, tokenizer, cfg, window=ctx.window, too_long=ctx.too_long, progress=ctx.progress,
+                            say=ctx.say, filler=ctx.cache.get("passkey_filler"))
+
+
+def data_provenance(cfg: PasskeyConfig, cache: dict[str, Any]) -> dict[str, Any]:
+    """The filler text's fingerprint and line count when real-text filler was used (else nothing)."""
+    from sft.evaluation.provenance import data_fingerprint
+
+    if cfg.filler is None or "passkey_filler" not in cache:
+        return {}
+    return {**data_fingerprint(cfg.filler), "lines": len(cache["passkey_filler"])}
 
 
 def summary(result: dict[str, Any]) -> str:
@@ -122,10 +151,12 @@ def summary(result: dict[str, Any]) -> str:
 
 
 def evaluate_passkey(model, tokenizer, cfg: PasskeyConfig, *, window: int, too_long: str = "skip",
-                     progress: bool = False, say: Callable[[str], None] = print) -> dict[str, Any]:
+                     progress: bool = False, say: Callable[[str], None] = print,
+                     filler: Sequence[str] | None = None) -> dict[str, Any]:
     """Run every trial that fits ``window - cfg.max_new_tokens`` tokens; lengths beyond it are skipped with a message
     (or raise ValueError when `too_long` is ``"error"``). Returns accuracy (percent) overall and per length x depth,
-    the trials and timing."""
+    the trials and timing. `filler`: lines of real text used as filler instead of the paper's sentences
+    (:func:`filler_lines`)."""
     lengths, depths, max_new_tokens = cfg.lengths, cfg.depths, cfg.max_new_tokens
     budget = window - max_new_tokens
     fitting = [n for n in lengths if n <= budget]
@@ -140,7 +171,7 @@ def evaluate_passkey(model, tokenizer, cfg: PasskeyConfig, *, window: int, too_l
     def count(text: str) -> int:
         return len(tokenizer(text)["input_ids"])
 
-    cases = passkey_cases(count, fitting, depths, cfg.trials, cfg.seed) if fitting else []
+    cases = passkey_cases(count, fitting, depths, cfg.trials, cfg.seed, filler) if fitting else []
     stats = GenerationStats()
     answers = greedy_generate(model, tokenizer, [tokenizer(c.prompt)["input_ids"] for c in cases],
                               max_new_tokens=max_new_tokens, batch_size=cfg.batch_size,
@@ -261,3 +292,8 @@ def evaluate_passkey_longlora(model, tokenizer, cfg: PasskeyConfig, *, window: i
         result["by_length"][str(length)].update(mean_tokens=sum(tokens) // len(tokens),
                                                 filler_chars=longlora_filler_chars(length))
     return result
+
+
+def filler_lines(texts: Sequence[str]) -> list[str]:
+    """The non-empty lines of `texts` in order: real-text filler (held-out documents) for :func:`passkey_prompt`."""
+    return [line for text in texts for line in text.splitlines() if line.strip()]

@@ -20,10 +20,12 @@ import math
 import time
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import Any, NamedTuple
+from typing import TYPE_CHECKING, Any, NamedTuple
 
 from schemas.errors import DataError
-from schemas.eval import PPLConfig
+
+if TYPE_CHECKING:  # annotations only: the GPU scripts import this module where pydantic is absent
+    from schemas.eval import PPLConfig
 
 
 class Window(NamedTuple):
@@ -109,10 +111,16 @@ def aggregate(scores: Sequence[tuple[float, int]], protocol: str, batch_size: in
 
 
 def load_texts(data: str, *, split: str = "test", max_documents: int | None = None) -> list[str]:
-    """The documents of `data`, in a stable order: a text file (one document), or a built dataset folder (each
-    distinct ``doc_id`` of `split`, sorted; the document is its user turn without the question)."""
+    """The documents of `data`, in a stable order: a text file (one document), long-text corpus documents (a
+    ``.jsonl`` with a ``text`` field a line, or a folder of ``.jsonl``/``.txt`` files: file by file, in order), or a
+    built dataset folder (each distinct ``doc_id`` of `split`, sorted; the document is its user turn without the
+    question)."""
     path = Path(data)
-    if path.is_file():
+    if path.suffix == ".jsonl" or (path.is_dir() and is_text_folder(path)):  # long-text corpus documents
+        from sft.data import read_documents, text_files
+
+        texts = list(read_documents(text_files([path])))
+    elif path.is_file():
         texts = [path.read_text(encoding="utf-8")]
     else:
         import datasets
@@ -132,6 +140,15 @@ def load_texts(data: str, *, split: str = "test", max_documents: int | None = No
             by_doc[row["doc_id"]] = user
         texts = [by_doc[k] for k in sorted(by_doc)]
     return texts[:max_documents] if max_documents is not None else texts
+
+
+def is_text_folder(path: Path) -> bool:
+    """A folder of plain documents (.txt/.md/.jsonl, e.g. a split of ``python -m longqa.corpus``) rather than a
+    built dataset."""
+    from sft.data import TEXT_SUFFIXES
+
+    built = (path / "text").is_dir() or (path / "dataset_dict.json").is_file()
+    return not built and any(p.suffix in TEXT_SUFFIXES for p in path.iterdir() if p.is_file())
 
 
 def token_stream(texts: Sequence[str], tokenizer) -> list[int]:

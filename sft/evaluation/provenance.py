@@ -77,6 +77,8 @@ def data_fingerprint(data: str, split: str | None = None) -> dict[str, Any]:
                 "fingerprint": fingerprints.get(split) if split else fingerprints}
     if path.is_file():
         return {"data": data, "sha256": file_sha256(path)}
+    if path.is_dir():  # a folder of documents (a split of the long-text corpus)
+        return {"data": data, "sha256": file_sha256(path, (".jsonl", ".txt", ".md"))}
     return {"data": data, "sha256": None}
 
 

@@ -68,3 +68,18 @@ def test_answer_key():
     assert answer_key(" 31415. Remember it.") == 31415
     assert answer_key("is 42 and 7") == 42
     assert answer_key("no digits") is None
+
+
+def test_real_text_filler_lines():
+    from sft.evaluation.passkey import filler_lines
+
+    lines = filler_lines(["one two\n\nthree four five\n", "six\nseven eight"])
+    assert lines == ["one two", "three four five", "six", "seven eight"]
+    prompt = passkey_prompt(5, 3, 0.5, lines)
+    assert prompt.split("\n")[1:5] == ["one two", "three four five", KEY_LINE.format(key=5), "six"]
+    n, size = fit_filler(words, 5, 0.5, words(passkey_prompt(5, 0, 0.5, lines)) + 6, lines)
+    assert (n, size) == (3, 47 + 6) and FILLER not in passkey_prompt(5, n, 0.5, lines)
+    with pytest.raises(ValueError, match="shorter than the length"):
+        fit_filler(words, 5, 0.5, 1000, lines)
+    cases = passkey_cases(words, [54], [0.0, 1.0], 1, seed=0, filler=lines)
+    assert all(c.prompt == passkey_prompt(c.key, c.n_filler, c.depth, lines) for c in cases)

@@ -1,0 +1,188 @@
+"""`python -m sft.experiment`: arms trained on the same tokens or untrained with a RoPE change, one report, partial
+results after every arm, reruns that skip what is finished."""
+from __future__ import annotations
+
+import json
+
+import pytest
+import yaml
+
+from sft import experiment
+from schemas.experiment import ExperimentConfig
+from sft.experiment import arm_configs, main
+
+ESSAY = "The river ran past the mill and under the old stone bridge near the town. " * 12
+
+
+@pytest.fixture
+def setup(tmp_path, tiny_llama_dir):
+    train_docs, heldout = tmp_path / "corpus" / "train", tmp_path / "corpus" / "heldout"
+    train_docs.mkdir(parents=True)
+    heldout.mkdir()
+    for i in range(3):
+        (train_docs / f"doc{i}.txt").write_text(f"Document {i}. " + ESSAY)
+    (heldout / "essays.jsonl").write_text("".join(json.dumps({"text": f"Held-out {i}.\n" + ESSAY.replace(". ", ".\n")})
+                                                  + "\n" for i in range(3)))
+    recipe = {"model": tiny_llama_dir, "mode": "extend", "data": str(train_docs), "max_length": 512,
+              "max_steps": 2, "warmup_steps": 0, "bf16": False, "save_steps": 10, "eval_samples": 0,
+              "learning_rate": 1e-3}
+    (tmp_path / "train.yaml").write_text(yaml.safe_dump(recipe))
+    exp = {"name": "tiny", "out": str(tmp_path / "exp"), "train": str(tmp_path / "train.yaml"), "target_length": 512,
+           "arms": [{"name": "base", "train": False},
+                    {"name": "longlora", "overrides": {"s2_attn": True}},
+                    {"name": "full", "overrides": {"s2_attn": False}}],
+           "eval": {"tasks": ["passkey", "ppl"], "dtype": "float32", "device": "cpu",
+                    "passkey": {"lengths": [300], "depths": [0.5], "trials": 1, "filler": str(heldout)},
+                    "ppl": {"data": str(heldout), "lengths": [400], "max_windows": 1, "stride": 32}}}
+    path = tmp_path / "exp.yaml"
+    path.write_text(yaml.safe_dump(exp))
+    return path, tmp_path / "exp"
+
+
+def test_experiment_runs_every_arm_into_one_report_and_reruns_skip_finished_work(setup, monkeypatch):
+    path, out = setup
+    assert main([str(path)]) == 0
+    results = json.loads((out / "results.json").read_text())["arms"]
+    assert list(results) == ["base", "longlora", "full"]
+    for name in ("longlora", "full"):  # trained on the same tokens
+        assert results[name]["training"]["steps"] == 2 and results[name]["training"]["tokens"] == 2 * 512
+    assert results["base"]["kind"] == "untrained, RoPE unchanged" and results["base"]["training"] is None
+    for row in results.values():
+        assert {"passkey@300", "ppl@400"} <= set(row["scores"])  # beyond the base's 256 positions: all at 512
+    config = json.loads((out / "arms" / "base" / "model" / "config.json").read_text())
+    assert config["max_position_embeddings"] == 512 and config["rope_parameters"]["rope_type"] == "default"
+    report = json.loads((out / "report" / "report.json").read_text())
+    assert list(report["models"]) == ["base", "longlora", "full"]
+    assert set(report["results"]["ppl"]) == set(report["results"]["passkey"]) == set(report["models"])
+    assert report["data"]["passkey"]["lines"] > 0 and report["data"]["ppl"]["documents"] == 3
+    table = (out / "results.md").read_text()
+    assert all(f"| {name} |" in table for name in results) and "ppl@400" in table
+    assert (out / "report" / "report.md").is_file() and (out / "report" / "ppl.png").is_file()
+
+    # a rerun trains and evaluates nothing again
+    adapter = out / "arms" / "longlora" / "adapter" / "adapter_model.safetensors"
+    stamp = adapter.stat().st_mtime_ns
+
+    def no_training(*a, **k):
+        raise AssertionError("trained again")
+
+    monkeypatch.setattr("sft.train.run", no_training)
+    monkeypatch.setattr("sft.eval.evaluate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("evaluated")))
+    assert main([str(path)]) == 0
+    assert adapter.stat().st_mtime_ns == stamp
+
+
+def test_partial_results_are_written_after_every_arm(setup, monkeypatch):
+    path, out = setup
+    real = experiment.evaluate_arm
+
+    def evaluate_then_fail(name, *args, **kwargs):
+        if name == "longlora":
+            raise KeyboardInterrupt  # the run is cut while the second arm is evaluated
+        return real(name, *args, **kwargs)
+
+    monkeypatch.setattr(experiment, "evaluate_arm", evaluate_then_fail)
+    monkeypatch.setattr("sft.train.run", lambda cfg: None)  # training is not what this test is about
+    monkeypatch.setattr(experiment, "training_summary", lambda out, train: {"steps": 0})
+    assert main([str(path), "--only", "base,longlora"]) == 130  # interrupted
+    results = json.loads((out / "results.json").read_text())["arms"]
+    assert list(results) == ["base"]
+    assert "| base |" in (out / "results.md").read_text() and (out / "report" / "report.md").is_file()
+
+
+def test_every_problem_is_reported_before_any_work(setup, capsys):
+    path, out = setup
+    exp = yaml.safe_load(path.read_text())
+    exp["arms"].append({"name": "base", "train": False})
+    exp["arms"].append({"name": "bad", "overrides": {"max_lenght": 5}})
+    exp["eval"]["ppl"]["data"] = "/nonexistent/heldout"
+    path.write_text(yaml.safe_dump(exp))
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "names given twice" in err
+    assert not (out / "results.json").exists()
+    exp["arms"] = exp["arms"][:-2] + [{"name": "bad", "overrides": {"max_lenght": 5}}]
+    path.write_text(yaml.safe_dump(exp))
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "arm bad" in err and "max_lenght" in err and "/nonexistent/heldout" in err
+
+
+@pytest.mark.parametrize("rope, factor, window", [(None, None, 512), ("linear", None, 512), ("yarn", None, 512),
+                                                  ("dynamic", None, 512), ("linear", 4.0, 1024)])
+def test_untrained_arms_change_only_the_rope(tmp_path, tiny_llama_dir, rope, factor, window):
+    from schemas.experiment import Arm
+    from sft.model import context_length, load_config
+
+    arm = Arm(name="x", train=False, rope_scaling=rope, factor=factor)
+    folder = experiment.untrained_model(arm, __import__("pathlib").Path(tiny_llama_dir), 512, tmp_path / "x")
+    config = load_config(str(folder))
+    assert context_length(config) == window
+    assert config.rope_parameters["rope_type"] == (rope or "default")
+    assert (folder / "model.safetensors").is_symlink() and (folder / "model.safetensors").resolve().is_file()
+
+
+def test_shipped_experiments_validate():
+    from pathlib import Path
+
+    for file in sorted(Path("configs/experiments").glob("*.yaml")):
+        text = file.read_text()
+        assert text.startswith("# python -m sft.experiment"), file
+        trains, evaluation = arm_configs(ExperimentConfig.model_validate(yaml.safe_load(text)), check_paths=False)
+        assert trains and evaluation.tasks
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# benchmarks/gpu/longlora_experiment.py: its CPU smoke mode, where neither datasets nor pydantic exist (as on the GPU)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gpu_experiment_script_runs_on_cpu_without_datasets_or_pydantic(tmp_path, tiny_llama_dir):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    corpus = tmp_path / "corpus"
+    for split, n in (("train", 12), ("heldout", 4)):
+        (corpus / split).mkdir(parents=True)
+        (corpus / split / "essays.jsonl").write_text("".join(
+            json.dumps({"text": f"{split} {i}.\n" + ESSAY.replace(". ", ".\n")}) + "\n" for i in range(n)))
+    out, script = tmp_path / "smoke.md", root / "benchmarks/gpu/longlora_experiment.py"
+    code = ("import runpy, sys\n"
+            "sys.modules['datasets'] = None; sys.modules['pydantic'] = None  # importing either now fails\n"
+            f"sys.argv = [{str(script)!r}, '--cpu-smoke', '--model', {tiny_llama_dir!r}, '--corpus', "
+            f"{str(corpus)!r}, '--out', {str(out)!r}]\n"
+            f"runpy.run_path({str(script)!r}, run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    table = out.read_text()
+    for arm in ("base", "linear_x2", "yarn_x2", "dynamic_ntk", "longlora", "full_attn", "s2_lora_only"):
+        assert f"| {arm} |" in table
+    rows = json.loads(out.with_suffix(".json").read_text())["arms"]
+    steps = {rows[a]["training"]["steps"] for a in ("longlora", "full_attn", "s2_lora_only")}
+    assert steps == {2}  # the same tokens for every trained arm
+    assert "(finished)" in table and "ppl@512" in table
+
+
+@pytest.mark.slow
+def test_gpu_efficiency_script_runs_on_cpu_without_datasets_or_pydantic(tmp_path):
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    script = Path(__file__).resolve().parents[2] / "benchmarks/gpu/efficiency.py"
+    out = tmp_path / "eff.md"
+    code = ("import runpy, sys\n"
+            "sys.modules['datasets'] = None; sys.modules['pydantic'] = None  # importing either now fails\n"
+            f"sys.argv = [{str(script)!r}, '--cpu-smoke', '--out', {str(out)!r}]\n"
+            f"runpy.run_path({str(script)!r}, run_name='__main__')\n")
+    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    table = out.read_text()
+    for model in ("llama2-7b", "smollm2-1.7b"):
+        for loss in ("chunked", "plain"):
+            row = next(line for line in table.splitlines() if line.startswith(f"| {model} | 256 | {loss} |"))
+            assert "OOM" not in row and row.count("x |") == 1  # both attentions measured, their ratio shown
+    assert "(finished)" in table
