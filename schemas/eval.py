@@ -109,10 +109,11 @@ class PasskeyConfig(_Section):
     min_shared_prefix: int = Field(256, ge=0, description=SHARED_PREFIX_HELP + " (trials of one length share "
                                    "the filler before their keys)")
     # real-text filler (issue 10): held-out documents instead of the paper's repeated sentences
-    filler: str | None = Field(None, description="grid protocol: null, the paper's repeated filler sentences; else a text file, "
-                               ".jsonl ('text' per line) or folder of them whose lines (documents in order) are the "
-                               "filler, e.g. the held-out corpus data/long-text/heldout/paul_graham.jsonl "
-                               "(python -m longqa.corpus); it must hold at least the longest length")
+    filler: str | None = Field(
+        None, description="grid protocol: null, the paper's repeated filler sentences; else a text file, .jsonl "
+        "('text' per line) or folder of them whose lines (documents in order) are the filler, e.g. the held-out "
+        "corpus data/long-text/heldout/paul_graham.jsonl (python -m longqa.corpus); it must hold at least the "
+        "longest length")
 
     @field_validator("depths")
     @classmethod
