@@ -113,6 +113,14 @@ class TrainConfig(BaseModel):
         "and rank); 'sample': each sample's mean token loss, averaged over the samples of the global batch "
         "(LongAlign's loss weighting: a short answer weighs as much as a long one)")
 
+    # context parallelism (issue 14; sft.context_parallel): one sample split across the ranks of a group
+    context_parallel: int = Field(
+        1, ge=1, description="P: every sample is cut into P contiguous slices of max_length/P-ish tokens, one per rank "
+        "of a group of P consecutive ranks (S2-Attn context parallelism: per layer a rank receives only the last "
+        "half-group of the shifted heads' keys and values from its left neighbour). Launch P x (data-parallel "
+        "replicas) processes with torchrun or accelerate launch. Needs s2_attn with wrap 'none', max_length/P a "
+        "multiple of the S2-Attn group size, unpacked rows and loss_reduction 'token'; 1: off")
+
     deepspeed: str | None = Field(
         None, description="DeepSpeed JSON config passed to the Trainer (configs/deepspeed/zero2.json, zero3.json; "
         "needs `pip install deepspeed` and a launch with `deepspeed`/`torchrun`/`accelerate launch`); null: none")
@@ -216,8 +224,69 @@ class TrainConfig(BaseModel):
             if too_long:
                 problems.append(f"eval_passkey_lengths/eval_ppl_lengths: {too_long} exceed max_length "
                                 f"({self.max_length}), the context the model is trained for")
+        problems += context_parallel_problems(self)
         if self.warmup_steps > self.max_steps:
             problems.append(f"warmup_steps: {self.warmup_steps} exceeds max_steps ({self.max_steps})")
         if problems:
             raise ValueError("\n".join(problems))
         return self
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# context parallelism: which lengths work (pure; sft.context_parallel uses the same rule)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def s2_group_size(length: int, group_size_ratio: float) -> int:
+    """S2-Attn group size G of a row of ``length`` tokens (as ``sft.s2attn.S2AttnSettings.group_size_for``)."""
+    return max(1, round(group_size_ratio * length))
+
+
+def cp_length_works(length: int, size: int, group_size_ratio: float) -> bool:
+    """Can a row of ``length`` tokens be cut into ``size`` slices that are whole S2-Attn groups of G >= 2?"""
+    group = s2_group_size(length, group_size_ratio)
+    return length % size == 0 and group >= 2 and (length // size) % group == 0
+
+
+def cp_working_lengths(around: int, size: int, group_size_ratio: float, count: int = 2) -> list[int]:
+    """Up to ``count`` row lengths that work below and above ``around`` (for error messages)."""
+    below = [n for n in range(around - 1, max(around - 4096, 0), -1) if cp_length_works(n, size, group_size_ratio)]
+    above = [n for n in range(around + 1, around + 4096) if cp_length_works(n, size, group_size_ratio)]
+    return sorted(below[:count] + above[:count])
+
+
+def context_parallel_problems(cfg: TrainConfig) -> list[str]:
+    """What ``context_parallel: P > 1`` needs of the rest of the configuration (the world size is checked at launch,
+    by ``sft.context_parallel.setup``)."""
+    size = cfg.context_parallel
+    if size == 1:
+        return []
+    problems = []
+    if not cfg.s2_attn:
+        problems.append(f"context_parallel: {size} needs s2_attn: true; full attention would need ring attention (every "
+                        "rank receiving (P-1)/P of all keys and values per layer), which this trainer does not "
+                        "implement: set s2_attn: true or context_parallel: 1")
+        return problems
+    if cfg.wrap != "none":
+        problems.append(f"context_parallel: {size} needs wrap: none (wrap: roll lets the first half-group see the "
+                        "last one, across every rank)")
+    group = s2_group_size(cfg.max_length, cfg.group_size_ratio)
+    if size * cfg.group_size_ratio > 1:
+        problems.append(f"context_parallel: {size} slices of max_length {cfg.max_length} are shorter than one S2-Attn "
+                        f"group (G = {group_size_text(cfg)} = {group}); lower group_size_ratio to 1/{size} or less "
+                        "or use fewer slices")
+    elif not cp_length_works(cfg.max_length, size, cfg.group_size_ratio):
+        lengths = ", ".join(map(str, cp_working_lengths(cfg.max_length, size, cfg.group_size_ratio))) or "none nearby"
+        problems.append(f"context_parallel: max_length {cfg.max_length} / {size} is not a whole number of S2-Attn "
+                        f"groups (G = {group_size_text(cfg)} = {group}); max_length values that work: {lengths}")
+    if cfg.loss_reduction != "token":
+        problems.append(f"context_parallel: {size} supports loss_reduction: token only (a sample's tokens are spread "
+                        "over the ranks of its group; the per-sample mean is not implemented for slices)")
+    if cfg.deepspeed is not None:
+        problems.append(f"context_parallel: {size} is not supported with deepspeed yet (only DDP, the default "
+                        "multi-process launch, is tested); remove deepspeed or set context_parallel: 1")
+    return problems
+
+
+def group_size_text(cfg: TrainConfig) -> str:
+    return f"group_size_ratio {cfg.group_size_ratio} x {cfg.max_length}"

@@ -37,12 +37,15 @@ Refused with a clear error: packed rows, left padding, ``wrap: roll``, full atte
 from __future__ import annotations
 
 import functools
+import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
 import torch.distributed as dist
 
+from schemas.errors import ConfigError
+from schemas.train import cp_length_works
 from sft import s2attn
 
 #: attribute of the attention modules that holds their :class:`ContextParallel` (set by :func:`attach`)
@@ -251,31 +254,14 @@ def _halo_segment(q_head, k_t, v_t, split: int, n_rep: int, halo: int, cp: Conte
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def group_size_for(length: int, group_size_ratio: float) -> int:
-    """G of a batch of padded length ``length``, as :meth:`sft.s2attn.S2AttnSettings.group_size_for`."""
-    return s2attn.S2AttnSettings(group_size_ratio=group_size_ratio).group_size_for(length)
-
-
-def length_works(length: int, size: int, group_size_ratio: float) -> bool:
-    """Can a row of ``length`` tokens be cut into ``size`` slices that are whole groups of G >= 2?"""
-    group = group_size_for(length, group_size_ratio)
-    return length % size == 0 and group >= 2 and (length // size) % group == 0
-
-
 def padded_length(longest: int, size: int, group_size_ratio: float, max_length: int) -> int:
-    """The shortest row length ``>= longest`` (and ``<= max_length``) that :func:`length_works`."""
+    """The shortest row length ``>= longest`` (and ``<= max_length``) cut into ``size`` slices of whole S2-Attn
+    groups (:func:`schemas.train.cp_length_works`)."""
     for length in range(max(longest, 1), max_length + 1):
-        if length_works(length, size, group_size_ratio):
+        if cp_length_works(length, size, group_size_ratio):
             return length
     raise ValueError(f"no row length between {longest} and max_length {max_length} can be cut into {size} slices of "
                      f"whole S2-Attn groups (group_size_ratio {group_size_ratio})")
-
-
-def working_lengths(around: int, size: int, group_size_ratio: float, count: int = 2) -> list[int]:
-    """Up to ``count`` lengths that work below and above ``around`` (for error messages)."""
-    below = [n for n in range(around - 1, max(around - 4096, 0), -1) if length_works(n, size, group_size_ratio)]
-    above = [n for n in range(around + 1, around + 4096) if length_works(n, size, group_size_ratio)]
-    return sorted(below[:count] + above[:count])
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -323,3 +309,97 @@ def slice_batch(batch: Mapping[str, torch.Tensor], rank: int, size: int) -> dict
     if batch.get("attention_mask") is not None:
         out["attention_mask"] = batch["attention_mask"][:, cut]
     return {key: value.contiguous() for key, value in out.items()}
+
+
+def pad_batch_to(batch: Mapping[str, torch.Tensor], width: int, pad_id: int) -> dict[str, torch.Tensor]:
+    """Right-pad a collated batch ``(B, N)`` to ``(B, width)``: ``pad_id`` inputs, -100 labels, mask 0, positions
+    continuing (as :class:`sft.data.PadCollator` pads)."""
+    extra = width - batch["input_ids"].shape[1]
+    if extra < 0:
+        raise ValueError(f"cannot pad a batch of {batch['input_ids'].shape[1]} tokens to {width}")
+    if extra == 0:
+        return dict(batch)
+    fill = {"input_ids": pad_id, "labels": IGNORE_INDEX, "attention_mask": 0}
+    out = {key: torch.nn.functional.pad(value, (0, extra), value=fill[key]) if key in fill else value
+           for key, value in batch.items()}
+    if "position_ids" in batch:
+        out["position_ids"] = torch.arange(width, dtype=batch["position_ids"].dtype).expand(
+            batch["position_ids"].shape[0], width).clone()
+    return out
+
+
+@dataclass
+class ContextParallelCollator:
+    """A collator (e.g. :class:`sft.data.PadCollator`) whose rows are padded on to the shortest length that cuts into
+    ``size`` slices of whole S2-Attn groups (:func:`padded_length`). The Trainer slices training batches per rank;
+    evaluation gets the whole rows (dense attention, one device a sample)."""
+
+    collator: object
+    pad_id: int
+    size: int
+    group_size_ratio: float
+    max_length: int
+
+    def __call__(self, samples):
+        batch = self.collator(samples)
+        width = padded_length(batch["input_ids"].shape[1], self.size, self.group_size_ratio, self.max_length)
+        return pad_batch_to(batch, width, self.pad_id)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# sft.run: the launch, the data loader and the Trainer
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def setup(size: int) -> ContextParallel | None:
+    """This process's place for ``context_parallel: size`` (None when 1), from the launcher's ``RANK`` and
+    ``WORLD_SIZE``. A world size that is not a multiple of ``size`` is a :class:`schemas.errors.ConfigError`."""
+    if size == 1:
+        return None
+    world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
+    if world % size:
+        launch = (f"torchrun --nproc-per-node {size} -m sft.run ... --context-parallel {size}")
+        raise ConfigError(f"context_parallel: {size} needs a launch of a multiple of {size} processes (P x data-parallel "
+                          f"replicas), got a world size of {world}; e.g. {launch}")
+    return ContextParallel.for_rank(rank, size)
+
+
+def shard_by_replica(loader, cp: ContextParallel, world_size: int, global_rank: int) -> None:
+    """Make an ``accelerator.prepare``-d training loader hand the same batches to the ``cp.size`` ranks of a group:
+    it then shards by data-parallel replica (``world_size / P`` of them, ``global_rank // P`` this one) instead of by
+    process. Every process draws the same sample order (accelerate synchronises the sampler's seed), so only the
+    shard index changes."""
+    shard = getattr(loader, "batch_sampler", None)
+    if shard is None or not hasattr(shard, "num_processes") or not hasattr(shard, "process_index"):
+        raise RuntimeError(f"context parallelism: the training data loader ({type(loader).__name__}) is not sharded by "
+                           "accelerate's BatchSamplerShard; cannot give the ranks of a group the same samples")
+    shard.num_processes, shard.process_index = world_size // cp.size, global_rank // cp.size
+
+
+class ContextParallelTrainerMixin:
+    """Trainer methods for context parallelism, mixed in before the Trainer class (:func:`trainer_class`):
+
+    - the training loader shards by data-parallel replica, so the ranks of a group get the same samples;
+    - every training batch is sliced for this rank (:func:`slice_batch`) *before* the Trainer counts what the loss
+      divides by, so that count (supervised shifted labels, summed over all ranks) is exact for the global batch and
+      each rank's loss is ``local sum / global count x world size`` (DDP averages the gradients over all ranks).
+
+    Evaluation batches are not sliced: the model in eval mode attends densely over whole samples.
+    """
+
+    context_parallel: ContextParallel
+
+    def get_train_dataloader(self):
+        loader = super().get_train_dataloader()
+        shard_by_replica(loader, self.context_parallel, self.args.world_size, self.args.process_index)
+        return loader
+
+    def get_batch_samples(self, epoch_iterator, num_batches, device):
+        cp = self.context_parallel
+        sliced = (slice_batch(batch, cp.rank, cp.size) for batch in epoch_iterator)
+        return super().get_batch_samples(sliced, num_batches, device)
+
+
+def trainer_class(base: type) -> type:
+    """``base`` (a ``Trainer`` subclass) with :class:`ContextParallelTrainerMixin`."""
+    return type(f"ContextParallel{base.__name__}", (ContextParallelTrainerMixin, base), {})

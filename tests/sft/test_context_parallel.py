@@ -14,6 +14,7 @@ from datetime import timedelta
 import pytest
 import torch
 
+from schemas.train import cp_length_works, cp_working_lengths
 from sft import context_parallel as cp_mod
 from sft.context_parallel import ContextParallel, padded_length, slice_batch
 
@@ -57,12 +58,12 @@ CASES = {
 def test_padded_length_makes_whole_groups_per_slice():
     # ratio 1/4: G = N / 4, so N must be a multiple of 4 (P = 2: 2 groups a slice; P = 4: one)
     assert padded_length(45, 2, 0.25, 64) == 48 and padded_length(48, 4, 0.25, 64) == 48
-    assert cp_mod.length_works(40, 4, 0.25) and not cp_mod.length_works(42, 2, 0.25)
+    assert cp_length_works(40, 4, 0.25) and not cp_length_works(42, 2, 0.25)
     assert padded_length(1, 2, 0.5, 64) == 4  # G >= 2: N = 4, G = 2, 2 tokens a slice
-    assert not cp_mod.length_works(64, 8, 0.25)  # G = 16 > 64 / 8: no length works with P x ratio > 1
+    assert not cp_length_works(64, 8, 0.25)  # G = 16 > 64 / 8: no length works with P x ratio > 1
     with pytest.raises(ValueError, match="no row length between 61 and max_length 63"):
         padded_length(61, 4, 0.25, 63)
-    assert cp_mod.working_lengths(4098, 2, 0.25) == [4092, 4096, 4100, 4104]
+    assert cp_working_lengths(4098, 2, 0.25) == [4092, 4096, 4100, 4104]
 
 
 def test_labels_are_shifted_before_slicing():
