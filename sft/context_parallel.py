@@ -379,7 +379,8 @@ def shard_by_replica(loader, cp: ContextParallel, world_size: int, global_rank: 
 class ContextParallelTrainerMixin:
     """Trainer methods for context parallelism, mixed in before the Trainer class (:func:`trainer_class`):
 
-    - the training loader shards by data-parallel replica, so the ranks of a group get the same samples;
+    - the training loader shards by data-parallel replica, so the ranks of a group get the same samples (checked on
+      every batch: a checksum of its tokens is compared across the group);
     - every training batch is sliced for this rank (:func:`slice_batch`) *before* the Trainer counts what the loss
       divides by, so that count (supervised shifted labels, summed over all ranks) is exact for the global batch and
       each rank's loss is ``local sum / global count x world size`` (DDP averages the gradients over all ranks).
@@ -387,7 +388,9 @@ class ContextParallelTrainerMixin:
     Evaluation batches are not sliced: the model in eval mode attends densely over whole samples.
     """
 
-    context_parallel: ContextParallel
+    def __init__(self, *args, context_parallel: ContextParallel, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.context_parallel = context_parallel
 
     def get_train_dataloader(self):
         loader = super().get_train_dataloader()
@@ -396,10 +399,45 @@ class ContextParallelTrainerMixin:
 
     def get_batch_samples(self, epoch_iterator, num_batches, device):
         cp = self.context_parallel
-        sliced = (slice_batch(batch, cp.rank, cp.size) for batch in epoch_iterator)
-        return super().get_batch_samples(sliced, num_batches, device)
+
+        def sliced():
+            for batch in epoch_iterator:
+                check_same_batch(batch, cp)
+                yield slice_batch(batch, cp.rank, cp.size)
+
+        return super().get_batch_samples(sliced(), num_batches, device)
+
+
+def batch_checksum(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    """An int64 checksum of a batch's tokens, labels and shape (equal batches give equal sums)."""
+    ids, labels = batch["input_ids"].long(), batch["labels"].long()
+    weights = torch.arange(1, ids.numel() + 1, device=ids.device).view_as(ids) % 65521
+    return torch.stack([(ids * weights).sum(), (labels * weights).sum(), torch.tensor(ids.numel(), device=ids.device)])
+
+
+def check_same_batch(batch: Mapping[str, torch.Tensor], cp: ContextParallel) -> None:
+    """All ranks of ``cp``'s group hold the same batch (one small all-gather over all ranks); a mismatch is a bug of
+    the data loading and raises RuntimeError before any slice is trained on."""
+    mine = batch_checksum(batch).cpu()
+    gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
+    dist.all_gather(gathered, mine)
+    first = dist.get_rank() - cp.rank
+    group = gathered[first:first + cp.size]
+    if any(not torch.equal(other, group[0]) for other in group):
+        raise RuntimeError(f"context parallelism: the ranks {first}..{first + cp.size - 1} of a group received "
+                           "different batches; their slices would belong to different samples")
 
 
 def trainer_class(base: type) -> type:
     """``base`` (a ``Trainer`` subclass) with :class:`ContextParallelTrainerMixin`."""
     return type(f"ContextParallel{base.__name__}", (ContextParallelTrainerMixin, base), {})
+
+
+def for_training(cp: ContextParallel, model: torch.nn.Module, collator, trainer_base: type, *, pad_id: int,
+                 group_size_ratio: float, max_length: int) -> tuple[object, type, dict]:
+    """What ``sft.train`` changes for ``context_parallel: P``: the model's attention layers learn their place, rows
+    are padded to whole groups per slice, and the Trainer slices batches. Returns ``(collator, trainer class, its
+    extra keyword arguments)``."""
+    attach(model, cp)
+    collator = ContextParallelCollator(collator, pad_id, cp.size, group_size_ratio, max_length)
+    return collator, trainer_class(trainer_base), {"context_parallel": cp}

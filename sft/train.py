@@ -15,6 +15,8 @@
 
 Runs unchanged under ``torchrun``/``accelerate launch`` (the Trainer does DDP); only rank 0 writes files, and only its
 log lines show (:func:`schemas.cli.setup_logging`).
+With ``context_parallel: P`` every sample is cut into P slices trained by the P ranks of a group
+(``sft.context_parallel``: S2-Attn needs only a half-group of keys/values from the left neighbour per layer).
 """
 from __future__ import annotations
 
@@ -32,6 +34,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from schemas.errors import UserError
 from schemas.train import TrainConfig
+from sft import context_parallel
 from sft.data import DataStats, PadCollator, load_extend_dataset, load_sft_dataset, pad_token_id
 from sft.evaluation.in_training import add_long_context_eval
 from sft.trainer import LongLoRATrainer
@@ -82,6 +85,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = ()) -> Tra
     ``callbacks`` are added after the built-in ones (tests use them to inject faults).
     """
     output_dir = Path(cfg.output_dir)
+    cp = context_parallel.setup(cfg.context_parallel)  # issue 14; None unless context_parallel > 1
     checkpoint = resume_checkpoint(cfg)
     cfg = build_on_the_fly(cfg)
 
@@ -99,17 +103,26 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = ()) -> Tra
 
     # 2. train
     eval_dataset = load_eval_data(cfg)
-    trainer = LongLoRATrainer(
+    data_collator, trainer_class, extra = collator(cfg, tokenizer), LongLoRATrainer, {}
+    if cp is not None:  # each rank trains one slice of every sample of its group (sft.context_parallel)
+        data_collator, trainer_class, extra = context_parallel.for_training(
+            cp, model, data_collator, trainer_class, pad_id=pad_token_id(tokenizer),
+            group_size_ratio=cfg.group_size_ratio, max_length=cfg.max_length)
+    trainer = trainer_class(
         loss_reduction=cfg.loss_reduction, chunked_loss=cfg.chunked_loss, loss_chunk_size=cfg.loss_chunk_size,
         model=model, args=training_arguments(cfg), train_dataset=dataset, eval_dataset=eval_dataset,
-        processing_class=tokenizer, data_collator=collator(cfg, tokenizer),
+        processing_class=tokenizer, data_collator=data_collator,
         callbacks=[StopOnNonFiniteLoss(output_dir), MetricsJsonl(output_dir / METRICS_FILE),
-                   *([StopAfterSeconds(cfg.max_train_seconds)] if cfg.max_train_seconds else []), *callbacks])
+                   *([StopAfterSeconds(cfg.max_train_seconds)] if cfg.max_train_seconds else []), *callbacks],
+        **extra)
     add_long_context_eval(trainer, cfg)  # eval_every: the long-context curve in metrics.jsonl (issue 9)
     args = trainer.args
     ddp = f" (DDP, {args.ddp_backend or 'default'} backend)" if args.world_size > 1 else ""
+    replicas = args.world_size // cfg.context_parallel
+    split = (f"; context parallel: every sample cut into {cfg.context_parallel} slices, {replicas} data-parallel "
+             "replica(s)" if cp is not None else "")
     log.info(f"world size {args.world_size}{ddp}, global batch "
-        f"{args.world_size * cfg.per_device_batch_size * cfg.gradient_accumulation_steps} samples")
+             f"{replicas * cfg.per_device_batch_size * cfg.gradient_accumulation_steps} samples{split}")
     if checkpoint is not None:
         log.info(f"resuming from {checkpoint}")
         if is_main_process():

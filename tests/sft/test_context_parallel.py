@@ -252,3 +252,82 @@ def test_a_broken_exchange_is_caught(sliced_results, case):
     ref_loss, ref_grads = reference(case)
     worst = max(float((grads[name] - ref_grads[name]).abs().max()) for name in grads)
     assert abs(float(loss - ref_loss)) > 1e-6 and worst > 1e-6
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Configuration and launch
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_config_reports_every_context_parallel_problem_at_once():
+    from pydantic import ValidationError
+
+    from schemas.train import TrainConfig
+
+    assert TrainConfig(context_parallel=4, max_length=4096).context_parallel == 4  # G = 1024 = 4096 / 4
+    with pytest.raises(ValidationError) as error:
+        TrainConfig(context_parallel=2, max_length=4098, wrap="roll", loss_reduction="sample")
+    message = str(error.value)
+    assert "needs wrap: none" in message and "loss_reduction: token only" in message
+    assert "max_length 4098 / 2 is not a whole number of S2-Attn groups" in message
+    assert "max_length values that work: 4092, 4096, 4100, 4104" in message
+    with pytest.raises(ValidationError, match="shorter than one S2-Attn group .* lower group_size_ratio to 1/8"):
+        TrainConfig(context_parallel=8, max_length=4096)
+    with pytest.raises(ValidationError, match="needs s2_attn: true; full attention would need ring attention"):
+        TrainConfig(context_parallel=2, s2_attn=False)
+
+
+def test_launch_must_hold_whole_groups(monkeypatch):
+    from schemas.errors import ConfigError
+
+    assert cp_mod.setup(1) is None
+    monkeypatch.setenv("WORLD_SIZE", "6")
+    monkeypatch.setenv("RANK", "5")
+    assert cp_mod.setup(3) == ContextParallel(rank=2, size=3, send_to=None, recv_from=4)
+    with pytest.raises(ConfigError, match="multiple of 4 processes .* world size of 6; e.g. torchrun --nproc-per-node 4"):
+        cp_mod.setup(4)
+
+
+def test_collator_pads_rows_to_whole_groups_per_slice():
+    from sft.data import PadCollator
+
+    collate = cp_mod.ContextParallelCollator(PadCollator(pad_id=0, max_length=64), 0, 2, 0.25, 64)
+    batch = collate([{"input_ids": list(range(3, 48)), "labels": list(range(3, 48))}])  # 45 tokens -> 48
+    assert batch["input_ids"].shape == (1, 48) and batch["labels"][0, 45:].tolist() == [-100] * 3
+    assert batch["attention_mask"][0].sum() == 45 and batch["position_ids"][0].tolist() == list(range(48))
+
+
+@pytest.mark.slow
+def test_sft_run_with_two_slices_trains_like_one_process(tiny_llama_dir, tmp_path):
+    """`torchrun --nproc-per-node 2 -m sft.run --context-parallel 2` logs the losses and gradient norms of one process
+    training whole samples (the padded length, 48, already cuts into 2 slices of whole groups, so G is the same)."""
+    import json
+    import subprocess
+    import sys
+
+    import yaml
+
+    from schemas.train import TrainConfig
+    from sft.train import run
+    from tests.sft.test_data import write_tokenized
+    from tests.sft.test_distributed import ROOT, launch_env
+
+    data = write_tokenized(tmp_path / "built", [24, 32, 40, 48])  # one batch of all 4: the same samples every step
+    common = dict(model=tiny_llama_dir, data=data, max_length=64, max_steps=2, save_steps=2, learning_rate=1e-2,
+                  warmup_steps=0, bf16=False, per_device_batch_size=4, seed=0, eval_samples=0)
+    single = run(TrainConfig(**common, output_dir=str(tmp_path / "single")))
+    recipe = tmp_path / "cp.yaml"
+    recipe.write_text(yaml.safe_dump({**common, "output_dir": str(tmp_path / "cp"), "context_parallel": 2}))
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc-per-node", "2", "-m", "sft.run",
+           "--config", str(recipe)]
+    proc = subprocess.run(cmd, cwd=ROOT, env=launch_env(), capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    assert "every sample cut into 2 slices, 1 data-parallel replica(s)" in proc.stdout
+
+    def logged(folder):
+        lines = [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
+        return [value for line in lines if "loss" in line for value in (line["loss"], line["grad_norm"])]
+
+    expected = logged(single.output_dir)
+    assert len(expected) == 4  # 2 steps, each a loss and a gradient norm
+    assert logged(tmp_path / "cp") == pytest.approx(expected, rel=1e-4)
