@@ -154,6 +154,7 @@ def train_problems(cfg) -> list[str]:
     from schemas.build import BuildConfig
     from schemas.errors import ConfigError
     from schemas.resolve import load_recipe, resolve
+    from schemas.train import context_parallel_launch_problems
 
     problems = _present(model_problem("model", cfg.model))
     refs = cfg.data if isinstance(cfg.data, list) else [cfg.data]
@@ -178,6 +179,8 @@ def train_problems(cfg) -> list[str]:
                             f"python -m longqa.build --out {ref}, or a save_to_disk folder)")
     if isinstance(cfg.deepspeed, str) and not Path(cfg.deepspeed).is_file():
         problems.append(f"deepspeed: {cfg.deepspeed} is not a file (shipped: configs/deepspeed/zero2.json, zero3.json)")
+    # the launch (torchrun/accelerate set WORLD_SIZE): whole context-parallel groups (issue 14)
+    problems += context_parallel_launch_problems(cfg.context_parallel, int(os.environ.get("WORLD_SIZE", "1")))
     if isinstance(cfg.output_dir, str):
         output_dir = Path(cfg.output_dir)
         checkpoints = sorted(output_dir.glob("checkpoint-*")) if output_dir.is_dir() else []

@@ -290,3 +290,13 @@ def context_parallel_problems(cfg: TrainConfig) -> list[str]:
 
 def group_size_text(cfg: TrainConfig) -> str:
     return f"group_size_ratio {cfg.group_size_ratio} x {cfg.max_length}"
+
+
+def context_parallel_launch_problems(size: int, world_size: int) -> list[str]:
+    """``context_parallel: size`` under a launch of ``world_size`` processes: groups of P consecutive ranks."""
+    if size == 1 or world_size % size == 0:
+        return []
+    return [f"context_parallel: {size} needs a launch of a multiple of {size} processes (P x data-parallel replicas), "
+            f"got a world size of {world_size}; e.g. torchrun --nproc-per-node {size} -m sft.run ... "
+            f"--context-parallel {size}"]
+

@@ -45,7 +45,7 @@ import torch
 import torch.distributed as dist
 
 from schemas.errors import ConfigError
-from schemas.train import cp_length_works
+from schemas.train import context_parallel_launch_problems, cp_length_works
 from sft import s2attn
 
 #: attribute of the attention modules that holds their :class:`ContextParallel` (set by :func:`attach`)
@@ -353,14 +353,14 @@ class ContextParallelCollator:
 
 def setup(size: int) -> ContextParallel | None:
     """This process's place for ``context_parallel: size`` (None when 1), from the launcher's ``RANK`` and
-    ``WORLD_SIZE``. A world size that is not a multiple of ``size`` is a :class:`schemas.errors.ConfigError`."""
+    ``WORLD_SIZE``. A world size that is not a multiple of ``size`` is a :class:`schemas.errors.ConfigError` (the
+    command line reports it with the other configuration problems, before this runs)."""
     if size == 1:
         return None
     world, rank = int(os.environ.get("WORLD_SIZE", "1")), int(os.environ.get("RANK", "0"))
-    if world % size:
-        launch = (f"torchrun --nproc-per-node {size} -m sft.run ... --context-parallel {size}")
-        raise ConfigError(f"context_parallel: {size} needs a launch of a multiple of {size} processes (P x data-parallel "
-                          f"replicas), got a world size of {world}; e.g. {launch}")
+    problems = context_parallel_launch_problems(size, world)
+    if problems:
+        raise ConfigError("\n".join(problems))
     return ContextParallel.for_rank(rank, size)
 
 

@@ -331,3 +331,17 @@ def test_sft_run_with_two_slices_trains_like_one_process(tiny_llama_dir, tmp_pat
     expected = logged(single.output_dir)
     assert len(expected) == 4  # 2 steps, each a loss and a gradient norm
     assert logged(tmp_path / "cp") == pytest.approx(expected, rel=1e-4)
+
+
+def test_command_line_flag_and_launch_check(monkeypatch, tmp_path, capsys):
+    from sft.run import main
+    from tests.sft.test_data import write_tokenized
+
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    given = ["--data", write_tokenized(tmp_path / "built", [20]), "--output-dir", str(tmp_path / "run"),
+             "--print-config"]
+    assert main(["--context-parallel", "2", *given]) == 0
+    assert "context_parallel: 2" in capsys.readouterr().out
+    assert main(["--context-parallel", "4", "--max-length", "4098", *given]) == 2
+    err = capsys.readouterr().err
+    assert "needs a launch of a multiple of 4 processes" in err and "max_length 4098 / 4" in err
