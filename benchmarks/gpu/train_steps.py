@@ -20,6 +20,10 @@ Packing on/off (issue 13, ``--packing``, on by default): at each length N, four 
 trained one a step (packing off, S2 group 1/4 of each sample) and packed into one row of N (``sft.packing``: positions
 restart per sample, S2 group N/4, segments restarting at every sample; no N x N mask); tokens/s of the same samples.
 
+Then, for S2-Attn alone, the longest sample one device holds (context parallelism P = 1, ``--longest-cap``): lengths
+doubled from twice the longest ``--lengths`` until a step runs out of memory, so that a multi-GPU machine can compare
+``context_parallel: P`` runs against it.
+
 ``--cpu-smoke`` runs the same code on the CPU at 128/256 tokens, one measured step, with a 2-layer random Llama (or
 the ``--model`` given), to check the script where there is no GPU:
 ``python benchmarks/gpu/train_steps.py --cpu-smoke --out /tmp/smoke.md``.
@@ -69,6 +73,10 @@ def parse_args(argv=None) -> argparse.Namespace:
                    help="also measure packing on/off with S2-Attn (four samples one a step vs one packed row)")
     p.add_argument("--out", type=Path, default=None, help="markdown report (default under benchmarks/results/)")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny random Llama on the CPU at 128/256 tokens")
+    p.add_argument("--longest-cap", type=int, default=None,
+                   help="S2-Attn on one device (context parallelism P = 1): double the longest --lengths value until "
+                   "a step runs out of memory or reaches this many tokens, and report the longest that fits "
+                   "(default: 1048576 on a GPU, 1024 with --cpu-smoke; 0: skip)")
     args = p.parse_args(argv)
     if args.cpu_smoke:
         args.model, args.lengths, args.repeats, args.backends = args.model or "smoke", [128, 256], 1, ["sdpa"]
@@ -215,6 +223,23 @@ def measure_packing(config, ref, n: int, backend: str, args, device: str) -> dic
             torch.cuda.empty_cache()
 
 
+def longest_fitting(config, ref, args, device: str) -> dict | None:
+    """S2-Attn (first backend) on one device, P = 1 of ``sft.context_parallel``: the longest of ``2^k x max(lengths)``
+    up to ``--longest-cap`` whose step fits in memory, with its measurement (``{"n": ..., ...}``), or None when even the
+    first doubling does not fit. A multi-GPU machine compares ``context_parallel: P`` runs against this."""
+    cap = args.longest_cap if args.longest_cap is not None else (1024 if device == "cpu" else 1 << 20)
+    backend = variants(args)[0][1]
+    best, n = None, max(args.lengths) * 2
+    while cap and n <= cap:
+        result = measure(config, ref, n, "s2", backend, args, device)
+        shown = result.get("error") or f"{result['step']:.3f} s/step"
+        print(f"longest on one device (P = 1): N={n} {backend} s2: {shown}", flush=True)
+        if "error" in result:
+            break
+        best, n = {"n": n, "kind": "s2", "backend": backend, **result}, n * 2
+    return best
+
+
 def _sync(on_gpu: bool) -> None:
     if on_gpu:
         torch.cuda.synchronize()
@@ -291,13 +316,31 @@ def main(argv=None) -> int:
                 packed_rows.append({"n": n, "backend": backend, **result})
                 shown = result.get("error") or f"off {result['off']:.0f}, on {result['on']:.0f} tokens/s"
                 print(f"N={n} {backend} packing: {shown}", flush=True)
-    text = report(rows, args, device, note, packed_rows)
+    longest = longest_fitting(config, ref, args, device)
+    text = report(rows, args, device, note, packed_rows) + longest_section(longest, args, device)
     print(text)
     out = args.out or ROOT / "benchmarks/results" / f"train_steps_{slug(device_name(device))}.md"
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(text)
     print(f"wrote {out}")
     return 0
+
+
+def longest_section(best: dict | None, args, device: str) -> str:
+    """The markdown lines of :func:`longest_fitting` (empty when it was skipped)."""
+    cap = args.longest_cap if args.longest_cap is not None else (1024 if device == "cpu" else 1 << 20)
+    if not cap:
+        return ""
+    lines = ["", "## Longest sample on one device (context parallelism P = 1)", "",
+             f"S2-Attn, {'activation checkpointing' if args.gradient_checkpointing else 'no activation checkpointing'}; "
+             f"lengths doubled from {2 * max(args.lengths)} up to {cap} until a step runs out of memory. "
+             "`torchrun --nproc-per-node P -m sft.run --context-parallel P` splits each sample over P GPUs "
+             "(`sft/context_parallel.py`).", ""]
+    if best is None:
+        return "\n".join(lines + [f"Not even {2 * max(args.lengths)} tokens fit.", ""])
+    peak = f"{best['peak_gib']:.2f} GiB peak" if best["peak_gib"] is not None else "peak n/a"
+    return "\n".join(lines + [f"Longest that fits: **{best['n']} tokens** ({best['backend']}): {best['step']:.3f} s a "
+                              f"step, {peak}, {best['tokens_s']:.0f} tokens/s.", ""])
 
 
 def slug(text: str) -> str:
