@@ -279,6 +279,9 @@ def context_parallel_problems(cfg: TrainConfig) -> list[str]:
         lengths = ", ".join(map(str, cp_working_lengths(cfg.max_length, size, cfg.group_size_ratio))) or "none nearby"
         problems.append(f"context_parallel: max_length {cfg.max_length} / {size} is not a whole number of S2-Attn "
                         f"groups (G = {group_size_text(cfg)} = {group}); max_length values that work: {lengths}")
+    if cfg.packing:
+        problems.append(f"context_parallel: {size} needs unpacked rows (packing: false): a packed sample may start "
+                        "anywhere in a slice, so its S2-Attn segments would not line up with the slice boundaries")
     if cfg.loss_reduction != "token":
         problems.append(f"context_parallel: {size} supports loss_reduction: token only (a sample's tokens are spread "
                         "over the ranks of its group; the per-sample mean is not implemented for slices)")

@@ -266,9 +266,10 @@ def test_config_reports_every_context_parallel_problem_at_once():
 
     assert TrainConfig(context_parallel=4, max_length=4096).context_parallel == 4  # G = 1024 = 4096 / 4
     with pytest.raises(ValidationError) as error:
-        TrainConfig(context_parallel=2, max_length=4098, wrap="roll", loss_reduction="sample")
+        TrainConfig(context_parallel=2, max_length=4098, wrap="roll", loss_reduction="sample", packing=True)
     message = str(error.value)
     assert "needs wrap: none" in message and "loss_reduction: token only" in message
+    assert "needs unpacked rows (packing: false)" in message
     assert "max_length 4098 / 2 is not a whole number of S2-Attn groups" in message
     assert "max_length values that work: 4092, 4096, 4100, 4104" in message
     with pytest.raises(ValidationError, match="shorter than one S2-Attn group .* lower group_size_ratio to 1/8"):
