@@ -179,23 +179,24 @@ def report(rows: list[dict], args, command: str) -> str:
         f"{args.repeats} after a warm-up",
         "- memory: peak resident set of the rank (max over the ranks), and its growth over the resident set before the "
         "first step (the step's own memory); ratio = that growth against P = 1",
-        "- bytes: per layer and rank, forward halo (measured at the exchange) + backward gradient (measured); ring "
-        "attention's forward alone: (P-1)/P of the keys and values (computed)",
+        "- bytes: per layer and rank, measured at the exchange (tensor bytes handed to isend): the forward halo, and "
+        "forward halo + backward gradient of the rank that sends most (a middle rank sends both); ring attention's "
+        "forward alone: (P-1)/P of the keys and values (computed, float32, same KV heads)",
         "",
-        "| N | P | peak RSS / rank (GiB) | step memory / rank (GiB) | vs P=1 | sent / layer / rank, fwd + bwd (KiB) "
-        "| ring attention fwd / layer / rank (KiB) | ratio | step (s) |",
-        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| N | P | peak RSS / rank (GiB) | step memory / rank (GiB) | vs P=1 | halo sent fwd / layer / rank (KiB) "
+        "| fwd + bwd, busiest rank (KiB) | ring attention fwd / layer / rank (KiB) | halo / ring (fwd) | step (s) |",
+        "|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     single = {r["n"]: r for r in rows if r["size"] == 1}
     for r in rows:
         base = single.get(r["n"])
         versus = f"{r['step_mem'] / base['step_mem']:.2f}x" if base else "-"
-        sent = (r["bytes_forward"] + r["bytes_backward"]) / args.layers
+        sent = r["bytes"] / args.layers
         ring = ring_bytes(r["n"], r["size"], args)
-        ratio = f"1/{ring / sent:.0f}" if sent else "-"
+        ratio = f"1/{ring / (r['bytes_forward'] / args.layers):.0f}" if r["bytes_forward"] else "-"
         lines.append(f"| {r['n']} | {r['size']} | {r['peak'] / gib:.2f} | {r['step_mem'] / gib:.2f} | {versus} | "
-                     f"{r['bytes_forward'] / args.layers / 1024:.0f} + {r['bytes_backward'] / args.layers / 1024:.0f} | "
-                     f"{ring / 1024:.0f} | {ratio} | {r['time']:.2f} |")
+                     f"{r['bytes_forward'] / args.layers / 1024:.0f} | {sent / 1024:.0f} | {ring / 1024:.0f} | {ratio} | "
+                     f"{r['time']:.2f} |")
     return "\n".join(lines) + "\n"
 
 
@@ -203,8 +204,8 @@ def summarise(results: list[dict]) -> dict:
     """One row of a run: the worst rank's memory, the busiest rank's bytes (a middle rank sends both ways)."""
     return {"n": results[0]["n"], "size": results[0]["size"], "peak": max(r["peak"] for r in results),
             "step_mem": max(r["peak"] - r["baseline"] for r in results),
+            "bytes": max(r["bytes_forward"] + r["bytes_backward"] for r in results),
             "bytes_forward": max(r["bytes_forward"] for r in results),
-            "bytes_backward": max(r["bytes_backward"] for r in results),
             "time": statistics.median(max(r["times"][i] for r in results) for i in range(len(results[0]["times"])))}
 
 
@@ -217,7 +218,7 @@ def main(argv=None) -> int:
             rows.append(summarise(run(size, n, args)))
             r = rows[-1]
             print(f"N={n} P={size}: peak {r['peak'] / 2**30:.2f} GiB, step memory {r['step_mem'] / 2**30:.2f} GiB, "
-                  f"sent {r['bytes_forward'] + r['bytes_backward']} B, step {r['time']:.2f} s", flush=True)
+                  f"sent {r['bytes']} B, step {r['time']:.2f} s", flush=True)
     command = "python benchmarks/context_parallel.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = report(rows, args, command.strip())
     print(text)
