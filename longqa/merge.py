@@ -14,7 +14,8 @@ import datasets
 
 from longqa.describe import describe
 from longqa.manifest import Tally
-from longqa.write import DATASETS, atomic_output, save_dict
+from longqa.atomic import atomic_output
+from longqa.write import DATASETS, save_dict
 from schemas import BuildConfig
 from schemas.cli import Command, Options
 from schemas.errors import ConfigError

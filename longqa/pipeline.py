@@ -25,7 +25,8 @@ from longqa.render import Renderer, Rendered
 from longqa.split import SPLITS, Deduplicator, Splitter, shard_of
 from longqa.tokenize import Encoded, OverBudget
 from longqa.validate import reject_record, validate
-from longqa.write import DATASETS, StreamWriter, atomic_output, list_array, save_datasets
+from longqa.atomic import atomic_output
+from longqa.write import DATASETS, StreamWriter, list_array, save_datasets
 from schemas import BuildConfig, Record, Reject
 from schemas.errors import ConfigError
 

@@ -15,8 +15,8 @@ import numpy as np
 
 from longqa.render import Rendered
 from longqa.truncation import middle_split
+from schemas.labels import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 
 
 @dataclass

@@ -7,10 +7,6 @@ temporary folder beside the target and renamed into place only when complete: a 
 from __future__ import annotations
 
 import contextlib
-import hashlib
-import json
-import os
-import shutil
 from pathlib import Path
 from typing import Iterator
 
@@ -21,88 +17,6 @@ import pyarrow as pa
 from schemas.arrow import TEXT_FEATURES, TOKENIZED_FEATURES
 
 DATASETS = {"text": TEXT_FEATURES, "tokenized": TOKENIZED_FEATURES}
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
-
-
-@contextlib.contextmanager
-def atomic_output(out: Path) -> Iterator[Path]:
-    """Yield a temporary folder beside `out`; on success it replaces `out`, on failure it is removed.
-
-    Leftovers of killed builds (their process gone) are removed first, so a rerun succeeds.
-    """
-    out = out.resolve()
-    out.parent.mkdir(parents=True, exist_ok=True)
-    for stale in out.parent.glob(f".{out.name}.partial-*"):
-        pid = stale.name.rsplit("-", 1)[-1]
-        if pid.isdigit() and not _pid_alive(int(pid)):
-            shutil.rmtree(stale, ignore_errors=True)
-    tmp = out.parent / f".{out.name}.partial-{os.getpid()}"
-    shutil.rmtree(tmp, ignore_errors=True)
-    tmp.mkdir()
-    try:
-        yield tmp
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
-    replace_dir(tmp, out)
-
-
-def replace_dir(new: Path, out: Path) -> None:
-    """Put the folder `new` in the place of `out`, never leaving a moment without `out`: when `out` exists the two are
-    swapped in one atomic step (Linux ``renameat2(RENAME_EXCHANGE)``), then the old copy (now at `new`) is removed.
-    Where that call is missing, the old one is renamed aside first (two renames, microseconds apart)."""
-    if not out.exists():
-        new.rename(out)
-        return
-    if _exchange(new, out):
-        shutil.rmtree(new, ignore_errors=True)
-        return
-    old = out.parent / f".{out.name}.old-{os.getpid()}"
-    out.rename(old)
-    new.rename(out)
-    shutil.rmtree(old, ignore_errors=True)
-
-
-def _exchange(a: Path, b: Path) -> bool:
-    """Swap two paths atomically (Linux renameat2 with RENAME_EXCHANGE); False where that is not available."""
-    import ctypes
-    import ctypes.util
-
-    try:
-        libc = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6", use_errno=True)
-        renameat2 = libc.renameat2
-    except (OSError, AttributeError):
-        return False
-    at_fdcwd, rename_exchange = -100, 2
-    return renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0
-
-
-class RowHasher:
-    """Fingerprint of a split's rows, independent of batching and sharding (rows hashed one by one, in order)."""
-
-    def __init__(self):
-        self._h = hashlib.sha256()
-
-    def update_text(self, row: dict) -> None:
-        self._h.update(json.dumps(row, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"))
-
-    def update_tokens(self, row_id: str, input_ids: np.ndarray, labels: np.ndarray) -> None:
-        self._h.update(row_id.encode())
-        self._h.update(np.ascontiguousarray(input_ids, dtype=np.int32).tobytes())
-        self._h.update(np.ascontiguousarray(labels, dtype=np.int32).tobytes())
-        self._h.update(b"\x00")
-
-    def hexdigest(self) -> str:
-        return self._h.hexdigest()
 
 
 class StreamWriter:

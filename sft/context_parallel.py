@@ -47,10 +47,10 @@ import torch.distributed as dist
 from schemas.errors import ConfigError
 from schemas.train import context_parallel_launch_problems, cp_length_works
 from sft import s2attn
+from schemas.labels import IGNORE_INDEX
 
 #: attribute of the attention modules that holds their :class:`ContextParallel` (set by :func:`attach`)
 ATTR = "context_parallel"
-IGNORE_INDEX = -100
 _TAG_FORWARD, _TAG_BACKWARD = 14, 15  # keep the halo stream and the gradient stream apart
 
 

@@ -22,8 +22,8 @@ import datasets
 import torch
 
 from schemas.errors import DataError  # noqa: F401 (the training data cannot be used as configured; re-exported)
+from schemas.labels import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 #: Columns the trainer keeps; everything else of the built dataset is provenance.
 TRAIN_COLUMNS = ("input_ids", "labels", "length")
 TEXT_SUFFIXES = (".txt", ".md", ".jsonl")

@@ -40,8 +40,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
+from schemas.labels import IGNORE_INDEX
 
-IGNORE_INDEX = -100
 #: tokens per LM-head call: 2048 x 49k vocabulary x 4 bytes = 0.4 GB of float32 logits for SmolLM2
 DEFAULT_CHUNK_SIZE = 2048
 Reduction = Literal["token", "sample"]

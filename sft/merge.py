@@ -44,8 +44,8 @@ DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch
 
 def _write_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
     """Run `write(tmp)` on a temporary sibling folder, then put it in the place of `out_dir` (the old one is removed
-    only once the new one is in place: :func:`longqa.write.atomic_output`)."""
-    from longqa.write import atomic_output
+    only once the new one is in place: :func:`longqa.atomic.atomic_output`)."""
+    from longqa.atomic import atomic_output
 
     out = Path(out_dir)
     with atomic_output(out) as tmp:

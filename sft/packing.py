@@ -30,8 +30,8 @@ from dataclasses import dataclass
 import torch
 
 from schemas.errors import DataError
+from schemas.labels import IGNORE_INDEX
 
-IGNORE_INDEX = -100  # as sft.data (imported lazily: benchmarks/gpu uses this module without `datasets`)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -14,6 +14,7 @@ from typing import Any
 
 from schemas.errors import DataError
 from schemas.eval import QAConfig
+from longqa.atomic import write_text
 from longqa.truncation import middle_keep
 from sft.evaluation.generate import GenerationStats, greedy_generate
 from sft.evaluation.metrics import bucket_label, bucket_labels, mean_scores, score
@@ -232,10 +233,7 @@ def evaluate_qa(model, tokenizer, examples: Sequence[QAExample], cfg: QAConfig, 
                      "prompt_tokens": prompt.n_tokens, "truncated": prompt.truncated,
                      "bucket": bucket_label(prompt.n_tokens, length_buckets)})
     if predictions_path is not None:
-        predictions_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = predictions_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        tmp.replace(predictions_path)
+        write_text(predictions_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     buckets = {label: mean_scores([r for r in rows if r["bucket"] == label]) for label in bucket_labels(length_buckets)}
     return {"overall": mean_scores(rows), "buckets": {k: v for k, v in buckets.items() if v["n"]},
             "truncated": sum(r["truncated"] for r in rows), "truncation": cfg.truncation, "window": window,

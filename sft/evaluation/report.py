@@ -9,10 +9,11 @@ from __future__ import annotations
 
 import json
 import math
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
+
+from longqa.atomic import atomic_file, write_text
 
 
 def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
@@ -22,15 +23,9 @@ def write_report(report: dict[str, Any], out: str | Path) -> dict[str, Path]:
     out.mkdir(parents=True, exist_ok=True)
     paths = plot_all(report, out)
     report = {**report, "plots": {k: p.name for k, p in paths.items()}}
-    _atomic_text(out / "report.md", markdown(report))
-    _atomic_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
+    write_text(out / "report.md", markdown(report))
+    write_text(out / "report.json", json.dumps(report, indent=2, ensure_ascii=False) + "\n")
     return {**paths, "markdown": out / "report.md", "json": out / "report.json"}
-
-
-def _atomic_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -265,10 +260,9 @@ def plot_all(report: dict[str, Any], out: Path) -> dict[str, Path]:
 def _save(fig, path: Path) -> Path:
     import matplotlib.pyplot as plt
 
-    tmp = path.with_name(f".{path.stem}.tmp.png")
-    fig.savefig(tmp, dpi=110)
+    with atomic_file(path) as tmp:
+        fig.savefig(tmp, dpi=110)
     plt.close(fig)
-    os.replace(tmp, path)
     return path
 
 

@@ -12,7 +12,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from schemas.build import InputSpec
+from schemas.build import BuildConfig, InputSpec
 from schemas.records import Record, Reject
 
 Row = Mapping[str, Any] | str | bytes
@@ -166,3 +166,18 @@ def split_items(items: Iterable[Record | Reject]) -> tuple[list[Record], list[Re
     for item in items:
         (rejects if isinstance(item, Reject) else records).append(item)
     return records, rejects
+
+
+def corpus(path: Path, n_docs: int = 20, per_doc: int = 3, extra: list | None = None) -> Path:
+    rows = [longbench_row(document(d), f"What is fact{d}-{q}?", [f"answer {d}-{q}"], _id=f"d{d}q{q}")
+            for d in range(n_docs) for q in range(per_doc)]
+    return write_longbench(path, rows + (extra or []))
+
+
+def cfg_for(tmp_path: Path, tokenizer: str, inputs: list[Path], **kw) -> BuildConfig:
+    return BuildConfig(inputs=[{"path": str(p), "format": "longbench"} for p in inputs], tokenizer=tokenizer,
+                       out=str(tmp_path / kw.pop("out_name", "out")), max_length=kw.pop("max_length", 512), **kw)
+
+
+def document(i: int, words: int = 120) -> str:
+    return f"Document {i}. " + " ".join(f"fact{i}-{k} is about the Normans." for k in range(words // 5))

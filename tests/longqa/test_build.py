@@ -17,25 +17,9 @@ import yaml
 from longqa.build import main as build_main
 from longqa.merge import main as merge_main
 from longqa.pipeline import build
-from schemas import BuildConfig
-from tests.longqa.fixtures import longbench_row, write_longbench
+from tests.longqa.fixtures import cfg_for, corpus, document
 
 ROOT = Path(__file__).resolve().parents[2]
-
-
-def document(i: int, words: int = 120) -> str:
-    return f"Document {i}. " + " ".join(f"fact{i}-{k} is about the Normans." for k in range(words // 5))
-
-
-def corpus(path: Path, n_docs: int = 20, per_doc: int = 3, extra: list | None = None) -> Path:
-    rows = [longbench_row(document(d), f"What is fact{d}-{q}?", [f"answer {d}-{q}"], _id=f"d{d}q{q}")
-            for d in range(n_docs) for q in range(per_doc)]
-    return write_longbench(path, rows + (extra or []))
-
-
-def cfg_for(tmp_path: Path, tokenizer: str, inputs: list[Path], **kw) -> BuildConfig:
-    return BuildConfig(inputs=[{"path": str(p), "format": "longbench"} for p in inputs], tokenizer=tokenizer,
-                       out=str(tmp_path / kw.pop("out_name", "out")), max_length=kw.pop("max_length", 512), **kw)
 
 
 def manifest(out: Path) -> dict:
@@ -168,8 +152,9 @@ def test_killed_build_leaves_no_half_output(tmp_path, tiny_tokenizer_path):
             "--quiet"]
     proc = subprocess.Popen([sys.executable, "-c", SLOW_BUILD, *args, "--max-length", "512"], cwd=ROOT,
                             env={**os.environ, "PYTHONPATH": str(ROOT)})
-    deadline = time.time() + 60
-    while not list(tmp_path.glob(".out.partial-*/rejects.jsonl")) and time.time() < deadline:
+    deadline = time.time() + 900  # a hang guard: the test waits on the event (rejects.jsonl written), not the clock
+    while not list(tmp_path.glob(".out.partial-*/rejects.jsonl")):
+        assert proc.poll() is None and time.time() < deadline, "the build ended or hung before writing rejects.jsonl"
         time.sleep(0.05)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()

@@ -3,23 +3,12 @@ from __future__ import annotations
 
 import json
 
-import datasets
 import pytest
 import torch
 
-from sft.data import (IGNORE_INDEX, TRAIN_COLUMNS, DataError, PadCollator, chunk_token_streams, load_extend_dataset,
+from sft.data import (TRAIN_COLUMNS, DataError, PadCollator, chunk_token_streams, load_extend_dataset,
                       load_sft_dataset, pad_token_id)
-
-
-def write_tokenized(folder, lengths: list[int], *, split: str = "train") -> str:
-    """A builder-like output folder: DIR/tokenized is a DatasetDict; labels mask all but the last 2 tokens."""
-    rows = []
-    for i, n in enumerate(lengths):
-        ids = [3 + (i + j) % 50 for j in range(n)]
-        rows.append({"id": f"s{i}", "doc_id": "d", "input_ids": ids, "labels": [IGNORE_INDEX] * (n - 2) + ids[-2:],
-                     "length": n, "n_doc_tokens": n - 4, "n_doc_tokens_dropped": 0, "seq": i})
-    datasets.DatasetDict({split: datasets.Dataset.from_list(rows)}).save_to_disk(str(folder / "tokenized"))
-    return str(folder)
+from tests.sft.conftest import write_tokenized
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -13,7 +13,7 @@ import torch
 import yaml
 
 from tests.sft.loss_probe import step
-from tests.sft.test_distributed import launch_env
+from tests.sft.conftest import launch_env
 
 ROOT = Path(__file__).resolve().parents[2]
 ANSWERS = [1, 3, 8, 20]  # supervised tokens of the 4 samples (all 40 tokens long): the two reductions differ

@@ -164,7 +164,7 @@ def test_replacing_an_output_never_leaves_a_moment_without_it(tmp_path, monkeypa
     """sft.merge writes into a temporary folder and swaps it with the old output; the old one is deleted only after."""
     import shutil
 
-    from longqa import write
+    from longqa import atomic
     from sft.merge import _write_atomically
 
     out = tmp_path / "merged"
@@ -173,7 +173,7 @@ def test_replacing_an_output_never_leaves_a_moment_without_it(tmp_path, monkeypa
     present = []
     real_rename, real_rmtree = Path.rename, shutil.rmtree
     monkeypatch.setattr(Path, "rename", lambda self, target: (present.append(out.is_dir()), real_rename(self, target))[1])
-    monkeypatch.setattr(write.shutil, "rmtree", lambda path, **kw: (present.append(out.is_dir()), real_rmtree(path, **kw)))
+    monkeypatch.setattr(atomic.shutil, "rmtree", lambda path, **kw: (present.append(out.is_dir()), real_rmtree(path, **kw)))
 
     _write_atomically(out, lambda tmp: (tmp / "config.json").write_text("new"))
     assert (out / "config.json").read_text() == "new" and present and all(present)

@@ -283,8 +283,7 @@ def test_sft_training_on_packed_rows_reports_its_layout(tiny_llama_dir, tmp_path
     import logging
 
     from sft.train import run
-    from tests.sft.test_data import write_tokenized
-    from tests.sft.test_train import config
+    from tests.sft.conftest import config, write_tokenized
 
     built = write_tokenized(tmp_path / "built", [20, 24, 28, 30, 36, 40, 44, 48, 52, 60, 600])
     collated = []
@@ -311,7 +310,7 @@ def test_sft_training_on_packed_rows_reports_its_layout(tiny_llama_dir, tmp_path
 
 def test_extend_training_packs_documents_with_full_attention(tiny_llama_dir, tmp_path):
     from sft.train import run
-    from tests.sft.test_train import config
+    from tests.sft.conftest import config
 
     (tmp_path / "text").mkdir()
     for k, words in enumerate((10, 25, 40, 70)):

@@ -14,7 +14,7 @@ from transformers import TrainerCallback
 from schemas.train import TrainConfig
 from sft import run as cli
 from sft.train import NonFiniteLoss, run, training_arguments
-from tests.sft.test_data import write_tokenized
+from tests.sft.conftest import config, write_tokenized
 
 ROOT = Path(__file__).resolve().parents[2]
 LENGTHS = [20, 24, 28, 30, 36, 40, 44, 48, 52, 60, 600]  # the 600-token sample exceeds max_length: dropped, counted
@@ -23,13 +23,6 @@ LENGTHS = [20, 24, 28, 30, 36, 40, 44, 48, 52, 60, 600]  # the 600-token sample 
 @pytest.fixture(scope="module")
 def built(tmp_path_factory):
     return write_tokenized(tmp_path_factory.mktemp("built"), LENGTHS)
-
-
-def config(model: str, data: str, out: Path, **overrides) -> TrainConfig:
-    """A tiny run: 64-token context grown to 512 by RoPE interpolation (the tiny Llama has 256 positions)."""
-    settings = dict(model=model, data=data, output_dir=str(out), max_length=512, max_steps=3, save_steps=2,
-                    learning_rate=1e-3, warmup_steps=0, bf16=False, per_device_batch_size=2, seed=0)
-    return TrainConfig(**{**settings, **overrides})
 
 
 def metric_lines(out: Path) -> list[dict]:
@@ -236,7 +229,7 @@ def test_default_run_on_the_default_build(tmp_path, default_build):
 
 def test_sft_on_a_build_recipe_builds_it_on_the_fly(tmp_path, tiny_llama_dir):
     """`data: recipe.yaml` builds the recipe into output_dir/data, trains on it, and reuses it on the next run."""
-    from tests.longqa.test_build import corpus
+    from tests.longqa.fixtures import corpus
 
     src = corpus(tmp_path / "lb.jsonl", n_docs=6)
     recipe = tmp_path / "recipe.yaml"
