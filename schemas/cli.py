@@ -45,8 +45,9 @@ from schemas.resolve import PathCheck, apply_overrides, check, load_recipe, repo
 
 log = logging.getLogger(__name__)
 
-#: the packages whose loggers :func:`setup_logging` sets to the command's level (libraries stay at WARNING)
-PACKAGES = ("longqa", "sft", "schemas", "benchmarks")
+#: the loggers :func:`setup_logging` sets to the command's level (libraries stay at WARNING); "__main__" is the
+#: command's own module under `python -m`
+PACKAGES = ("longqa", "sft", "schemas", "benchmarks", "__main__")
 NULL = "null"
 
 

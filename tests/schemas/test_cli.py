@@ -193,3 +193,17 @@ def test_every_error_class_is_a_user_error():
         assert issubclass(error, UserError), error
     assert importlib.import_module("sft.publish").PublishError is PublishError
     assert importlib.import_module("longqa.publish").PublishError is PublishError
+
+
+def test_a_command_run_as_a_module_logs_its_own_lines():
+    """Under `python -m` the command's module logger is `__main__`: its INFO lines show too."""
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    code = ("import logging, sys; from schemas.cli import setup_logging; setup_logging(); "
+            "logging.getLogger('__main__').info('own line')")
+    done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
+                          env={"PYTHONPATH": str(root), "PATH": ""})
+    assert done.stdout == "own line\n", done.stderr
