@@ -2,9 +2,11 @@
 package). Paths themselves are resolved by `schemas.paths` (re-exported here: `resolve_path`, `local_path`)."""
 from __future__ import annotations
 
+import contextlib
+from collections.abc import Iterator
 from dataclasses import dataclass
 
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, ModelError
 from schemas.paths import GGUF_SUFFIX, local_path, resolve_path  # noqa: F401 (re-exported)
 
 
@@ -23,6 +25,20 @@ class ModelSource:
     def kwargs(self) -> dict:
         """``from_pretrained`` arguments: GGUF files are converted by transformers, the rest must be safetensors."""
         return {"gguf_file": self.gguf_file} if self.gguf_file else {"use_safetensors": True}
+
+
+@contextlib.contextmanager
+def hub_errors(ref: str) -> Iterator[None]:
+    """Turn the OSError transformers raises for a Hub id it cannot fetch (offline, unknown, gated) into a ModelError
+    that names the reference and what to do. Errors of local files pass unchanged (they name their file)."""
+    try:
+        yield
+    except OSError as e:
+        if ref.startswith("pkg:") or local_path(ref) is not None:
+            raise
+        first = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise ModelError(f"{ref}: cannot be loaded as a Hub id ({first}); check the id and the network (HF_ENDPOINT, "
+                         f"HF_HUB_OFFLINE), or download it once (hf download {ref}) and give its folder") from None
 
 
 def resolve_source(ref: str) -> ModelSource:

@@ -18,7 +18,7 @@ from tqdm.auto import tqdm
 from longqa.describe import describe
 from longqa.manifest import Tally
 from longqa.mix import MixLog, sampled
-from longqa.paths import resolve_source
+from longqa.paths import hub_errors, resolve_source
 from longqa.readers import read_input
 from longqa.rejects import BuildError, RejectLog  # noqa: F401  (BuildError: re-exported)
 from longqa.render import Renderer, Rendered
@@ -38,7 +38,8 @@ def load_tokenizer(ref: str):
     from transformers import AutoTokenizer  # imported here: `import longqa` stays free of torch/transformers
 
     source = resolve_source(ref)
-    tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs())
+    with hub_errors(ref):
+        tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs())
     if not tokenizer.is_fast:
         raise ConfigError(f"tokenizer {ref}: a fast (Rust) tokenizer is required (tokenizer.json); give another --tokenizer")
     return tokenizer

@@ -324,6 +324,9 @@ class Command:
         setup_logging(quiet="--quiet" in argv, verbose="--verbose" in argv)
         try:
             cfg, problems, options = self.configure(argv)
+            if not options.progress:  # the libraries' own bars (GGUF conversion, datasets) read these when imported
+                os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+                os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
             if options.print_config:
                 print(yaml.safe_dump(_dump(cfg), sort_keys=False, allow_unicode=True), end="", flush=True)
             if problems:

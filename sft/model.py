@@ -20,7 +20,7 @@ import torch
 from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
 
-from longqa.paths import ModelSource, resolve_source  # noqa: F401 (ModelSource re-exported)
+from longqa.paths import ModelSource, hub_errors, resolve_source  # noqa: F401 (ModelSource re-exported)
 from schemas.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -42,13 +42,15 @@ class AdapterSetupError(ModelError):
 def load_config(ref: str) -> PretrainedConfig:
     """The transformers config of `ref` (for GGUF, the one transformers derives from the file's metadata)."""
     source = resolve_source(ref)
-    return AutoConfig.from_pretrained(source.location, **source.kwargs())
+    with hub_errors(ref):
+        return AutoConfig.from_pretrained(source.location, **source.kwargs())
 
 
 def load_tokenizer(ref: str):
     """The tokenizer of `ref` (for GGUF, rebuilt from the file's metadata, chat template included)."""
     source = resolve_source(ref)
-    return AutoTokenizer.from_pretrained(source.location, **source.kwargs())
+    with hub_errors(ref):
+        return AutoTokenizer.from_pretrained(source.location, **source.kwargs())
 
 
 def load_model(ref: str, *, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
@@ -68,7 +70,8 @@ def load_model(ref: str, *, dtype: torch.dtype = torch.float32, attn_implementat
         kwargs["attn_implementation"] = attn_implementation
     if config is not None:
         kwargs["config"] = config
-    model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
+    with hub_errors(ref):
+        model = AutoModelForCausalLM.from_pretrained(source.location, **kwargs)
     quantizer = getattr(model, "hf_quantizer", None)
     if source.gguf_file and quantizer is not None:  # weights are dequantized already; only the bookkeeping is left
         quantizer.remove_quantization_config(model)
