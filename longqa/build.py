@@ -39,7 +39,7 @@ def base_recipe(overrides: dict[str, Any]) -> tuple[dict[str, Any], str]:
         return default_recipe(), "default recipe"
     if "license" in overrides:
         overrides.setdefault("inputs.license", overrides["license"])
-    return {}, "flags"
+    return {}, "command line"
 
 
 COMMAND = Command("python -m longqa.build", __doc__, BuildConfig, paths=build_problems, aliases=ALIASES,

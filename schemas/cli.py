@@ -335,15 +335,20 @@ class Command:
                 return 0
             return body(cfg, options) or 0
         except UserError as e:
-            return fail(e, e.exit_code)
+            return fail(e, e.exit_code, trace="--verbose" in argv)
         except OSError as e:  # a file that cannot be read or written, a host that cannot be reached
-            return fail(e, 1)
+            return fail(e, 1, trace="--verbose" in argv)
         except KeyboardInterrupt:
             return fail("interrupted", 130)
 
 
-def fail(error: Exception | str, code: int) -> int:
-    """Print one ``error: …`` line (a ConfigError's problems follow, one a line) and return `code`."""
+def fail(error: Exception | str, code: int, trace: bool = False) -> int:
+    """Print one ``error: …`` line (a ConfigError's problems follow, one a line) and return `code`; with `trace`
+    (``--verbose``) the traceback first."""
+    if trace and isinstance(error, BaseException):
+        import traceback
+
+        traceback.print_exception(error, file=sys.stderr)
     if isinstance(error, OSError) and not isinstance(error, UserError):
         message = _os_message(error)
     else:
