@@ -6,7 +6,9 @@ loads without extra flags.
 
 Adapter folder layout::
 
-    adapter_config.json, adapter_model.safetensors   peft: LoRA factors + full embeddings and norms (modules_to_save);
+    adapter_config.json, adapter_model.safetensors   peft: LoRA factors, norms (modules_to_save) and the input
+                                                     embedding as trainable tokens over the whole vocabulary (a head
+                                                     tied to it is that tensor, saved once);
                                                      base_model_name_or_path = the model reference it was trained on
     tokenizer files, chat_template.jinja             the training tokenizer
     model_config/config.json                         the trained model's config: RoPE scaling, max_position_embeddings
@@ -33,7 +35,8 @@ from transformers import AutoConfig, AutoTokenizer
 from schemas.cli import Command, Options
 from schemas.merge import AdapterMergeConfig
 from schemas.paths import adapter_merge_problems
-from sft.model import AdapterSetupError, context_length, embeddings_tied, load_model, verify_lora_plus
+from sft.model import (AdapterSetupError, adapter_extras, context_length, embeddings_tied, load_model,
+                       verify_lora_plus)
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +66,7 @@ def save_adapter(model, tokenizer, out_dir: str | Path) -> Path:
     base = model.get_base_model()
 
     def write(tmp: Path) -> None:
-        # save_embedding_layers=False: embeddings are saved as modules_to_save already; "auto" would look the base up
+        # save_embedding_layers=False: the trained embedding is in the adapter already; "auto" would look the base up
         model.save_pretrained(str(tmp), save_embedding_layers=False)
         tokenizer.save_pretrained(str(tmp))
         published_config(base.config, keep_s2_attn=True).save_pretrained(str(tmp / CONFIG_SUBDIR))
@@ -95,7 +98,7 @@ def load_adapter(adapter_dir: str | Path, *, base: str | None = None, dtype: tor
     check_adapter_loaded(peft_model, adapter_dir)
     if is_trainable:
         lora = peft_model.peft_config[peft_model.active_adapter]
-        verify_lora_plus(peft_model, target_modules=sorted(lora.target_modules), extras=lora.modules_to_save or ())
+        verify_lora_plus(peft_model, target_modules=sorted(lora.target_modules), extras=adapter_extras(lora))
     tokenizer = AutoTokenizer.from_pretrained(str(adapter_dir))
     return peft_model, tokenizer
 

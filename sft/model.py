@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import importlib
 import logging
+import warnings
 from collections.abc import Callable, Sequence
 
 import torch
@@ -187,34 +188,51 @@ def add_lora_plus(model: PreTrainedModel, *, r: int = 8, alpha: int = 16, dropou
                   target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
                   trainable: Sequence[str] = ("embed", "norm")):
     """Wrap `model` in a peft ``PeftModel``: LoRA (rank `r`, scale ``alpha / r``) on `target_modules`, and the modules
-    of the `trainable` categories (embeddings, every normalization layer) trained fully as peft ``modules_to_save``.
+    of the `trainable` categories (embeddings, every normalization layer) trained fully.
 
-    Everything lands in one adapter folder on ``save_pretrained`` that ``PeftModel.from_pretrained`` loads. Tied
-    input/output embeddings stay tied (peft ``ensure_weight_tying``). The trainable set is verified
-    (:func:`verify_lora_plus`) and its size logged.
+    Norms (and an untied ``head``) are peft ``modules_to_save``. The input embedding is trained as peft trainable
+    tokens over the whole vocabulary (``trainable_token_indices``): the same as training the full matrix, and with
+    ``ensure_weight_tying`` an output embedding tied to it uses that one tensor and is saved once (issue 13: as a
+    ``modules_to_save`` pair peft wrote it twice, SmolLM2's adapter was 224 MB for a 98 MB model). Everything lands in
+    one adapter folder on ``save_pretrained`` that ``PeftModel.from_pretrained`` loads, with the tie intact. The
+    trainable set is verified (:func:`verify_lora_plus`) and its size logged.
     """
     from peft import LoraConfig, get_peft_model
 
     extras = extra_trainable_modules(model, trainable)
-    tie = _tied_embeddings(model) and model.get_input_embeddings() is not None and any(
-        model.get_submodule(n) is model.get_input_embeddings() for n in extras)
+    embedding = model.get_input_embeddings()
+    token_trained = [n for n in extras if model.get_submodule(n) is embedding]
+    tie = _tied_embeddings(model) and bool(token_trained)
+    head = model.get_output_embeddings()
+    full = [n for n in extras if n not in token_trained and not (tie and model.get_submodule(n) is head)]
     options = {}
+    if token_trained:
+        options["trainable_token_indices"] = {token_trained[0]: list(range(embedding.weight.shape[0]))}
     if tie:
         if "ensure_weight_tying" not in LoraConfig.__dataclass_fields__:
             raise AdapterSetupError("training tied embeddings needs a peft with LoraConfig(ensure_weight_tying=...)")
         options["ensure_weight_tying"] = True
     check_target_modules(model, target_modules)
     lora_config = LoraConfig(r=r, lora_alpha=alpha, lora_dropout=dropout, target_modules=list(target_modules),
-                             modules_to_save=extras, task_type="CAUSAL_LM", **options)
-    try:
-        peft_model = get_peft_model(model, lora_config)
-    except ValueError as e:  # peft's own checks of the LoRA config against the model
-        raise AdapterSetupError(f"LoRA set-up of {type(model).__name__}: {e}") from None
-    verify_lora_plus(peft_model, target_modules=target_modules, extras=extras)
+                             modules_to_save=full or None, task_type="CAUSAL_LM", **options)
+    with warnings.catch_warnings():  # peft looks for the tie in modules_to_save; here trainable tokens carry it
+        warnings.filterwarnings("ignore", message=".*ensure_weight_tying.*no tied modules")
+        try:
+            peft_model = get_peft_model(model, lora_config)
+        except ValueError as e:  # peft's own checks of the LoRA config against the model
+            raise AdapterSetupError(f"LoRA set-up of {type(model).__name__}: {e}") from None
+    verify_lora_plus(peft_model, target_modules=target_modules, extras=[*token_trained, *full])
     trained, total = trainable_parameters(peft_model)
     logger.info("LoRA+: %d trainable parameters of %d (%.2f%%): LoRA r=%d on %s, full %s (%d modules)",
                 trained, total, 100 * trained / total, r, ", ".join(target_modules), ", ".join(trainable), len(extras))
     return peft_model
+
+
+def adapter_extras(lora_config) -> list[str]:
+    """The fully trained modules a saved ``LoraConfig`` names: ``modules_to_save`` and the trainable-token layers."""
+    tokens = lora_config.trainable_token_indices
+    token_layers = list(tokens) if isinstance(tokens, dict) else ["embed_tokens"] if tokens else []
+    return [*token_layers, *(lora_config.modules_to_save or ())]
 
 
 def trainable_parameters(model: nn.Module) -> tuple[int, int]:
@@ -232,6 +250,7 @@ def verify_lora_plus(peft_model, *, target_modules: Sequence[str], extras: Seque
     of every `target_modules` layer plus the trainable copies of the `extras` modules, and tied embeddings are tied."""
     from peft.tuners.lora import LoraLayer
     from peft.utils import ModulesToSaveWrapper
+    from peft.utils.other import TrainableTokensWrapper
 
     adapter = peft_model.active_adapter
     base = peft_model.get_base_model()
@@ -243,13 +262,20 @@ def verify_lora_plus(peft_model, *, target_modules: Sequence[str], extras: Seque
             lora_layers.add(name.rsplit(".", 1)[-1])
             for sub in (module.lora_A[adapter], module.lora_B[adapter]):
                 expected.update((id(p), f"{name}.{n}") for n, p in sub.named_parameters())
-    wrapped = {name: module for name, module in base.named_modules() if isinstance(module, ModulesToSaveWrapper)}
+    wrapped = {name: module for name, module in base.named_modules()
+               if isinstance(module, (ModulesToSaveWrapper, TrainableTokensWrapper))}
     for name in extras:
-        module = wrapped.get(name)
+        module = wrapped.get(name) or next((m for n, m in wrapped.items() if n.endswith("." + name)), None)
         if module is None:
-            problems.append(f"{name} is not trained (no modules_to_save copy)")
-            continue
-        expected.update((id(p), f"{name}.{n}") for n, p in module.modules_to_save[adapter].named_parameters())
+            problems.append(f"{name} is not trained (no modules_to_save copy or trainable tokens)")
+        elif isinstance(module, TrainableTokensWrapper):  # the whole vocabulary, or it is not the full embedding
+            tokens = module.token_adapter
+            delta = tokens.trainable_tokens_delta[adapter]
+            expected[id(delta)] = f"{name}.token_adapter.trainable_tokens_delta"
+            if delta.shape[0] != tokens.base_layer.weight.shape[0]:
+                problems.append(f"{name} trains {delta.shape[0]} of {tokens.base_layer.weight.shape[0]} tokens")
+        else:
+            expected.update((id(p), f"{name}.{n}") for n, p in module.modules_to_save[adapter].named_parameters())
     missing_targets = sorted(set(target_modules) - lora_layers)
     if missing_targets:
         problems.append(f"no LoRA layer for target modules {missing_targets}")
@@ -278,7 +304,13 @@ def embeddings_tied(model: nn.Module) -> bool:
 
 def _active_weight(module: nn.Module) -> torch.Tensor:
     from peft.utils import ModulesToSaveWrapper
+    from peft.utils.other import TrainableTokensWrapper
 
+    if isinstance(module, TrainableTokensWrapper):  # a tied head shares the embedding's trainable tokens
+        tokens = module.token_adapter
+        if tokens.disable_adapters or not tokens.active_adapters or tokens.merged:
+            return tokens.base_layer.weight
+        return tokens.trainable_tokens_delta[tokens.active_adapters[0]]
     if isinstance(module, ModulesToSaveWrapper):
         if module.disable_adapters or not module.active_adapters:
             module = module.original_module
@@ -287,6 +319,6 @@ def _active_weight(module: nn.Module) -> torch.Tensor:
     return module.weight
 
 
-__all__ = ["AdapterSetupError", "ModelSource", "ROPE_KINDS", "add_lora_plus", "apply_rope_scaling", "context_length",
+__all__ = ["AdapterSetupError", "ModelSource", "ROPE_KINDS", "adapter_extras", "add_lora_plus", "apply_rope_scaling", "context_length",
            "embeddings_tied", "extra_trainable_modules", "load_config", "load_model", "load_tokenizer",
            "resolve_source", "trainable_parameters", "verify_lora_plus"]

@@ -57,7 +57,7 @@ def trained(request, tiny_llama_dir, tiny_llama_untied_dir, tmp_path_factory):
     _train(peft_model)
 
     base = peft_model.get_base_model()
-    active = {"embed": base.model.embed_tokens.modules_to_save["default"].weight,
+    active = {"embed": base.model.embed_tokens.token_adapter.trainable_tokens_delta["default"],
               "norm": base.model.layers[1].post_attention_layernorm.modules_to_save["default"].weight,
               "final_norm": base.model.norm.modules_to_save["default"].weight}
     original = {"embed": before["model.embed_tokens.weight"],
@@ -67,8 +67,8 @@ def trained(request, tiny_llama_dir, tiny_llama_untied_dir, tmp_path_factory):
         assert not torch.equal(weight, original[key]), f"{key} did not train"
     assert base.model.layers[0].self_attn.v_proj.lora_B["default"].weight.abs().sum() > 0
     assert embeddings_tied(peft_model) == tie
-    if tie:  # the output layer uses the trained embedding, not a stale copy
-        assert torch.equal(base.lm_head.modules_to_save["default"].weight, active["embed"])
+    if tie:  # the output layer uses the trained embedding itself, not a stale copy
+        assert base.lm_head.token_adapter.trainable_tokens_delta["default"] is active["embed"]
 
     adapter_dir = save_adapter(peft_model, tokenizer, tmp_path_factory.mktemp("adapter") / "adapter")
     return base_dir, adapter_dir, _logits(peft_model, _batch()), tie
@@ -86,6 +86,17 @@ def test_adapter_folder_layout(trained):
     assert saved["rope_parameters"]["factor"] == 2.0 and saved["max_position_embeddings"] == TARGET
     assert saved["use_cache"] is True and saved["s2_attn"] == {"group_size_ratio": 0.25}  # a record; not merged
     assert not adapter_dir.with_name(adapter_dir.name + ".tmp").exists()
+
+
+def test_a_tied_embedding_is_saved_once(trained):
+    from safetensors.torch import load_file
+
+    _, adapter_dir, _, tie = trained
+    saved = load_file(str(adapter_dir / "adapter_model.safetensors"))
+    vocab_by_hidden = [k for k, t in saved.items() if t.shape[0] >= 300]  # tiny vocabulary 400: embedding-sized
+    assert vocab_by_hidden == ["base_model.model.model.embed_tokens.token_adapter.trainable_tokens_delta"]
+    embedding_bytes = 400 * 64 * 4
+    assert (adapter_dir / "adapter_model.safetensors").stat().st_size < 1.5 * embedding_bytes  # LoRA + norms: small
 
 
 def test_peft_from_pretrained_reproduces_the_trained_model(trained):

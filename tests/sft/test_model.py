@@ -228,7 +228,7 @@ def test_real_gguf_model_round_trip(tmp_path):
     with torch.no_grad():  # make the adapter non-trivial: LoRA B, an embedding row and a norm
         base = peft_model.get_base_model()
         base.model.layers[0].self_attn.q_proj.lora_B["default"].weight.normal_(std=0.01)
-        base.model.embed_tokens.modules_to_save["default"].weight[:100].mul_(1.01)
+        base.model.embed_tokens.token_adapter.trainable_tokens_delta["default"][:100].mul_(1.01)
         base.model.norm.modules_to_save["default"].weight.mul_(1.05)
     peft_model.eval()
     ids = torch.tensor([tokenizer.apply_chat_template([{"role": "user", "content": "Hi there"}],
