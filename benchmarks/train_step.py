@@ -94,11 +94,18 @@ def build_model(config, kind: str, *, group_size_ratio: float = 0.25, s2_backend
     return model, optimizer
 
 
-def train_step(model, optimizer, input_ids: torch.Tensor, *, autocast_dtype: torch.dtype | None = None) -> float:
-    """One optimizer step on ``input_ids`` (B, N) with labels = inputs; returns the loss."""
+def train_step(model, optimizer, input_ids: torch.Tensor, *, autocast_dtype: torch.dtype | None = None,
+               chunked_loss: bool = False) -> float:
+    """One optimizer step on ``input_ids`` (B, N) with labels = inputs; returns the loss. ``chunked_loss``: the
+    training recipe's loss (``sft.loss``: no tokens x vocabulary logits); else the model's own (all logits)."""
     device_type = input_ids.device.type
     with torch.autocast(device_type, dtype=autocast_dtype or torch.float32, enabled=autocast_dtype is not None):
-        loss = model(input_ids=input_ids, labels=input_ids).loss
+        if chunked_loss:
+            from sft.loss import causal_lm_loss
+
+            loss = causal_lm_loss(model, input_ids, input_ids)
+        else:
+            loss = model(input_ids=input_ids, labels=input_ids).loss
     loss.backward()
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)

@@ -80,8 +80,11 @@ class TrainConfig(BaseModel):
     gradient_checkpointing: bool = Field(
         False, description="recompute activations in backward: needed for long contexts on GPUs; off in the CPU "
         "default (4k tokens fit in memory, 1.8x faster)")
-    bf16: bool = Field(True, description="bfloat16 mixed precision (autocast; trainable weights and optimizer stay "
-                       "float32); ~5x faster than float32 on CPUs with bf16 units, slower on CPUs without")
+    bf16: bool | None = Field(
+        None, description="bfloat16 mixed precision (autocast; trainable weights and optimizer stay float32). null "
+        "(default): on where the hardware computes bf16 natively (a CUDA GPU that supports it; a CPU whose "
+        "/proc/cpuinfo lists avx512_bf16 or amx_bf16), float32 elsewhere: on CPUs without those units bf16 is "
+        "emulated and slower than float32 (benchmarks/results/demo_step_cpu.md)")
     model_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="dtype the frozen base weights are loaded in; trainable ones are always float32")
     seed: int = Field(42, description="seed of the data order, LoRA initialisation and dropout")
@@ -206,7 +209,7 @@ class TrainConfig(BaseModel):
         if self.s2_attn and self.group_size_ratio * self.max_length < 2:
             problems.append(f"group_size_ratio: {self.group_size_ratio} x max_length {self.max_length} gives an "
                             "S2-Attn group of fewer than 2 tokens")
-        if self.model_dtype == "bfloat16" and not self.bf16:
+        if self.model_dtype == "bfloat16" and self.bf16 is False:
             problems.append("model_dtype: bfloat16 base weights need bf16: true (autocast, with float32 trainable "
                             "weights)")
         if self.packing and self.batching == "sorted":

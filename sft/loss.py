@@ -180,6 +180,27 @@ def reduce_loss(parts: LossParts, reduction: Reduction, *, num_items: torch.Tens
     return total / denominator
 
 
+def output_head(model) -> nn.Module:
+    """The LM head module of a (peft-wrapped) causal LM."""
+    get_base = getattr(model, "get_base_model", None)
+    base = get_base() if callable(get_base) else model
+    head = base.get_output_embeddings()
+    if head is None:
+        raise ValueError(f"{type(base).__name__} has no output embeddings: the chunked loss needs its LM head")
+    return head
+
+
+def causal_lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, *, position_ids: torch.Tensor | None = None,
+                   reduction: Reduction = "token", chunk_size: int | None = DEFAULT_CHUNK_SIZE, **inputs) -> torch.Tensor:
+    """The mean loss of one batch through ``model`` with the chunked loss: the decoder body in the model's own forward
+    (no logits), then :func:`loss_parts`. For scripts and benchmarks; the Trainer uses ``sft.trainer``."""
+    out = model(input_ids=input_ids, position_ids=position_ids, output_hidden_states=True, use_cache=False,
+                logits_to_keep=torch.empty(0, dtype=torch.long, device=input_ids.device), **inputs)
+    parts = loss_parts(out.hidden_states[-1], output_head(model), labels=labels, position_ids=position_ids,
+                       chunk_size=chunk_size)
+    return reduce_loss(parts, reduction)
+
+
 def count_items(labels: torch.Tensor | None, position_ids: torch.Tensor | None, reduction: Reduction, *,
                 shift_labels: torch.Tensor | None = None) -> torch.Tensor:
     """What ``reduce_loss`` divides by, for one micro-batch (no forward pass): supervised tokens or samples."""
@@ -191,5 +212,6 @@ def count_items(labels: torch.Tensor | None, position_ids: torch.Tensor | None, 
     return ids[supervised].unique().numel() * torch.ones((), dtype=torch.long, device=targets.device)
 
 
-__all__ = ["DEFAULT_CHUNK_SIZE", "IGNORE_INDEX", "LossParts", "REDUCTIONS", "count_items", "logits_loss_parts",
-           "loss_parts", "reduce_loss", "sample_ids", "shift_labels_of", "token_losses"]
+__all__ = ["DEFAULT_CHUNK_SIZE", "IGNORE_INDEX", "LossParts", "REDUCTIONS", "causal_lm_loss", "count_items",
+           "logits_loss_parts", "loss_parts", "output_head", "reduce_loss", "sample_ids", "shift_labels_of",
+           "token_losses"]

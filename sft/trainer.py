@@ -23,7 +23,7 @@ import time
 import torch
 from transformers import Trainer
 
-from sft.loss import DEFAULT_CHUNK_SIZE, count_items, logits_loss_parts, loss_parts, reduce_loss
+from sft.loss import DEFAULT_CHUNK_SIZE, count_items, logits_loss_parts, loss_parts, output_head, reduce_loss
 
 #: config attributes of models that change the logits after the LM head (the chunked path would skip that step)
 LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -125,16 +125,6 @@ class _Throughput:
                "padding_fraction": round(1 - real / computed, 4) if computed else 0.0}
         self.start, self.steps, self.counts = time.perf_counter(), 0, torch.zeros(4, dtype=torch.long)
         return out
-
-
-def output_head(model):
-    """The LM head module of a (peft-wrapped) causal LM."""
-    get_base = getattr(model, "get_base_model", None)
-    base = get_base() if callable(get_base) else model
-    head = base.get_output_embeddings()
-    if head is None:
-        raise ValueError(f"{type(base).__name__} has no output embeddings: the chunked loss needs its LM head")
-    return head
 
 
 def post_processes_logits(model) -> bool:

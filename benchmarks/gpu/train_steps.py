@@ -7,6 +7,8 @@ attention backend (PyTorch SDPA; flash-attn too when it imports: full ``flash_at
 varlen backend) it reports the median step time, the peak CUDA memory (``torch.cuda.max_memory_allocated``) and
 tokens/s, and writes a markdown table naming the device (``torch.cuda.get_device_name``) to ``--out`` (default
 ``benchmarks/results/train_steps_<device>.md``). A configuration that runs out of memory is reported as OOM.
+Every row uses the recipe's chunked loss (``sft.loss``) except one more S2 row per length with the plain loss (the
+model's own, over all tokens x vocabulary logits): the difference is what the chunked loss saves in time and memory.
 
 Needs only torch, transformers and peft (no datasets, no pydantic: it imports ``sft.model``, ``sft.s2attn``,
 ``sft.evaluation.provenance.device_name`` and the helpers of ``benchmarks/train_step.py``, none of which import
@@ -113,14 +115,16 @@ def base_config(args):
             f"{type(e).__name__})"
 
 
-def variants(args) -> list[tuple[str, str]]:
-    """(kind, backend) pairs: full and S2 for each backend."""
+def variants(args) -> list[tuple[str, str, str]]:
+    """(kind, backend, loss) triples: full and S2 for each backend with the chunked loss (the recipe's), and S2 on the
+    first backend with the plain loss (all tokens x vocabulary logits), to measure what the chunked loss saves."""
     backends = args.backends or (["sdpa", "flash"] if flash_available() and torch.cuda.is_available() else ["sdpa"])
-    return [(kind, backend) for backend in backends for kind in ("full", "s2")]
+    return [(kind, backend, "chunked") for backend in backends for kind in ("full", "s2")] + \
+        [("s2", backends[0], "plain")]
 
 
-def measure(config, ref, n: int, kind: str, backend: str, args, device: str) -> dict:
-    """Median step time, peak memory and tokens/s of one (length, kind, backend); ``{"error": ...}`` on OOM."""
+def measure(config, ref, n: int, kind: str, backend: str, args, device: str, loss: str = "chunked") -> dict:
+    """Median step time, peak memory and tokens/s of one (length, kind, backend, loss); ``{"error": ...}`` on OOM."""
     from sft.model import apply_rope_scaling
 
     import copy
@@ -145,12 +149,12 @@ def measure(config, ref, n: int, kind: str, backend: str, args, device: str) -> 
                 torch.cuda.reset_peak_memory_stats()
             _sync(on_gpu)
             start = time.perf_counter()
-            loss = train_step(model, optimizer, ids, autocast_dtype=autocast)
+            value = train_step(model, optimizer, ids, autocast_dtype=autocast, chunked_loss=loss == "chunked")
             _sync(on_gpu)
             times.append(time.perf_counter() - start)
         step = statistics.median(times[1:])
         peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None
-        return {"step": step, "min": min(times[1:]), "peak_gib": peak, "tokens_s": n / step, "loss": loss}
+        return {"step": step, "min": min(times[1:]), "peak_gib": peak, "tokens_s": n / step, "loss_value": value}
     except torch.OutOfMemoryError:
         return {"error": "OOM"}
     finally:
@@ -260,20 +264,22 @@ def report(rows: list[dict], args, device: str, model_note: str, packed_rows: li
         f"activation checkpointing {'on' if args.gradient_checkpointing else 'off'}",
         f"- step = forward + loss + backward + AdamW step; S2 group G = {args.group_size_ratio} x N; median (min) of "
         f"{args.repeats} steps after a warm-up; peak = torch.cuda.max_memory_allocated over the measured steps",
+        "- loss: chunked = the recipe's `sft.loss` (LM head over 2048 positions at a time, recomputed in backward; "
+        "no tokens x vocabulary logits), plain = the model's own loss over all logits",
         "",
-        "| N (tokens) | backend | attention | step (s) | peak memory (GiB) | tokens/s | full / S2 |",
-        "|---:|---|---|---:|---:|---:|---:|",
+        "| N (tokens) | backend | attention | loss | step (s) | peak memory (GiB) | tokens/s | full / S2 |",
+        "|---:|---|---|---|---:|---:|---:|---:|",
     ]
     for r in rows:
         if "error" in r:
-            lines.append(f"| {r['n']} | {r['backend']} | {r['kind']} | {r['error']} | | | |")
+            lines.append(f"| {r['n']} | {r['backend']} | {r['kind']} | {r['loss']} | {r['error']} | | | |")
             continue
         full = next((f for f in rows if f["n"] == r["n"] and f["backend"] == r["backend"] and f["kind"] == "full"
-                     and "error" not in f), None)
+                     and f["loss"] == r["loss"] and "error" not in f), None)
         ratio = f"{full['step'] / r['step']:.2f}x" if r["kind"] == "s2" and full else ""
         peak = f"{r['peak_gib']:.2f}" if r["peak_gib"] is not None else "n/a"
-        lines.append(f"| {r['n']} | {r['backend']} | {r['kind']} | {r['step']:.3f} ({r['min']:.3f}) | {peak} | "
-                     f"{r['tokens_s']:.0f} | {ratio} |")
+        lines.append(f"| {r['n']} | {r['backend']} | {r['kind']} | {r['loss']} | {r['step']:.3f} ({r['min']:.3f}) | "
+                     f"{peak} | {r['tokens_s']:.0f} | {ratio} |")
     if packed_rows:
         lines += [
             "",
@@ -302,16 +308,16 @@ def main(argv=None) -> int:
     config, ref, note = base_config(args)
     rows = []
     for n in args.lengths:
-        for kind, backend in variants(args):
-            result = measure(config, ref, n, kind, backend, args, device)
-            rows.append({"n": n, "kind": kind, "backend": backend, **result})
+        for kind, backend, loss in variants(args):
+            result = measure(config, ref, n, kind, backend, args, device, loss)
+            rows.append({"n": n, "kind": kind, "backend": backend, "loss": loss, **result})
             shown = result.get("error") or (f"{result['step']:.3f} s/step, {result['tokens_s']:.0f} tokens/s"
                                             + (f", peak {result['peak_gib']:.2f} GiB" if result["peak_gib"] else ""))
-            print(f"N={n} {backend} {kind}: {shown}", flush=True)
+            print(f"N={n} {backend} {kind} {loss} loss: {shown}", flush=True)
     packed_rows = []
     if args.packing:
         for n in args.lengths:
-            for backend in sorted({backend for _, backend in variants(args)}):
+            for backend in sorted({backend for _, backend, _ in variants(args)}):
                 result = measure_packing(config, ref, n, backend, args, device)
                 packed_rows.append({"n": n, "backend": backend, **result})
                 shown = result.get("error") or f"off {result['off']:.0f}, on {result['on']:.0f} tokens/s"

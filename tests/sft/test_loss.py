@@ -4,9 +4,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from sft.loss import (IGNORE_INDEX, count_items, logits_loss_parts, loss_parts, reduce_loss, sample_ids,
-                      shift_labels_of)
-from sft.trainer import output_head
+from sft.loss import (IGNORE_INDEX, count_items, logits_loss_parts, loss_parts, output_head, reduce_loss,
+                      sample_ids, shift_labels_of)
 
 
 def lora_plus(path: str, dtype: torch.dtype, trainable=("embed", "norm")):
