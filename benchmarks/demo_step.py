@@ -31,6 +31,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default="out", help="the default build (python -m longqa.build)")
     p.add_argument("--repeats", type=int, default=2)
+    p.add_argument("--tokens", type=int, default=None, help="cut the train and eval samples to their first N tokens "
+                   "(default: whole; the demo's are up to 4096)")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
     p.add_argument("--child", default=None, help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -53,8 +55,12 @@ def measure(args) -> dict:
     optimizer = torch.optim.AdamW(trainable, lr=1e-6)
 
     def tensors(s):
-        ids = torch.tensor([s["input_ids"]])
-        return ids, torch.tensor([s["labels"]]), torch.arange(ids.shape[1]).unsqueeze(0)
+        cut = slice(0, args.tokens)
+        ids, labels = torch.tensor([s["input_ids"][cut]]), torch.tensor([s["labels"][cut]])
+        if args.tokens:  # the answer is at the end: supervise the last 16 kept tokens instead
+            labels[:, :-16] = -100
+            labels[:, -16:] = ids[:, -16:]
+        return ids, labels, torch.arange(ids.shape[1]).unsqueeze(0)
 
     def train_step(dtype: str, checkpointing: bool) -> None:
         ids, labels, pos = tensors(sample)
@@ -88,8 +94,8 @@ def measure(args) -> dict:
             (train_step if kind == "train" else eval_forward)(dtype, ckpt)
             if repeat:
                 times[f"{kind} {dtype}{' +ckpt' if ckpt else ''}"].append(time.perf_counter() - start)
-    return {"threads": torch.get_num_threads(), "train_tokens": len(sample["input_ids"]),
-            "eval_tokens": len(held_out["input_ids"]), "median_s": {k: statistics.median(v) for k, v in times.items()}}
+    return {"threads": torch.get_num_threads(), "train_tokens": tensors(sample)[0].shape[1],
+            "eval_tokens": tensors(held_out)[0].shape[1], "median_s": {k: statistics.median(v) for k, v in times.items()}}
 
 
 def main(argv=None) -> int:
@@ -106,6 +112,8 @@ def main(argv=None) -> int:
         if isa:
             env["ONEDNN_MAX_CPU_ISA"] = isa
         cmd = [sys.executable, __file__, "--child", label, "--data", args.data, "--repeats", str(args.repeats)]
+        if args.tokens:
+            cmd += ["--tokens", str(args.tokens)]
         done = subprocess.run(cmd, env=env, capture_output=True, text=True)
         if done.returncode:
             sys.exit(done.stderr[-3000:])
@@ -114,8 +122,9 @@ def main(argv=None) -> int:
     first = next(iter(results.values()))
     lines = [f"# The README demo's step on CPU: dtype, gradient checkpointing, ISA", "",
              f"Machine: {device_name('cpu')}, {first['threads']} torch threads. Command: "
-             f"`nice -n 5 flock /work/heavy.lock python benchmarks/demo_step.py --repeats {args.repeats}`. "
-             f"Train step: {first['train_tokens']} tokens (the longest default-build sample within max_length 4096), "
+             f"`nice -n 5 flock /work/heavy.lock python benchmarks/demo_step.py --repeats {args.repeats}"
+             f"{f' --tokens {args.tokens}' if args.tokens else ''}`. "
+             f"Train step: {first['train_tokens']} tokens (of the longest default-build sample within max_length 4096), "
              f"SmolLM2-135M LoRA+, S2-Attn, chunked loss, AdamW; eval: one held-out sample of {first['eval_tokens']} "
              "tokens, dense attention, no gradient. Median seconds.", "",
              "| variant | " + " | ".join(results) + " |", "|---|" + "---:|" * len(results)]

@@ -8,9 +8,9 @@ reach the head and the chunked loss's share is smaller still.
 
 One fresh process per (loss, length). CPU: glibc is told (``mallopt(M_MMAP_THRESHOLD, 64 KiB)``) to give every
 tensor buffer its own mapping and return it when freed, so the resident set follows the live tensors (the method of
-``benchmarks/s2attn.py``); after a warm-up step (AdamW states exist), ``VmHWM`` is reset and the peak of the second
-step is read: the "step" column is that peak minus the resident memory before the step, "process" the whole peak
-resident set. CUDA: ``torch.cuda.max_memory_allocated`` over the second step (above the allocation before it) and in
+``benchmarks/s2attn.py``); AdamW's states are allocated first (a step on zero gradients), then ``VmHWM`` is reset
+and the peak of one training step is read: the "step" column is that peak minus the resident memory before the step, "process" the whole peak
+resident set. CUDA: ``torch.cuda.max_memory_allocated`` over that step (above the allocation before it) and in
 all. The logits' own size (tokens x vocabulary x 4 bytes, float32, as the loss computes them) is stated beside it.
 """
 from __future__ import annotations
@@ -34,6 +34,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     p.add_argument("--no-bf16", dest="bf16", action="store_false", help="float32 (default: bf16 autocast)")
     p.add_argument("--model", default=None, help="model reference (default: the recipe's SmolLM2)")
+    p.add_argument("--layers", type=int, default=None, help="keep only the first N decoder layers (default: all); "
+                   "the logits and the loss do not depend on the depth")
     p.add_argument("--out", type=Path, default=None, help="also write the markdown report here")
     p.add_argument("--probe", nargs=2, metavar=("KIND", "N"), help=argparse.SUPPRESS)
     return p.parse_args(argv)
@@ -47,18 +49,26 @@ def _status_kib(field: str) -> int:
 
 
 def probe(kind: str, n: int, args) -> dict:
-    """In this (fresh) process: one warm-up step, then the peak memory of one more step, MiB."""
+    """In this (fresh) process: the peak memory of one training step (AdamW's states allocated first), MiB."""
     if args.device == "cpu":
         ctypes.CDLL("libc.so.6").mallopt(-3, 64 * 1024)  # M_MMAP_THRESHOLD: freed buffers go back to the system
     import torch
 
     from schemas.train import TrainConfig
     from sft.loss import logits_loss_parts, loss_parts, output_head, reduce_loss
-    from sft.train import setup_model
-    
-    overrides = {"model": args.model} if args.model else {}
-    cfg = TrainConfig(max_length=n, gradient_checkpointing=True, **overrides)
-    model, _, _ = setup_model(cfg)
+    from sft.model import add_lora_plus, apply_rope_scaling, load_config, load_model
+    from sft.train import upcast_trainable
+
+    cfg = TrainConfig(max_length=n, gradient_checkpointing=True, **({"model": args.model} if args.model else {}))
+    config = load_config(cfg.model)  # as sft.train.setup_model, with the depth optionally cut
+    apply_rope_scaling(config, n)
+    config.s2_attn = {"group_size_ratio": cfg.group_size_ratio, "wrap": cfg.wrap}
+    if args.layers:
+        config.num_hidden_layers = args.layers
+    model, _ = load_model(cfg.model, config=config, attn_implementation="s2_attn")
+    model = add_lora_plus(model, r=cfg.lora_r, alpha=cfg.lora_alpha, target_modules=tuple(cfg.lora_target_modules),
+                          trainable=tuple(cfg.trainable))
+    upcast_trainable(model)
     model.to(args.device)
     model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
     model.train()
@@ -82,7 +92,10 @@ def probe(kind: str, n: int, args) -> dict:
         optimizer.step()
         optimizer.zero_grad(set_to_none=True)
 
-    step()  # warm-up: optimizer states, one-time allocations
+    for param in optimizer.param_groups[0]["params"]:  # AdamW's states exist before the measured step
+        param.grad = torch.zeros_like(param)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
     if args.device == "cuda":
         torch.cuda.synchronize()
         before = torch.cuda.memory_allocated()
@@ -108,6 +121,8 @@ def run_probe(kind: str, n: int, args) -> dict | None:
         cmd.append("--no-bf16")
     if args.model:
         cmd += ["--model", args.model]
+    if args.layers:
+        cmd += ["--layers", str(args.layers)]
     done = subprocess.run(cmd, capture_output=True, text=True)
     if done.returncode != 0:
         print(f"probe {kind} {n} failed: {done.stderr.strip()[-2000:]}", file=sys.stderr)
@@ -122,9 +137,11 @@ def report(rows: list[dict], args) -> str:
     lines = ["# Peak memory of one SmolLM2 LoRA+ training step: plain vs chunked loss", "",
              f"Machine: {device_name(args.device)}. Command: `nice -n 5 flock /work/heavy.lock python "
              f"benchmarks/memory.py --lengths {' '.join(map(str, args.lengths))} --device {args.device}"
-             f"{'' if args.bf16 else ' --no-bf16'}`. SmolLM2-135M-Instruct, LoRA r=8 on q/k/v/o + embeddings and "
+             f"{'' if args.bf16 else ' --no-bf16'}{f' --layers {args.layers}' if args.layers else ''}`. "
+             f"SmolLM2-135M-Instruct{f' cut to its first {args.layers} of 30 layers' if args.layers else ''}, LoRA r=8 on q/k/v/o + embeddings and "
              f"norms, S2-Attn, gradient checkpointing, {'bf16 autocast' if args.bf16 else 'float32'}, AdamW, batch 1, "
-             f"every position supervised (extend mode); {unit}, MiB, of the second step (one fresh process each). "
+             f"every position supervised (extend mode); {unit}, MiB, of one step after AdamW's states exist (one fresh "
+             "process each). "
              "'step' = peak minus the memory before the step; 'process' = the whole peak. Logits = tokens x vocabulary "
              "x 4 bytes (float32).", "",
              "| tokens | logits (float32) | plain step | chunked step | chunked / plain | plain process | "
