@@ -221,10 +221,9 @@ def main(argv=None) -> int:
                   f"sent {r['bytes']} B, step {r['time']:.2f} s", flush=True)
     command = "python benchmarks/context_parallel.py " + " ".join(sys.argv[1:] if argv is None else argv)
     text = report(rows, args, command.strip())
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    from sft.evaluation.provenance import emit_result
+
+    emit_result(text, args.out)
     return 0
 
 

@@ -131,9 +131,9 @@ def main(argv=None) -> int:
     for key in first["median_s"]:
         lines.append(f"| {key} | " + " | ".join(f"{r['median_s'][key]:.2f}" for r in results.values()) + " |")
     report = "\n".join(lines) + "\n"
-    print(report)
-    if args.out:
-        args.out.write_text(report)
+    from sft.evaluation.provenance import emit_result
+
+    emit_result(report, args.out)
     return 0
 
 

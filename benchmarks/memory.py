@@ -171,9 +171,9 @@ def main(argv=None) -> int:
             print(n, kind, row[kind], flush=True)
         rows.append(row)
     text = report(rows, args)
-    print(text)
-    if args.out:
-        args.out.write_text(text)
+    from sft.evaluation.provenance import emit_result
+
+    emit_result(text, args.out)
     return 0
 
 

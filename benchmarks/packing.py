@@ -37,7 +37,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import transformers  # noqa: E402
 
 from sft.data import PadCollator, load_sft_dataset  # noqa: E402
-from sft.evaluation.provenance import device_name  # noqa: E402
+from sft.evaluation.provenance import device_name, emit_result  # noqa: E402
 from sft.packing import (PackedCollator, first_fit_decreasing, pack_samples, padding_fraction,  # noqa: E402
                          sorted_batch_order)
 
@@ -263,10 +263,7 @@ def main(argv=None) -> int:
     assert len({m["supervised"] for m in measured}) == 1, "the layouts must train the same supervised tokens"
     note = "tokens " + ", ".join(str(len(item["input_ids"])) for item in items)
     text = report(args, measured, whole, len(lengths), stats.dropped_too_long, note)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit_result(text, args.out)
     return 0
 
 

@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import transformers  # noqa: E402
 
-from sft.evaluation.provenance import device_name  # noqa: E402
+from sft.evaluation.provenance import device_name, emit_result  # noqa: E402
 
 KINDS = ("full", "s2")  # full: attn_implementation "sdpa"; s2: "s2_attn" (sft/s2attn.py) over the same SDPA
 
@@ -179,10 +179,7 @@ def main(argv=None) -> int:
         print(f"N={n}: full {r['full']:.2f} s, S2 {r['s2']:.2f} s a step -> full/S2 = {r['full'] / r['s2']:.2f}x",
               flush=True)
     text = report(rows, args)
-    print(text)
-    if args.out:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        args.out.write_text(text)
+    emit_result(text, args.out)
     return 0
 
 

@@ -85,3 +85,12 @@ def data_fingerprint(data: str, split: str | None = None) -> dict[str, Any]:
 def ids_sha256(ids: Sequence[str]) -> str:
     """Fingerprint of the evaluated items, in order (one id per line)."""
     return hashlib.sha256("\n".join(ids).encode("utf-8")).hexdigest()
+
+
+def emit_result(text: str, out: str | Path | None) -> None:
+    """A benchmark's result: printed, and written atomically to `out` (a results/*.md file) when given."""
+    from longqa.atomic import write_text
+
+    print(text)
+    if out:
+        write_text(out, text)
