@@ -147,7 +147,7 @@ def config_key(cfg: CorpusConfig) -> dict:
 def build_corpus(cfg: CorpusConfig) -> dict:
     """Write the corpus to ``cfg.out`` and return its manifest. A finished corpus of the same configuration and
     Python version is kept as it is."""
-    from longqa.write import atomic_output
+    from longqa.atomic import atomic_output
 
     out = Path(cfg.out)
     existing = read_manifest(out)

@@ -265,14 +265,15 @@ def results_table(cfg: ExperimentConfig, rows: dict[str, dict[str, Any]]) -> str
 def write_results(cfg: ExperimentConfig, rows: dict[str, dict[str, Any]], reports: dict[str, dict[str, Any]]
                   ) -> Path:
     """Rewrite OUT/results.md, OUT/results.json and OUT/report/ from what has finished."""
-    from sft.evaluation.report import _atomic_text, write_report
+    from longqa.atomic import write_text
+    from sft.evaluation.report import write_report
 
     out = Path(cfg.out)
     if reports:
         write_report(combine(reports, f"python -m sft.experiment ({cfg.name})"), out / "report")
-    _atomic_text(out / f"{RESULTS}.json", json.dumps({"experiment": cfg.model_dump(mode="json"), "arms": rows},
+    write_text(out / f"{RESULTS}.json", json.dumps({"experiment": cfg.model_dump(mode="json"), "arms": rows},
                                                      indent=1, ensure_ascii=False) + "\n")
-    _atomic_text(out / f"{RESULTS}.md", results_table(cfg, rows))
+    write_text(out / f"{RESULTS}.md", results_table(cfg, rows))
     return out / f"{RESULTS}.md"
 
 
