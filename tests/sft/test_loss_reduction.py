@@ -79,6 +79,7 @@ def test_two_ranks_with_accumulation_give_the_one_batch_step(tiny_llama_dir, fou
             loss_reduction=reduction)))
     # one launch, both reductions one after the other (each launch costs seconds of start-up)
     script = ("import sys, yaml; from pathlib import Path; from tests.sft.loss_probe import step\n"
+              "from schemas.cli import setup_logging; setup_logging()  # the commands' logging: status lines, rank 0\n"
               "for recipe, grads in zip(sys.argv[1::2], sys.argv[2::2]):\n"
               "    step(yaml.safe_load(Path(recipe).read_text()), Path(grads))\n")
     (tmp_path / "probe.py").write_text(script)
