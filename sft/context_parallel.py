@@ -418,7 +418,7 @@ def batch_checksum(batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
 def check_same_batch(batch: Mapping[str, torch.Tensor], cp: ContextParallel) -> None:
     """All ranks of ``cp``'s group hold the same batch (one small all-gather over all ranks); a mismatch is a bug of
     the data loading and raises RuntimeError before any slice is trained on."""
-    mine = batch_checksum(batch).cpu()
+    mine = batch_checksum(batch)  # on the batch's device: NCCL gathers CUDA tensors only
     gathered = [torch.empty_like(mine) for _ in range(dist.get_world_size())]
     dist.all_gather(gathered, mine)
     first = dist.get_rank() - cp.rank
