@@ -1,6 +1,6 @@
 """python -m longqa.build [--config recipe.yaml] [--input PATH --format FORMAT ...] [--out DIR]
 
-Build a LongQA dataset: read → validate → deduplicate → split → render → tokenize → write → describe.
+Build a LongQA dataset: read → shard → validate → split → dedup → render → tokenize → write → describe.
 With no --config and no --input, builds the embedded default recipe (SQuAD v2 dev articles, SmolLM2 chat template).
 Every field of BuildConfig is a flag (`--help` lists them) and overrides the recipe; `--input PATH` (repeatable)
 replaces the recipe's inputs, `--format`, `--field NAME=COLUMN` and `--qa-file` describe them. Every problem of the

@@ -14,12 +14,14 @@ from longqa.paths import resolve_path
 
 
 class Tally:
-    """Per source: records read, written per split, rejected per reason. `read == written + rejected` must hold."""
+    """Per source: records read, written per split, rejected per reason (and per stage: `longqa.stages`).
+    `read == written + rejected` must hold."""
 
     def __init__(self):
         self.read: Counter[str] = Counter()
         self.written: dict[str, Counter[str]] = defaultdict(Counter)
         self.rejected: dict[str, Counter[str]] = defaultdict(Counter)
+        self.by_stage: dict[str, Counter[str]] = defaultdict(Counter)  # stage -> reason -> records dropped
         self.other_shards = 0
 
     def as_dict(self) -> dict:
@@ -31,7 +33,8 @@ class Tally:
         read, written, rejected = sum(self.read.values()), sum(by_split.values()), sum(by_reason.values())
         return {"read": read, "written": written, "rejected": rejected, "balanced": read == written + rejected,
                 "by_split": dict(sorted(by_split.items())), "by_reason": dict(sorted(by_reason.items())),
-                "by_source": by_source, "other_shards": self.other_shards}
+                "by_source": by_source, "other_shards": self.other_shards,
+                "by_stage": {stage: dict(sorted(c.items())) for stage, c in self.by_stage.items() if c}}
 
     @classmethod
     def from_dicts(cls, parts: list[dict]) -> "Tally":
@@ -41,6 +44,8 @@ class Tally:
                 tally.read[source] += c["read"]
                 tally.written[source].update(c["written"])
                 tally.rejected[source].update(c["rejected"])
+            for stage, c in counts.get("by_stage", {}).items():
+                tally.by_stage[stage].update(c)
         return tally
 
 

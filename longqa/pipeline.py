@@ -1,14 +1,13 @@
-"""The build: read → validate → deduplicate → split → render → tokenize → write → describe.
+"""The build: read → shard → validate → split → dedup → render (`longqa.stages`) → tokenize → write → describe.
 
 `build(cfg)` streams records through the stages in batches; every record read is either written to a split or
-appended to `rejects.jsonl` with a reason, and the `Tally` proves it in the manifest.
+appended to `rejects.jsonl` with a reason (counted per stage and reason), and the `Tally` proves it in the manifest.
 """
 from __future__ import annotations
 
 import functools
 import logging
 import time
-from dataclasses import dataclass
 from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
@@ -21,10 +20,11 @@ from longqa.mix import MixLog, sampled
 from longqa.paths import hub_errors, resolve_source
 from longqa.readers import read_input
 from longqa.rejects import BuildError, RejectLog  # noqa: F401  (BuildError: re-exported)
-from longqa.render import Renderer, Rendered
-from longqa.split import SPLITS, Deduplicator, Splitter, shard_of
+from longqa.render import Renderer
+from longqa.split import SPLITS
+from longqa.stages import Prepared, prepare
 from longqa.tokenize import Encoded, OverBudget
-from longqa.validate import reject_record, validate
+from longqa.validate import reject_record
 from longqa.atomic import atomic_output
 from longqa.write import DATASETS, StreamWriter, list_array, save_datasets
 from schemas import BuildConfig, Record, Reject
@@ -45,16 +45,6 @@ def load_tokenizer(ref: str):
     return tokenizer
 
 
-@dataclass
-class Prepared:
-    """A record that passed the checks, with its document hash, split and rendered text."""
-
-    record: Record
-    doc_id: str
-    split: str
-    rendered: Rendered
-
-
 def numbered(cfg: BuildConfig, mix: MixLog | None = None) -> Iterator[Record | Reject]:
     """All inputs in order, drawn as their `sample` asks (`mix` counts it), each item numbered with its global read
     position `seq`."""
@@ -64,38 +54,6 @@ def numbered(cfg: BuildConfig, mix: MixLog | None = None) -> Iterator[Record | R
             item.seq = seq
             seq += 1
             yield item
-
-
-def prepare(cfg: BuildConfig, items: Iterable[Record | Reject], renderer: Renderer, tally: Tally,
-            rejects: RejectLog) -> Iterator[Prepared]:
-    """Shard, count, validate, split, deduplicate and render; rejected records go to `rejects`."""
-    splitter, dedup = Splitter(cfg), Deduplicator()
-    for item in items:
-        if isinstance(item, Reject):
-            if shard_of(str(item.origin), cfg.num_shards) != cfg.shard_index:
-                tally.other_shards += 1
-                continue
-            tally.read[item.source] += 1
-            rejects.add(item)
-            continue
-        doc_id = item.doc_id()
-        if shard_of(doc_id, cfg.num_shards) != cfg.shard_index:
-            tally.other_shards += 1
-            continue
-        tally.read[item.source] += 1
-        reject = validate(item, cfg)
-        split = splitter.assign(item, doc_id) if reject is None else None
-        if reject is None and split is None:
-            reject = reject_record(item, "denied_document", "documents",
-                                   f"document {doc_id} is in deny_docs {cfg.deny_docs}")
-        if reject is None and item.repeat == 0 and (earlier := dedup.first_seen(doc_id, item.question,
-                                                                                 item.seq)) is not None:
-            reject = reject_record(item, "duplicate_pair", "question",
-                                   f"same document and question as record #{earlier}")
-        if reject is not None:
-            rejects.add(reject)
-            continue
-        yield Prepared(item, doc_id, split, renderer.render(item))
 
 
 def batched(items: Iterable, size: int) -> Iterator[list]:
@@ -161,6 +119,7 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
                         tally.written[p.record.source][split] += 1
             for p, e in zip(batch, encoded):
                 if isinstance(e, OverBudget):
+                    tally.by_stage["tokenize"]["over_budget"] += 1
                     rejects.add(reject_record(p.record, "over_budget", "question", e.message))
         reading.close()
         tokenizing.close()

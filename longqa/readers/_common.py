@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, BinaryIO
@@ -31,12 +31,28 @@ JsonItem = tuple[Origin, int, dict[str, Any]]
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what errors='surrogateescape' makes of a byte that is not UTF-8
 
 
+#: Formats whose input is a folder, and what the folder holds.
+FOLDER_FORMATS = {"docs": "a folder of documents", "synthetic": "a corpus or docs folder"}
+
+
 def input_path(spec: InputSpec) -> Path:
-    """The resolved path of `spec`; a missing file or folder is a configuration error (FileNotFoundError)."""
+    """The resolved path of `spec`, checked here once before its reader starts (`longqa.readers.read_input`): it
+    exists, it is a folder where the format reads one, and a docs folder has its QA file. A problem is a configuration
+    error raised at once (FileNotFoundError / NotADirectoryError) naming the input."""
     path = resolve_path(spec.path)
     if not path.exists():
         raise FileNotFoundError(f"input '{spec.path}' (format {spec.format}): {path} does not exist")
+    if spec.format in FOLDER_FORMATS and not path.is_dir():
+        raise NotADirectoryError(f"input '{spec.path}' (format {spec.format}): {path} is not "
+                                 f"{FOLDER_FORMATS[spec.format]}")
+    if spec.format == "docs" and not qa_path(spec, path).is_file():
+        raise FileNotFoundError(f"input '{spec.path}' (format docs): QA file {qa_path(spec, path)} does not exist")
     return path
+
+
+def qa_path(spec: InputSpec, folder: Path) -> Path:
+    """The QA file of a docs folder: `spec.qa_file`, by default FOLDER/qa.jsonl."""
+    return resolve_path(spec.qa_file) if spec.qa_file else folder / "qa.jsonl"
 
 
 @dataclass(frozen=True)
@@ -197,36 +213,49 @@ def missing_column(src: Source, origin: Origin, row: Mapping[str, Any], field: s
     return src.reject("missing_field", origin, message, field=column, raw=dict(row))
 
 
+#: Turns the value of the `document` column into the record's documents, or (reason, message) saying why it cannot.
+DocumentsOf = Callable[[Any], "list[Document] | tuple[str, str]"]
+
+
+def texts_as_documents(value: Any, title: Any = None) -> list[Document]:
+    """One text or a list of texts, one document each; `title` names the first."""
+    return [Document(text=text, title=None if (i or title is None) else str(title))
+            for i, text in enumerate(as_list(value))]
+
+
 def mapped_record(row: Mapping[str, Any], origin: Origin, index: int, src: Source, columns: Mapping[str, str],
-                  present: Sequence[str] | None = None) -> Record | Reject:
+                  present: Sequence[str] | None = None, documents: DocumentsOf | None = None) -> Record | Reject:
     """A `Record` from a generic row through the field mapping `columns` (record field -> column name).
 
-    `document` may hold one text or a list of texts (one document each); `answer` one answer or a list; `title`
-    names the first document. Types of the texts are checked later by the validate stage (`non_text`). `present`
-    lists the columns of the file when `row` holds only the mapped ones (for the message of a missing column).
+    `document` may hold one text or a list of texts (one document each; or, with `documents`, whatever that function
+    makes of the value, e.g. the docs reader's file names); `answer` one answer or a list; `title` names the first
+    document. Types of the texts are checked later by the validate stage (`non_text`). `present` lists the columns of
+    the file when `row` holds only the mapped ones (for the message of a missing column).
     """
     for field in REQUIRED_FIELDS:
         column = columns[field]
         if row.get(column) is None:
             return missing_column(src, origin, row, field, column, present)
+    value = row[columns["document"]]
+    if documents is None:
+        docs = texts_as_documents(value, optional_value(row, columns.get("title")))
+    elif isinstance(docs := documents(value), tuple):
+        reason, message = docs
+        return src.reject(reason, origin, message, field=columns["document"], raw=dict(row))
     system = optional_value(row, columns.get("system"))
     if system is not None and not isinstance(system, str):
         return src.reject("non_text", origin, f"system is {type(system).__name__}, not text",
                           field=columns["system"], raw=dict(row))
-    title = optional_value(row, columns.get("title"))
-    texts = as_list(row[columns["document"]])
-    documents = [Document(text=text, title=None if (i or title is None) else str(title)) for i, text in
-                 enumerate(texts)]
-    return src.record(origin, id=src.record_id(optional_value(row, columns.get("id")), index), documents=documents,
+    return src.record(origin, id=src.record_id(optional_value(row, columns.get("id")), index), documents=docs,
                       question=row[columns["question"]], answers=as_list(row[columns["answer"]]), system=system)
 
 
-def mapped_records(items: Iterator[JsonItem | Reject], src: Source,
-                   columns: Mapping[str, str]) -> Iterator[Record | Reject]:
+def mapped_records(items: Iterator[JsonItem | Reject], src: Source, columns: Mapping[str, str],
+                   documents: DocumentsOf | None = None) -> Iterator[Record | Reject]:
     """`mapped_record` over a JSON stream, passing its rejects through."""
     for item in items:
         if isinstance(item, Reject):
             yield item
         else:
             origin, index, row = item
-            yield mapped_record(row, origin, index, src, columns)
+            yield mapped_record(row, origin, index, src, columns, documents=documents)

@@ -12,15 +12,9 @@ import sys
 from collections.abc import Iterator
 from pathlib import Path
 
-from longqa.readers._common import Source, column_map, has_escaped_byte, input_path, mapped_record
+from longqa.readers._common import Source, column_map, has_escaped_byte, mapped_record
 from schemas.build import InputSpec
 from schemas.records import Record, Reject
-
-
-def read(spec: InputSpec) -> Iterator[Record | Reject]:
-    """Stream the records of a CSV file; columns come from `spec.fields` (defaults: document, question, answer…)."""
-    path = input_path(spec)
-    return _read(path, spec)
 
 
 def _allow_long_fields() -> None:
@@ -34,7 +28,8 @@ def _allow_long_fields() -> None:
             limit //= 2
 
 
-def _read(path: Path, spec: InputSpec) -> Iterator[Record | Reject]:
+def read(path: Path, spec: InputSpec) -> Iterator[Record | Reject]:
+    """Stream the records of a CSV file; columns come from `spec.fields` (defaults: document, question, answer…)."""
     src, columns = Source.of(spec, path), column_map(spec)
     _allow_long_fields()
     with path.open("r", encoding="utf-8-sig", errors="surrogateescape", newline="") as f:

@@ -9,18 +9,13 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from longqa.readers._common import BATCH_ROWS, Source, column_map, input_path, mapped_record
+from longqa.readers._common import BATCH_ROWS, Source, column_map, mapped_record
 from schemas.build import InputSpec
 from schemas.records import Record, Reject
 
 
-def read(spec: InputSpec) -> Iterator[Record | Reject]:
+def read(path: Path, spec: InputSpec) -> Iterator[Record | Reject]:
     """Stream the records of every split of a dataset saved on disk."""
-    path = input_path(spec)
-    return _read(path, spec)
-
-
-def _read(path: Path, spec: InputSpec) -> Iterator[Record | Reject]:
     from datasets import DatasetDict, load_from_disk  # heavy import: only when this format is read
 
     dataset = load_from_disk(str(path))

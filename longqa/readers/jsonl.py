@@ -4,17 +4,12 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from longqa.readers._common import Source, column_map, input_path, iter_json_objects, mapped_records
+from longqa.readers._common import Source, column_map, iter_json_objects, mapped_records
 from schemas.build import InputSpec
 from schemas.records import Record, Reject
 
 
-def read(spec: InputSpec) -> Iterator[Record | Reject]:
+def read(path: Path, spec: InputSpec) -> Iterator[Record | Reject]:
     """Stream the records of `spec.path`; columns come from `spec.fields` (defaults: document, question, answer…)."""
-    path = input_path(spec)
-    return _read(path, spec)
-
-
-def _read(path: Path, spec: InputSpec) -> Iterator[Record | Reject]:
     src = Source.of(spec, path)
     yield from mapped_records(iter_json_objects(path, src), src, column_map(spec))

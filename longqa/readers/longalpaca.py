@@ -13,7 +13,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from longqa.readers._common import Source, as_list, input_path, iter_json_objects
+from longqa.readers._common import Source, as_list, iter_json_objects
 from schemas.build import InputSpec
 from schemas.records import Document, Origin, Record, Reject
 
@@ -31,13 +31,8 @@ def split_instruction(instruction: str) -> tuple[str, str] | None:
     return instruction[: last.start()].strip(), instruction[last.start():].strip()
 
 
-def read(spec: InputSpec) -> Iterator[Record | Reject]:
+def read(path: Path, spec: InputSpec) -> Iterator[Record | Reject]:
     """Stream the records of a LongAlpaca JSON list or JSONL file."""
-    path = input_path(spec)
-    return _read(path, spec)
-
-
-def _read(path: Path, spec: InputSpec) -> Iterator[Record | Reject]:
     src = Source.of(spec, path)
     for item in iter_json_objects(path, src):
         yield item if isinstance(item, Reject) else _record(*item, src)

@@ -7,7 +7,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
-from longqa.readers._common import Source, input_path, iter_json_objects, mapped_records
+from longqa.readers._common import Source, iter_json_objects, mapped_records
 from schemas.build import InputSpec
 from schemas.records import Record, Reject
 
@@ -15,12 +15,7 @@ from schemas.records import Record, Reject
 COLUMNS = {"document": "context", "question": "input", "answer": "answers", "id": "_id"}
 
 
-def read(spec: InputSpec) -> Iterator[Record | Reject]:
+def read(path: Path, spec: InputSpec) -> Iterator[Record | Reject]:
     """Stream the records of a LongBench file (one JSON object per line)."""
-    path = input_path(spec)
-    return _read(path, spec)
-
-
-def _read(path: Path, spec: InputSpec) -> Iterator[Record | Reject]:
     src = Source.of(spec, path)
     yield from mapped_records(iter_json_objects(path, src), src, COLUMNS)

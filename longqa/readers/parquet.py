@@ -10,18 +10,13 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 
-from longqa.readers._common import BATCH_ROWS, Source, column_map, input_path, mapped_record
+from longqa.readers._common import BATCH_ROWS, Source, column_map, mapped_record
 from schemas.build import InputSpec
 from schemas.records import Record, Reject
 
 
-def read(spec: InputSpec) -> Iterator[Record | Reject]:
+def read(path: Path, spec: InputSpec) -> Iterator[Record | Reject]:
     """Stream the records of a Parquet file; columns come from `spec.fields` (defaults: document, question, …)."""
-    path = input_path(spec)
-    return _read(path, spec)
-
-
-def _read(path: Path, spec: InputSpec) -> Iterator[Record | Reject]:
     src, columns = Source.of(spec, path), column_map(spec)
     index = 0
     try:

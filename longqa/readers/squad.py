@@ -16,18 +16,12 @@ from typing import Any
 
 import ijson
 
-from longqa.readers._common import Source, input_path, json_error_reject, skip_bom
+from longqa.readers._common import Source, json_error_reject, skip_bom
 from schemas.build import InputSpec
 from schemas.records import Document, Origin, Record, Reject
 
 #: Separator of the paragraph contexts in an article's document.
 PARAGRAPH_SEPARATOR = "\n\n"
-
-
-def read(spec: InputSpec) -> Iterator[Record | Reject]:
-    """Stream the questions of a SQuAD file as records."""
-    path = input_path(spec)
-    return _read(path, spec)
 
 
 class _Shape:
@@ -44,7 +38,8 @@ class _Shape:
             yield event
 
 
-def _read(path: Path, spec: InputSpec) -> Iterator[Record | Reject]:
+def read(path: Path, spec: InputSpec) -> Iterator[Record | Reject]:
+    """Stream the questions of a SQuAD file as records."""
     src = Source.of(spec, path)
     questions = itertools.count()  # running question index: ids of questions without their own
     with path.open("rb") as f:

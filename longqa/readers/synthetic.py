@@ -25,7 +25,7 @@ from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-from longqa.readers._common import Source, input_path
+from longqa.readers._common import Source
 from longqa.split import TRAIN, Splitter
 from schemas.build import BuildConfig, InputSpec, SyntheticSpec
 from schemas.records import Document, Record, Reject
@@ -162,15 +162,9 @@ def make_task(task: str, text: str, depth: float, syn: SyntheticSpec,
             f"How many times does the text above ask the reader to remember the word {word}?", str(count))
 
 
-def read(spec: InputSpec, cfg: BuildConfig | None = None) -> Iterator[Record | Reject]:
-    """`spec.synthetic.samples` records over the train-side documents of `spec.path`."""
-    folder = input_path(spec)
-    if not folder.is_dir():
-        raise NotADirectoryError(f"input '{spec.path}' (format synthetic): {folder} is not a corpus or docs folder")
-    return _read(folder, spec, cfg or BuildConfig(inputs=[spec]))
-
-
-def _read(folder: Path, spec: InputSpec, cfg: BuildConfig) -> Iterator[Record | Reject]:
+def read(folder: Path, spec: InputSpec, cfg: BuildConfig | None = None) -> Iterator[Record | Reject]:
+    """`spec.synthetic.samples` records over the train-side documents of `folder` (the build's seed and split)."""
+    cfg = cfg or BuildConfig(inputs=[spec])
     syn, src = spec.synthetic or SyntheticSpec(), Source.of(spec, folder, id_prefix="synthetic")
     docs = train_documents(folder, cfg)
     if not docs:

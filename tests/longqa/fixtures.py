@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from schemas.build import BuildConfig, InputSpec
-from schemas.records import Record, Reject
+from schemas.records import Document, Origin, Record, Reject
 
 Row = Mapping[str, Any] | str | bytes
 
@@ -181,3 +181,35 @@ def cfg_for(tmp_path: Path, tokenizer: str, inputs: list[Path], **kw) -> BuildCo
 
 def document(i: int, words: int = 120) -> str:
     return f"Document {i}. " + " ".join(f"fact{i}-{k} is about the Normans." for k in range(words // 5))
+
+
+# --------------------------------------------------------------------- records, configs, rendered+encoded samples
+DOC = " ".join(f"Sentence {i} of the long document about the Normans in France." for i in range(60))
+
+
+def record(doc: str = DOC, question: str = "Who gave their name to Normandy?", answer: str = "The Normans",
+           **kw: Any) -> Record:
+    """One record of one document (origin f.jsonl line 1); `kw` sets other fields (id, seq, repeat, source…)."""
+    fields = {"id": "r1", "source": "t", "origin": Origin(file="f.jsonl", line=1), **kw}
+    return Record(documents=[Document(text=doc)], question=question, answers=[answer], **fields)
+
+
+def config(tmp_path: Path, **kw: Any) -> BuildConfig:
+    """A BuildConfig over a placeholder input (the stages and renderer never read it)."""
+    return BuildConfig(inputs=[{"path": str(tmp_path), "format": "jsonl"}], tokenizer="unused", **kw)
+
+
+def encode_one(tok: Any, cfg: BuildConfig, rec: Record | None = None):
+    """(rendered, encoded) of one record."""
+    from longqa.render import Renderer
+    from longqa.tokenize import Encoder
+
+    rendered = Renderer(cfg, tok).render(rec or record())
+    return rendered, Encoder(tok, cfg.max_length, cfg.truncation).encode([rendered], ["d"])[0]
+
+
+def labeled_text(tok: Any, enc: Any) -> str:
+    """The text of the tokens trained on."""
+    from schemas.labels import IGNORE_INDEX
+
+    return tok.decode(enc.input_ids[enc.labels != IGNORE_INDEX])

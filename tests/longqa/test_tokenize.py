@@ -1,33 +1,12 @@
-"""Label masks, document-only truncation and the templates, on a tiny tokenizer."""
+"""Label masks and document-only truncation, on a tiny tokenizer (the templates: test_render.py)."""
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
 from longqa.render import Renderer
-from longqa.tokenize import IGNORE_INDEX, Encoded, Encoder, OverBudget, keep_indices
-from schemas import BuildConfig, Document, Origin, Record
-
-DOC = " ".join(f"Sentence {i} of the long document about the Normans in France." for i in range(60))
-
-
-def record(doc=DOC, question="Who gave their name to Normandy?", answer="The Normans"):
-    return Record(id="r1", documents=[Document(text=doc)], question=question, answers=[answer], source="t",
-                  origin=Origin(file="f.jsonl", line=1))
-
-
-def config(tmp_path, **kw):
-    return BuildConfig(inputs=[{"path": str(tmp_path), "format": "jsonl"}], tokenizer="unused", **kw)
-
-
-def encode_one(tok, cfg, rec=None):
-    rendered = Renderer(cfg, tok).render(rec or record())
-    return rendered, Encoder(tok, cfg.max_length, cfg.truncation).encode([rendered], ["d"])[0]
-
-
-def labeled_text(tok, enc: Encoded) -> str:
-    return tok.decode(enc.input_ids[enc.labels != IGNORE_INDEX])
-
+from longqa.tokenize import IGNORE_INDEX, Encoder, OverBudget, keep_indices
+from tests.longqa.fixtures import DOC, config, encode_one, labeled_text, record
 
 def test_labels_are_the_answer_and_end_of_turn(tiny_tokenizer, tmp_path):
     rendered, enc = encode_one(tiny_tokenizer, config(tmp_path))
@@ -81,24 +60,6 @@ def test_keep_indices_middle_keeps_both_ends():
     assert keep_indices(10, 4, "head") == slice(6, 10)
     assert keep_indices(10, 4, "tail") == slice(0, 4)
     assert keep_indices(3, 4, "middle") == slice(0, 3)
-
-
-def test_named_templates(tiny_tokenizer, tmp_path):
-    rendered, enc = encode_one(tiny_tokenizer, config(tmp_path, template="llama2-inst"))
-    assert rendered.text.startswith("<|im_start|>[INST]") is False  # the tiny tokenizer adds no BOS itself
-    assert rendered.text.startswith("[INST]" + DOC) and rendered.text.endswith("[/INST]The Normans<|im_end|>")
-    assert labeled_text(tiny_tokenizer, enc) == "The Normans<|im_end|>"
-    rendered, _ = encode_one(tiny_tokenizer, config(tmp_path, template="alpaca", question_position="before"))
-    assert rendered.text.startswith("Below is an instruction")
-    assert "### Instruction:\nWho gave their name to Normandy?\n\n" + DOC[:20] in rendered.text
-    assert rendered.text.endswith("### Response:\nThe Normans<|im_end|>")
-
-
-def test_system_message_and_instruction(tiny_tokenizer, tmp_path):
-    rendered, _ = encode_one(tiny_tokenizer, config(tmp_path, system="Be brief.", instruction="Answer briefly."))
-    assert rendered.messages[0] == {"role": "system", "content": "Be brief."}
-    assert rendered.messages[1]["content"].endswith("\n\nAnswer briefly.\nWho gave their name to Normandy?")
-    assert rendered.text.startswith("<|im_start|>system\nBe brief.<|im_end|>")
 
 
 def test_shared_documents_are_tokenized_once(tiny_tokenizer, tmp_path):
