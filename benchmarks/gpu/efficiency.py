@@ -11,8 +11,10 @@ initialised models of real shapes — no weights needed, the step time does not 
 
 Loss: ``chunked`` (``sft.loss``: the LM head over 2048 positions at a time, recomputed in backward, so the
 N x vocabulary float32 logits never exist at once) and ``plain`` (transformers' loss over the full logits) at the
-``--loss-lengths`` (default 16k; ``chunked`` everywhere else). Packing (several samples in one row, attention kept
-inside each) is not measured here yet: helper `pack` adds its case to this script.
+``--loss-lengths`` (default 16k; ``chunked`` everywhere else). Packing at the ``--packing-lengths`` (default 16k),
+S2-Attn: four samples of N/2, N/4, N/8 and N/8 tokens trained one a step (packing off: each its own S2 group of 1/4 of
+its length) against the same four packed into one row of N (``sft.packing.pack_samples``: positions restart per
+sample, S2 segments restart at every sample start, group N/4, no N x N mask); tokens/s and peak memory of both.
 
 Each configuration: one warm-up step, then the median of ``--repeats`` steps; out-of-memory is reported as OOM. The
 configurations run in priority order (7B first, S2 and full attention interleaved per length) and a time guard skips
@@ -61,20 +63,23 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
     p.add_argument("--loss-lengths", type=int, nargs="+", default=[16384],
                    help="lengths where the plain (full-logits) loss is measured too")
+    p.add_argument("--packing-lengths", type=int, nargs="+", default=[16384],
+                   help="lengths where packing on/off is measured (S2-Attn; empty: not measured)")
     p.add_argument("--repeats", type=int, default=2, help="measured steps after one warm-up step")
     p.add_argument("--budget-s", type=float, default=280.0, help="wall seconds from the script's start")
     p.add_argument("--out", type=Path, default=None)
     p.add_argument("--cpu-smoke", action="store_true", help="2-layer versions of the shapes on the CPU, 256 tokens")
     args = p.parse_args(argv)
     if args.cpu_smoke:
-        args.lengths, args.loss_lengths, args.repeats = [256], [256], 1
+        args.lengths, args.loss_lengths, args.packing_lengths, args.repeats = [256], [256], [256], 1
         if "--budget-s" not in (argv if argv is not None else sys.argv[1:]):
             args.budget_s = 3600.0
     return args
 
 
 def configurations(args) -> list[tuple[str, int, str, str]]:
-    """(model, length, attention, loss) in priority order: per model and length, S2 then full; plain loss after."""
+    """(model, length, attention, loss) in priority order: per model and length, S2 then full; plain loss after; then
+    packing off/on ("packing" rows, S2-Attn, chunked loss)."""
     runs = []
     for model in args.models:
         for n in args.lengths:
@@ -83,6 +88,7 @@ def configurations(args) -> list[tuple[str, int, str, str]]:
             if n in args.loss_lengths:
                 for kind in ("s2", "full"):
                     runs.append((model, n, kind, "plain"))
+        runs.extend((model, n, "s2", "packing") for n in args.packing_lengths)
     return runs
 
 
@@ -124,20 +130,22 @@ def build(config, kind: str, device: str, dtype):
     return model, optimizer
 
 
-def step(model, optimizer, ids, loss_kind: str, device: str) -> float:
-    """forward (+ chunked or plain loss) + backward + AdamW step; seconds."""
+def step(model, optimizer, ids, loss_kind: str, device: str, labels=None, position_ids=None) -> float:
+    """forward (+ chunked or plain loss) + backward + AdamW step; seconds. `labels` default to `ids`; a packed row
+    gives its own (-100 at each sample's first token) and its `position_ids` (restarting per sample)."""
     from sft.loss import loss_parts, reduce_loss
 
+    labels = ids if labels is None else labels
     if device == "cuda":
         torch.cuda.synchronize()
     t0 = time.perf_counter()
     with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
         if loss_kind == "plain":
-            loss = model(input_ids=ids, labels=ids, use_cache=False).loss
+            loss = model(input_ids=ids, labels=labels, position_ids=position_ids, use_cache=False).loss
         else:
             base = model.get_base_model()
-            hidden = base.model(input_ids=ids, use_cache=False).last_hidden_state
-            parts = loss_parts(hidden, base.lm_head, labels=ids)
+            hidden = base.model(input_ids=ids, position_ids=position_ids, use_cache=False).last_hidden_state
+            parts = loss_parts(hidden, base.lm_head, labels=labels)
             loss = reduce_loss(parts, "token")
     loss.backward()
     optimizer.step()
@@ -169,6 +177,56 @@ def measure(name: str, n: int, kind: str, loss_kind: str, args, device: str) -> 
             torch.cuda.empty_cache()
 
 
+#: packing: four samples of N/2, N/4, N/8 and N/8 tokens, one row of N when packed
+PACKED_FRACTIONS = (2, 4, 8, 8)
+
+
+def measure_packing(name: str, n: int, args, device: str) -> dict:
+    """S2-Attn, chunked loss: the same four samples trained one a step (off) and packed into one row (on); tokens/s
+    (median of the interleaved rounds after a warm-up round) and the peak memory of each."""
+    from sft.packing import pack_samples
+
+    dtype = torch.bfloat16 if device == "cuda" else torch.float32
+    model = optimizer = None
+    try:
+        config = model_config(name, n, "s2", args.cpu_smoke)
+        model, optimizer = build(config, "s2", device, dtype)
+        gen = torch.Generator().manual_seed(n)
+        samples = [{"input_ids": torch.randint(3, config.vocab_size, (n // k,), generator=gen).tolist()}
+                   for k in PACKED_FRACTIONS]
+        row = {key: torch.tensor([value], device=device) for key, value in pack_samples(samples).items()
+               if key in ("input_ids", "labels", "position_ids")}
+        settings = model.get_base_model().config
+        alone, packed = dict(settings.s2_attn), {"group_size": n // 4, "backend": "sdpa"}
+
+        def off() -> float:
+            settings.s2_attn = alone
+            return sum(step(model, optimizer, torch.tensor([s["input_ids"]], device=device), "chunked", device)
+                       for s in samples)
+
+        def on() -> float:
+            settings.s2_attn = packed
+            return step(model, optimizer, row["input_ids"], "chunked", device, labels=row["labels"],
+                        position_ids=row["position_ids"])
+
+        result = {}
+        for label, run in (("off", off), ("on", on)):
+            run()  # warm-up
+            if device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            seconds = statistics.median(run() for _ in range(args.repeats))
+            result[f"{label}_tokens_per_s"] = n / seconds
+            result[f"{label}_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+        return result
+    except torch.OutOfMemoryError:
+        return {"error": "OOM"}
+    finally:
+        del model, optimizer
+        gc.collect()
+        if device == "cuda":
+            torch.cuda.empty_cache()
+
+
 def write(out: Path, results: dict, skipped: list, meta: dict) -> None:
     lines = [f"# LongLoRA efficiency on {meta['device']}: seconds per training step and peak memory", "",
              f"`{meta['command']}`", "",
@@ -179,7 +237,7 @@ def write(out: Path, results: dict, skipped: list, meta: dict) -> None:
              f"{' (finished)' if meta.get('finished') else ' (partial)'}", "",
              "| model | N | loss | full s/step | S2 s/step | full / S2 | full peak GB | S2 peak GB |",
              "|---|---:|---|---:|---:|---:|---:|---:|"]
-    keys = list(dict.fromkeys((m, n, loss) for (m, n, _, loss) in results))
+    keys = list(dict.fromkeys((m, n, loss) for (m, n, _, loss) in results if loss != "packing"))
     for m, n, loss in keys:
         full, s2 = results.get((m, n, "full", loss), {}), results.get((m, n, "s2", loss), {})
 
@@ -191,6 +249,19 @@ def write(out: Path, results: dict, skipped: list, meta: dict) -> None:
         ratio = (f"{full['step_s'] / s2['step_s']:.2f}x" if "step_s" in full and "step_s" in s2 else "–")
         lines.append(f"| {m} | {n} | {loss} | {cell(full, 'step_s', '{:.2f}')} | {cell(s2, 'step_s', '{:.2f}')} | "
                      f"{ratio} | {cell(full, 'peak_gb', '{:.1f}')} | {cell(s2, 'peak_gb', '{:.1f}')} |")
+    packing = {(m, n): r for (m, n, _, loss), r in results.items() if loss == "packing"}
+    if packing:
+        lines += ["", "Packing (S2-Attn, chunked loss): four samples of N/2, N/4, N/8, N/8 tokens trained one a step "
+                  "(off) vs packed into one row of N (on)", "",
+                  "| model | N | off tokens/s | on tokens/s | on / off | off peak GB | on peak GB |",
+                  "|---|---:|---:|---:|---:|---:|---:|"]
+        for (m, n), r in packing.items():
+            if "error" in r:
+                lines.append(f"| {m} | {n} | {r['error']} | | | | |")
+                continue
+            gb = [f"{r[k]:.1f}" if r[k] is not None else "–" for k in ("off_peak_gb", "on_peak_gb")]
+            lines.append(f"| {m} | {n} | {r['off_tokens_per_s']:.0f} | {r['on_tokens_per_s']:.0f} | "
+                         f"{r['on_tokens_per_s'] / r['off_tokens_per_s']:.2f}x | {gb[0]} | {gb[1]} |")
     if skipped:
         lines += ["", "Skipped by the time guard: " + ", ".join(f"{m} {n} {k} {loss}" for m, n, k, loss in skipped)]
     lines += ["", "The paper (7B, whole fine-tuning on 8 A100s, FlashAttention-2): 8k full 17.5 h / 55.5 GB vs S2 "
@@ -228,7 +299,8 @@ def main(argv=None) -> int:
             skipped.append(config)
             continue
         t0 = time.monotonic()
-        results[config] = measure(*config, args, device)
+        results[config] = (measure_packing(model, n, args, device) if config[3] == "packing"
+                           else measure(*config, args, device))
         last_cost[(model, n)] = time.monotonic() - t0
         print(f"[{time.monotonic() - STARTED:6.1f} s] {config}: {results[config]}", flush=True)
         meta["elapsed_s"] = round(time.monotonic() - STARTED, 1)

@@ -185,4 +185,7 @@ def test_gpu_efficiency_script_runs_on_cpu_without_datasets_or_pydantic(tmp_path
         for loss in ("chunked", "plain"):
             row = next(line for line in table.splitlines() if line.startswith(f"| {model} | 256 | {loss} |"))
             assert "OOM" not in row and row.count("x |") == 1  # both attentions measured, their ratio shown
+        packed = next(line for line in table.splitlines() if line.startswith(f"| {model} | 256 | ") and
+                      line.count("|") == 8)  # the packing table: off and on tokens/s, their ratio, two peaks
+        assert "OOM" not in packed and packed.count("x |") == 1
     assert "(finished)" in table
