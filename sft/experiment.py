@@ -160,7 +160,7 @@ def trained_already(train: TrainConfig) -> bool:
     return {**saved, "resume": False} == {**train.model_dump(mode="json"), "resume": False}
 
 
-def train_arm(train: TrainConfig) -> dict[str, Any]:
+def train_arm(train: TrainConfig, progress: bool = True) -> dict[str, Any]:
     """Train one arm (continuing from its last checkpoint when an earlier run was cut) unless it is finished; return
     what the results table shows about its training."""
     from sft.train import ADAPTER_DIR, last_complete_checkpoint, run
@@ -171,7 +171,7 @@ def train_arm(train: TrainConfig) -> dict[str, Any]:
             train = train.model_copy(update={"resume": True})
         elif out.is_dir():
             shutil.rmtree(out)
-        run(train)
+        run(train, progress=progress)
     return {"adapter": str(out / ADAPTER_DIR), **training_summary(out, train)}
 
 
@@ -282,8 +282,10 @@ def write_results(cfg: ExperimentConfig, rows: dict[str, dict[str, Any]], report
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def run_experiment(cfg: ExperimentConfig, trains: dict[str, TrainConfig], evaluation: EvalConfig) -> dict[str, Any]:
-    """Every arm in order: prepare (untrained) or train, evaluate, rewrite the results. Returns the results rows."""
+def run_experiment(cfg: ExperimentConfig, trains: dict[str, TrainConfig], evaluation: EvalConfig,
+                   progress: bool = True) -> dict[str, Any]:
+    """Every arm in order: prepare (untrained) or train, evaluate, rewrite the results. Returns the results rows.
+    ``progress=False`` hides the training progress bars."""
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     (out / "experiment.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -304,7 +306,7 @@ def run_experiment(cfg: ExperimentConfig, trains: dict[str, TrainConfig], evalua
         if arm.train:
             fresh = not trained_already(trains[arm.name])
             log.info("experiment: arm %s: %s", arm.name, "training" if fresh else "trained already; kept")
-            training = train_arm(trains[arm.name])
+            training = train_arm(trains[arm.name], progress)
             ref, row = training["adapter"], {"kind": "trained", "training": training,
                                              "overrides": arm.overrides}
         else:
@@ -326,7 +328,7 @@ def run_experiment(cfg: ExperimentConfig, trains: dict[str, TrainConfig], evalua
 
 
 def experiment(cfg: ExperimentConfig, options) -> None:
-    rows = run_experiment(cfg, *arm_configs(cfg, check_paths=False))
+    rows = run_experiment(cfg, *arm_configs(cfg, check_paths=False), progress=options.progress)
     log.info("experiment: %d arm(s) finished; %s", len(rows), Path(cfg.out) / f"{RESULTS}.md")
 
 

@@ -32,7 +32,7 @@ def resolve(base: dict[str, Any], overrides: dict[str, Any], origin: str = "conf
 def train(cfg: TrainConfig, options: Options) -> None:
     from sft.train import run
 
-    run(cfg)
+    run(cfg, progress=options.progress)
 
 
 def main(argv: list[str] | None = None) -> int:

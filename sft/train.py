@@ -79,10 +79,11 @@ def is_main_process() -> bool:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = ()) -> TrainResult:
+def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = (), progress: bool = True) -> TrainResult:
     """Fine-tune ``cfg.model`` as ``cfg`` says and save the adapter. Raises :class:`NonFiniteLoss` on a NaN/inf loss.
 
-    ``callbacks`` are added after the built-in ones (tests use them to inject faults).
+    ``callbacks`` are added after the built-in ones (tests use them to inject faults); ``progress=False``
+    (``--no-progress``/``--quiet``) hides the Trainer's progress bar (the log lines stay).
     """
     output_dir = Path(cfg.output_dir)
     cp = context_parallel.setup(cfg.context_parallel)  # issue 14; None unless context_parallel > 1
@@ -110,7 +111,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = ()) -> Tra
             group_size_ratio=cfg.group_size_ratio, max_length=cfg.max_length)
     trainer = trainer_class(
         loss_reduction=cfg.loss_reduction, chunked_loss=cfg.chunked_loss, loss_chunk_size=cfg.loss_chunk_size,
-        model=model, args=training_arguments(cfg), train_dataset=dataset, eval_dataset=eval_dataset,
+        model=model, args=training_arguments(cfg, progress), train_dataset=dataset, eval_dataset=eval_dataset,
         processing_class=tokenizer, data_collator=data_collator,
         callbacks=[StopOnNonFiniteLoss(output_dir), MetricsJsonl(output_dir / METRICS_FILE),
                    *([StopAfterSeconds(cfg.max_train_seconds)] if cfg.max_train_seconds else []), *callbacks],
@@ -319,8 +320,8 @@ def resume_checkpoint(cfg: TrainConfig) -> Path | None:
     return complete
 
 
-def training_arguments(cfg: TrainConfig) -> TrainingArguments:
-    """The Trainer's arguments, all from ``cfg`` (nothing else is set here but plumbing)."""
+def training_arguments(cfg: TrainConfig, progress: bool = True) -> TrainingArguments:
+    """The Trainer's arguments, all from ``cfg`` (nothing else is set here but plumbing, and the progress bar)."""
     return TrainingArguments(
         output_dir=cfg.output_dir,
         max_steps=cfg.max_steps,
@@ -349,6 +350,7 @@ def training_arguments(cfg: TrainConfig) -> TrainingArguments:
         remove_unused_columns=False,  # the data already holds only input_ids/labels/length; the collator drops length
         ddp_find_unused_parameters=False,
         report_to=cfg.report_to,
+        disable_tqdm=not progress,
     )
 
 

@@ -162,6 +162,8 @@ def test_training_arguments_come_from_the_config(tmp_path):
     assert (args.max_steps, args.gradient_accumulation_steps, args.learning_rate) == (7, 4, 3e-4)
     assert args.train_sampling_strategy == "group_by_length" and args.length_column_name == "length"
     assert not args.logging_nan_inf_filter and not args.remove_unused_columns and not args.bf16
+    assert not args.disable_tqdm  # the progress bar, unless --no-progress / --quiet:
+    assert training_arguments(TrainConfig(output_dir=str(tmp_path)), progress=False).disable_tqdm
 
 
 # ----------------------------------------------------------------------------------------------------------------------
