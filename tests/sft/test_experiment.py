@@ -82,7 +82,7 @@ def test_partial_results_are_written_after_every_arm(setup, monkeypatch):
         return real(name, *args, **kwargs)
 
     monkeypatch.setattr(experiment, "evaluate_arm", evaluate_then_fail)
-    monkeypatch.setattr("sft.train.run", lambda cfg: None)  # training is not what this test is about
+    monkeypatch.setattr("sft.train.run", lambda cfg, **kw: None)  # training is not what this test is about
     monkeypatch.setattr(experiment, "training_summary", lambda out, train: {"steps": 0})
     assert main([str(path), "--only", "base,longlora"]) == 130  # interrupted
     results = json.loads((out / "results.json").read_text())["arms"]
