@@ -369,14 +369,23 @@ def use_bf16(cfg: TrainConfig) -> bool:
 
 
 def has_bf16_units() -> bool:
-    """A CUDA GPU with bf16 support, or (no accelerator) a CPU that lists avx512_bf16 or amx_bf16 in /proc/cpuinfo.
-    Without those units oneDNN emulates bf16 matmuls and a step is ~2x slower than in float32 (issue 13)."""
+    """A CUDA GPU with bf16 support, or (no accelerator) a CPU that lists avx512_bf16 or amx_bf16 in /proc/cpuinfo and
+    whose bf16 instructions oneDNN may use (``ONEDNN_MAX_CPU_ISA`` not capped below them). Without those units oneDNN
+    emulates bf16 matmuls and a step is ~2x slower than in float32 (issue 13)."""
     if has_accelerator():
         return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool(cpu_flags() & CPU_BF16_FLAGS)
+    return bool(cpu_flags() & CPU_BF16_FLAGS) and not isa_capped_below_bf16()
 
 
 CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+def isa_capped_below_bf16(env: dict | None = None) -> bool:
+    """True when ``ONEDNN_MAX_CPU_ISA`` (or its old name ``DNNL_MAX_CPU_ISA``) caps oneDNN below the bf16 ISAs
+    (e.g. ``AVX512_CORE`` or ``AVX2``; ``AVX512_CORE_BF16``, the ``AMX`` ones, ``ALL`` and ``DEFAULT`` keep them)."""
+    env = os.environ if env is None else env
+    cap = (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
+    return bool(cap) and cap not in ("ALL", "DEFAULT") and "BF16" not in cap and "AMX" not in cap
 
 
 def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:

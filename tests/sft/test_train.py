@@ -287,3 +287,7 @@ def test_bf16_null_follows_the_cpu_bf16_units(tmp_path, monkeypatch):
         assert train.use_bf16(TrainConfig()) is expected
         assert train.use_bf16(TrainConfig(bf16=True)) and not train.use_bf16(TrainConfig(bf16=False))
         assert train.use_bf16(TrainConfig(model_dtype="bfloat16"))  # a bf16 base needs autocast
+    monkeypatch.setattr(train, "cpu_flags", lambda: {"amx_tile", "amx_bf16"})
+    for cap, expected in (("AVX512_CORE", False), ("avx2", False), ("AVX512_CORE_AMX", True), ("ALL", True), ("", True)):
+        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
+        assert train.has_bf16_units() is expected  # oneDNN capped below its bf16 ISAs emulates bf16: float32 then
