@@ -117,6 +117,21 @@ def train_step(model, optimizer, input_ids: torch.Tensor, *, autocast_dtype: tor
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+def guarded(measurement, device: str) -> dict:
+    """``measurement()``, with running out of memory reported as ``{"error": "OOM"}``; the memory the measurement held
+    is freed afterwards (its model and optimizer are its locals: gone once it returns or its error is handled)."""
+    import gc
+
+    try:
+        result = measurement()
+    except torch.OutOfMemoryError:
+        result = {"error": "OOM"}
+    gc.collect()
+    if device == "cuda":
+        torch.cuda.empty_cache()
+    return result
+
+
 def llama_config(args, n: int):
     from transformers import LlamaConfig
 

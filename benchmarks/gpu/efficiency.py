@@ -33,7 +33,6 @@ import time
 STARTED = time.monotonic()
 
 import argparse  # noqa: E402
-import gc  # noqa: E402
 import statistics  # noqa: E402
 import sys  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -42,6 +41,9 @@ import torch  # noqa: E402
 
 ROOT = Path(__file__).resolve().parents[2]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+from train_step import guarded  # noqa: E402
 
 SHAPES = {
     "llama2-7b": dict(vocab_size=32000, hidden_size=4096, intermediate_size=11008, num_hidden_layers=32,
@@ -156,25 +158,17 @@ def step(model, optimizer, ids, loss_kind: str, device: str, labels=None, positi
 
 
 def measure(name: str, n: int, kind: str, loss_kind: str, args, device: str) -> dict:
+    """Median step time, peak memory and tokens/s of one configuration."""
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = optimizer = None
-    try:
-        config = model_config(name, n, kind, args.cpu_smoke)
-        model, optimizer = build(config, kind, device, dtype)
-        ids = torch.randint(3, config.vocab_size, (1, n), device=device, generator=None)
-        step(model, optimizer, ids, loss_kind, device)  # warm-up
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        times = [step(model, optimizer, ids, loss_kind, device) for _ in range(args.repeats)]
-        peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-        return {"step_s": statistics.median(times), "peak_gb": peak, "tokens_per_s": n / statistics.median(times)}
-    except torch.OutOfMemoryError:
-        return {"error": "OOM"}
-    finally:
-        del model, optimizer
-        gc.collect()
-        if device == "cuda":
-            torch.cuda.empty_cache()
+    config = model_config(name, n, kind, args.cpu_smoke)
+    model, optimizer = build(config, kind, device, dtype)
+    ids = torch.randint(3, config.vocab_size, (1, n), device=device, generator=None)
+    step(model, optimizer, ids, loss_kind, device)  # warm-up
+    if device == "cuda":
+        torch.cuda.reset_peak_memory_stats()
+    times = [step(model, optimizer, ids, loss_kind, device) for _ in range(args.repeats)]
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    return {"step_s": statistics.median(times), "peak_gb": peak, "tokens_per_s": n / statistics.median(times)}
 
 
 #: packing: four samples of N/2, N/4, N/8 and N/8 tokens, one row of N when packed
@@ -183,48 +177,39 @@ PACKED_FRACTIONS = (2, 4, 8, 8)
 
 def measure_packing(name: str, n: int, args, device: str) -> dict:
     """S2-Attn, chunked loss: the same four samples trained one a step (off) and packed into one row (on); tokens/s
-    (median of the interleaved rounds after a warm-up round) and the peak memory of each."""
+    (median of ``--repeats`` after a warm-up) and the peak memory of each."""
     from sft.packing import pack_samples
 
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    model = optimizer = None
-    try:
-        config = model_config(name, n, "s2", args.cpu_smoke)
-        model, optimizer = build(config, "s2", device, dtype)
-        gen = torch.Generator().manual_seed(n)
-        samples = [{"input_ids": torch.randint(3, config.vocab_size, (n // k,), generator=gen).tolist()}
-                   for k in PACKED_FRACTIONS]
-        row = {key: torch.tensor([value], device=device) for key, value in pack_samples(samples).items()
-               if key in ("input_ids", "labels", "position_ids")}
-        settings = model.get_base_model().config
-        alone, packed = dict(settings.s2_attn), {"group_size": n // 4, "backend": "sdpa"}
+    config = model_config(name, n, "s2", args.cpu_smoke)
+    model, optimizer = build(config, "s2", device, dtype)
+    gen = torch.Generator().manual_seed(n)
+    samples = [{"input_ids": torch.randint(3, config.vocab_size, (n // k,), generator=gen).tolist()}
+               for k in PACKED_FRACTIONS]
+    row = {key: torch.tensor([value], device=device) for key, value in pack_samples(samples).items()
+           if key in ("input_ids", "labels", "position_ids")}
+    settings = model.get_base_model().config
+    alone, packed = dict(settings.s2_attn), {"group_size": n // 4, "backend": "sdpa"}
 
-        def off() -> float:
-            settings.s2_attn = alone
-            return sum(step(model, optimizer, torch.tensor([s["input_ids"]], device=device), "chunked", device)
-                       for s in samples)
+    def off() -> float:
+        settings.s2_attn = alone
+        return sum(step(model, optimizer, torch.tensor([s["input_ids"]], device=device), "chunked", device)
+                   for s in samples)
 
-        def on() -> float:
-            settings.s2_attn = packed
-            return step(model, optimizer, row["input_ids"], "chunked", device, labels=row["labels"],
-                        position_ids=row["position_ids"])
+    def on() -> float:
+        settings.s2_attn = packed
+        return step(model, optimizer, row["input_ids"], "chunked", device, labels=row["labels"],
+                    position_ids=row["position_ids"])
 
-        result = {}
-        for label, run in (("off", off), ("on", on)):
-            run()  # warm-up
-            if device == "cuda":
-                torch.cuda.reset_peak_memory_stats()
-            seconds = statistics.median(run() for _ in range(args.repeats))
-            result[f"{label}_tokens_per_s"] = n / seconds
-            result[f"{label}_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-        return result
-    except torch.OutOfMemoryError:
-        return {"error": "OOM"}
-    finally:
-        del model, optimizer
-        gc.collect()
+    result = {}
+    for label, run in (("off", off), ("on", on)):
+        run()  # warm-up
         if device == "cuda":
-            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        seconds = statistics.median(run() for _ in range(args.repeats))
+        result[f"{label}_tokens_per_s"] = n / seconds
+        result[f"{label}_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    return result
 
 
 def write(out: Path, results: dict, skipped: list, meta: dict) -> None:
@@ -299,8 +284,10 @@ def main(argv=None) -> int:
             skipped.append(config)
             continue
         t0 = time.monotonic()
-        results[config] = (measure_packing(model, n, args, device) if config[3] == "packing"
-                           else measure(*config, args, device))
+        if config[3] == "packing":
+            results[config] = guarded(lambda: measure_packing(model, n, args, device), device)
+        else:
+            results[config] = guarded(lambda: measure(*config, args, device), device)
         last_cost[(model, n)] = time.monotonic() - t0
         print(f"[{time.monotonic() - STARTED:6.1f} s] {config}: {results[config]}", flush=True)
         meta["elapsed_s"] = round(time.monotonic() - STARTED, 1)

@@ -33,7 +33,6 @@ the ``--model`` given), to check the script where there is no GPU:
 from __future__ import annotations
 
 import argparse
-import gc
 import re
 import statistics
 import sys
@@ -47,7 +46,7 @@ sys.path.insert(0, str(ROOT))  # sft/ from the checkout, without installing
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import transformers  # noqa: E402
-from train_step import build_model, train_step  # noqa: E402
+from train_step import build_model, guarded, train_step  # noqa: E402
 
 from sft.evaluation.provenance import device_name  # noqa: E402
 
@@ -124,7 +123,8 @@ def variants(args) -> list[tuple[str, str, str]]:
 
 
 def measure(config, ref, n: int, kind: str, backend: str, args, device: str, loss: str = "chunked") -> dict:
-    """Median step time, peak memory and tokens/s of one (length, kind, backend, loss); ``{"error": ...}`` on OOM."""
+    """Median step time, peak memory and tokens/s of one (length, kind, backend, loss) (run it through ``guarded``:
+    ``{"error": "OOM"}`` when it does not fit)."""
     from sft.model import apply_rope_scaling
 
     import copy
@@ -133,35 +133,26 @@ def measure(config, ref, n: int, kind: str, backend: str, args, device: str, los
     apply_rope_scaling(config, n, kind="linear")
     on_gpu = device == "cuda"
     dtype = torch.bfloat16 if on_gpu else torch.float32
-    model = optimizer = None
-    try:
-        model, optimizer = build_model(config, kind, group_size_ratio=args.group_size_ratio, s2_backend=backend,
-                                       full_impl="flash_attention_2" if backend == "flash" else "sdpa", dtype=dtype,
-                                       device=device, ref=ref)
-        if args.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
-        ids = torch.randint(3, config.vocab_size, (1, n), generator=torch.Generator().manual_seed(n)).to(device)
-        autocast = torch.bfloat16 if on_gpu else None
-        times = []
-        for i in range(args.repeats + 1):
-            if on_gpu and i == 1:
-                torch.cuda.reset_peak_memory_stats()
-            _sync(on_gpu)
-            start = time.perf_counter()
-            value = train_step(model, optimizer, ids, autocast_dtype=autocast, chunked_loss=loss == "chunked")
-            _sync(on_gpu)
-            times.append(time.perf_counter() - start)
-        step = statistics.median(times[1:])
-        peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None
-        return {"step": step, "min": min(times[1:]), "peak_gib": peak, "tokens_s": n / step, "loss_value": value}
-    except torch.OutOfMemoryError:
-        return {"error": "OOM"}
-    finally:
-        del model, optimizer
-        gc.collect()
-        if on_gpu:
-            torch.cuda.empty_cache()
+    model, optimizer = build_model(config, kind, group_size_ratio=args.group_size_ratio, s2_backend=backend,
+                                   full_impl="flash_attention_2" if backend == "flash" else "sdpa", dtype=dtype,
+                                   device=device, ref=ref)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    ids = torch.randint(3, config.vocab_size, (1, n), generator=torch.Generator().manual_seed(n)).to(device)
+    autocast = torch.bfloat16 if on_gpu else None
+    times = []
+    for i in range(args.repeats + 1):
+        if on_gpu and i == 1:
+            torch.cuda.reset_peak_memory_stats()
+        _sync(on_gpu)
+        start = time.perf_counter()
+        value = train_step(model, optimizer, ids, autocast_dtype=autocast, chunked_loss=loss == "chunked")
+        _sync(on_gpu)
+        times.append(time.perf_counter() - start)
+    step = statistics.median(times[1:])
+    peak = torch.cuda.max_memory_allocated() / 2**30 if on_gpu else None
+    return {"step": step, "min": min(times[1:]), "peak_gib": peak, "tokens_s": n / step, "loss_value": value}
 
 
 PACKED_FRACTIONS = (2, 4, 8, 8)  # four samples of N/2, N/4, N/8, N/8 tokens: one row of N when packed
@@ -182,49 +173,40 @@ def measure_packing(config, ref, n: int, backend: str, args, device: str) -> dic
                for k in PACKED_FRACTIONS]
     row = pack_samples(samples)
     packed = {key: torch.tensor([row[key]], device=device) for key in ("input_ids", "labels", "position_ids")}
-    model = optimizer = None
-    try:
-        model, optimizer = build_model(config, "s2", group_size_ratio=args.group_size_ratio, s2_backend=backend,
-                                       dtype=torch.bfloat16 if on_gpu else torch.float32, device=device, ref=ref)
-        if args.gradient_checkpointing:
-            model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-            model.enable_input_require_grads()
-        autocast = torch.bfloat16 if on_gpu else None
-        base = model.get_base_model().config
-        unpacked_s2, packed_s2 = dict(base.s2_attn), {**base.s2_attn, "group_size": round(args.group_size_ratio * n)}
-        packed_s2.pop("group_size_ratio", None)
+    model, optimizer = build_model(config, "s2", group_size_ratio=args.group_size_ratio, s2_backend=backend,
+                                   dtype=torch.bfloat16 if on_gpu else torch.float32, device=device, ref=ref)
+    if args.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+        model.enable_input_require_grads()
+    autocast = torch.bfloat16 if on_gpu else None
+    base = model.get_base_model().config
+    unpacked_s2, packed_s2 = dict(base.s2_attn), {**base.s2_attn, "group_size": round(args.group_size_ratio * n)}
+    packed_s2.pop("group_size_ratio", None)
 
-        def off():
-            base.s2_attn = unpacked_s2
-            for sample in samples:
-                train_step(model, optimizer, torch.tensor([sample["input_ids"]], device=device),
-                           autocast_dtype=autocast)
+    def off():
+        base.s2_attn = unpacked_s2
+        for sample in samples:
+            train_step(model, optimizer, torch.tensor([sample["input_ids"]], device=device),
+                       autocast_dtype=autocast)
 
-        def on():
-            base.s2_attn = packed_s2
-            with torch.autocast(device, dtype=autocast or torch.float32, enabled=autocast is not None):
-                loss = model(**packed, use_cache=False).loss
-            loss.backward()
-            optimizer.step()
-            optimizer.zero_grad(set_to_none=True)
+    def on():
+        base.s2_attn = packed_s2
+        with torch.autocast(device, dtype=autocast or torch.float32, enabled=autocast is not None):
+            loss = model(**packed, use_cache=False).loss
+        loss.backward()
+        optimizer.step()
+        optimizer.zero_grad(set_to_none=True)
 
-        times = {"off": [], "on": []}
-        for i in range(args.repeats + 1):  # interleaved; the first round is a warm-up
-            for name, run in (("off", off), ("on", on)):
-                _sync(on_gpu)
-                start = time.perf_counter()
-                run()
-                _sync(on_gpu)
-                times[name].append(time.perf_counter() - start)
-        tokens = len(row["input_ids"])
-        return {name: tokens / statistics.median(t[1:]) for name, t in times.items()}
-    except torch.OutOfMemoryError:
-        return {"error": "OOM"}
-    finally:
-        del model, optimizer
-        gc.collect()
-        if on_gpu:
-            torch.cuda.empty_cache()
+    times = {"off": [], "on": []}
+    for i in range(args.repeats + 1):  # interleaved; the first round is a warm-up
+        for name, run in (("off", off), ("on", on)):
+            _sync(on_gpu)
+            start = time.perf_counter()
+            run()
+            _sync(on_gpu)
+            times[name].append(time.perf_counter() - start)
+    tokens = len(row["input_ids"])
+    return {name: tokens / statistics.median(t[1:]) for name, t in times.items()}
 
 
 def longest_fitting(config, ref, args, device: str) -> dict | None:
@@ -235,7 +217,7 @@ def longest_fitting(config, ref, args, device: str) -> dict | None:
     backend = variants(args)[0][1]
     best, n = None, max(args.lengths) * 2
     while cap and n <= cap:
-        result = measure(config, ref, n, "s2", backend, args, device)
+        result = guarded(lambda: measure(config, ref, n, "s2", backend, args, device), device)
         shown = result.get("error") or f"{result['step']:.3f} s/step"
         print(f"longest on one device (P = 1): N={n} {backend} s2: {shown}", flush=True)
         if "error" in result:
@@ -309,7 +291,7 @@ def main(argv=None) -> int:
     rows = []
     for n in args.lengths:
         for kind, backend, loss in variants(args):
-            result = measure(config, ref, n, kind, backend, args, device, loss)
+            result = guarded(lambda: measure(config, ref, n, kind, backend, args, device, loss), device)
             rows.append({"n": n, "kind": kind, "backend": backend, "loss": loss, **result})
             shown = result.get("error") or (f"{result['step']:.3f} s/step, {result['tokens_s']:.0f} tokens/s"
                                             + (f", peak {result['peak_gib']:.2f} GiB" if result["peak_gib"] else ""))
@@ -318,7 +300,7 @@ def main(argv=None) -> int:
     if args.packing:
         for n in args.lengths:
             for backend in sorted({backend for _, backend, _ in variants(args)}):
-                result = measure_packing(config, ref, n, backend, args, device)
+                result = guarded(lambda: measure_packing(config, ref, n, backend, args, device), device)
                 packed_rows.append({"n": n, "backend": backend, **result})
                 shown = result.get("error") or f"off {result['off']:.0f}, on {result['on']:.0f} tokens/s"
                 print(f"N={n} {backend} packing: {shown}", flush=True)
