@@ -112,37 +112,40 @@ def _present(*problems: str | None) -> list[str]:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+#: Build input formats that read a folder (the others read a file).
+FOLDER_FORMATS = {"docs": "a folder of documents and its qa.jsonl", "hf-disk": "a dataset saved with save_to_disk",
+                  "synthetic": "a docs or long-text corpus folder"}
+
+
+def input_problems(spec, field: str) -> list[str]:
+    """One build input (the rule `longqa.build`'s check and the readers share): its path exists, is a folder for the
+    FOLDER_FORMATS (else a readable file), and a docs folder has its QA file. `field` names the input in messages."""
+    path, fmt = getattr(spec, "path", None), getattr(spec, "format", None)
+    if not isinstance(path, str):
+        return []
+    try:
+        target = resolve_path(path)
+    except FileNotFoundError as e:
+        return [f"{field}: {e}"]
+    if fmt in FOLDER_FORMATS:
+        if not target.is_dir():
+            return [f"{field}: {path} " + ("is not a folder" if target.exists() else "does not exist") +
+                    f" (format {fmt} reads {FOLDER_FORMATS[fmt]})"]
+        if fmt == "docs":
+            qa = getattr(spec, "qa_file", None)
+            qa_field = field.rpartition(".")[0] + ".qa_file" if field.endswith(".path") else f"{field}: qa_file"
+            return _present(file_problem(qa_field, qa, "JSONL file") if qa else
+                            file_problem(qa_field, str(target / "qa.jsonl"), hint=" (the default; give the questions "
+                                         "with --inputs.qa-file FILE)"))
+        return []
+    return [] if target.is_dir() else _present(file_problem(field, path))
+
+
 def build_problems(cfg) -> list[str]:
-    """longqa.build: the inputs (files; folders for docs/hf-disk), qa files, the deny list and a local tokenizer."""
+    """longqa.build: the inputs (`input_problems`), the deny list and a local tokenizer."""
     problems = []
     for i, spec in enumerate(cfg.inputs if isinstance(cfg.inputs, list) else []):
-        path, fmt = getattr(spec, "path", None), getattr(spec, "format", None)
-        if not isinstance(path, str):
-            continue
-        field = f"inputs.{i}.path"
-        if fmt in ("docs", "hf-disk"):
-            try:
-                folder = resolve_path(path)
-            except FileNotFoundError as e:
-                problems.append(f"{field}: {e}")
-                continue
-            if not folder.is_dir():
-                problems.append(f"{field}: {path} " + ("is not a folder" if folder.exists() else "does not exist") +
-                                f" (format {fmt} reads a folder)")
-            elif fmt == "docs":
-                qa = getattr(spec, "qa_file", None)
-                problems.extend(_present(file_problem(f"inputs.{i}.qa_file", qa, "JSONL file") if qa else
-                                         file_problem(f"inputs.{i}.qa_file", str(folder / "qa.jsonl"), hint=" (the "
-                                                      "default; give the questions with --inputs.qa-file FILE)")))
-        else:
-            try:
-                target = resolve_path(path)
-            except FileNotFoundError as e:
-                problems.append(f"{field}: {e}")
-                continue
-            if target.is_dir():
-                continue
-            problems.extend(_present(file_problem(field, path)))
+        problems.extend(input_problems(spec, f"inputs.{i}.path"))
     problems.extend(_present(file_problem("deny_docs", cfg.deny_docs) if cfg.deny_docs else None,
                              model_problem("tokenizer", cfg.tokenizer, tokenizer=True)))
     return problems

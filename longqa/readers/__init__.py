@@ -33,7 +33,7 @@ READERS: dict[str, Reader] = {
 
 
 def read_input(spec: InputSpec, cfg: BuildConfig | None = None) -> Iterator[Record | Reject]:
-    """Records and rejects of one input, in file order. Raises FileNotFoundError (NotADirectoryError) now if the
+    """Records and rejects of one input, in file order. Raises FileNotFoundError now if the
     input does not exist (is not the folder its format reads)."""
     path = input_path(spec)
     if spec.format == "synthetic":

@@ -11,6 +11,7 @@ from typing import Any, BinaryIO
 import ijson
 
 from longqa.paths import resolve_path
+from schemas.paths import input_problems
 from longqa.validate import clip_record
 from schemas.build import InputSpec
 from schemas.records import Document, Origin, Record, Reject
@@ -31,23 +32,14 @@ JsonItem = tuple[Origin, int, dict[str, Any]]
 _ESCAPED_BYTE = re.compile("[\udc80-\udcff]")  # what errors='surrogateescape' makes of a byte that is not UTF-8
 
 
-#: Formats whose input is a folder, and what the folder holds.
-FOLDER_FORMATS = {"docs": "a folder of documents", "synthetic": "a corpus or docs folder"}
-
-
 def input_path(spec: InputSpec) -> Path:
-    """The resolved path of `spec`, checked here once before its reader starts (`longqa.readers.read_input`): it
-    exists, it is a folder where the format reads one, and a docs folder has its QA file. A problem is a configuration
-    error raised at once (FileNotFoundError / NotADirectoryError) naming the input."""
-    path = resolve_path(spec.path)
-    if not path.exists():
-        raise FileNotFoundError(f"input '{spec.path}' (format {spec.format}): {path} does not exist")
-    if spec.format in FOLDER_FORMATS and not path.is_dir():
-        raise NotADirectoryError(f"input '{spec.path}' (format {spec.format}): {path} is not "
-                                 f"{FOLDER_FORMATS[spec.format]}")
-    if spec.format == "docs" and not qa_path(spec, path).is_file():
-        raise FileNotFoundError(f"input '{spec.path}' (format docs): QA file {qa_path(spec, path)} does not exist")
-    return path
+    """The resolved path of `spec`, checked once before its reader starts (`longqa.readers.read_input`) by the rule
+    `longqa.build` checks its configuration with (`schemas.paths.input_problems`: it exists, is a folder where the
+    format reads one, and a docs folder has its QA file); a problem is raised at once as FileNotFoundError."""
+    problems = input_problems(spec, f"input '{spec.path}' (format {spec.format})")
+    if problems:
+        raise FileNotFoundError(problems[0])
+    return resolve_path(spec.path)
 
 
 def qa_path(spec: InputSpec, folder: Path) -> Path:
