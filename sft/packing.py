@@ -16,8 +16,9 @@ device idle; in padded batches it computes padding. Two answers, chosen in :clas
 Both lay out the training set in the order the Trainer reads it (its ``sequential`` sampler), so the padding the
 batches compute is known here and reported (:class:`LayoutStats`, in ``data_stats.json`` and the start-up line).
 
-Batch contract (COORD.md): ``input_ids``, ``labels`` (unshifted, -100 ignored), ``position_ids`` (restart at 0 at each
-packed sample); ``attention_mask`` only for padded, unpacked rows. Packed rows of one batch are right-padded with one
+Batch contract (what the trainer, the loss and the attention functions read): ``input_ids``, ``labels`` (unshifted,
+-100 ignored), ``position_ids`` (restart at 0 at each packed sample); ``attention_mask`` only for padded, unpacked
+rows. Packed rows of one batch are right-padded with one
 padding *sample* (pad ids, labels -100, positions ``0..p-1``): it is a sample of its own, so no real token sees it and
 S2 segments of the real samples do not change.
 """
@@ -129,7 +130,7 @@ def pack_samples(samples: Sequence[dict]) -> dict:
         ids = list(sample["input_ids"])
         own = sample.get("labels")
         input_ids.extend(ids)
-        labels.append(IGNORE_INDEX)  # never predicted from the previous sample (COORD.md, batch contract)
+        labels.append(IGNORE_INDEX)  # never predicted from the previous sample (the batch contract above)
         labels.extend((ids if own is None else own)[1:])
         position_ids.extend(range(len(ids)))
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "length": len(input_ids),
