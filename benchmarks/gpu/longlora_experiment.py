@@ -8,8 +8,8 @@ Arms, in this order: untrained ``base`` (no scaling: positions past 8k extrapola
 ``dynamic_ntk`` (RoPE changes only); then trained on the same 16k-token chunks of the corpus's train split (same
 order, same steps, bf16 autocast, gradient checkpointing, AdamW): ``longlora`` (S2-Attn + LoRA + embeddings + norms +
 linear x2), ``full_attn`` (the same with full attention) and ``s2_lora_only`` (S2-Attn, LoRA only). Every arm is
-evaluated with dense attention: passkey retrieval at 4k/8k/12k/16k (10 trials a length: 5 depths x 2, the filler
-is held-out essays) and perplexity at 2k/4k/8k/16k on the held-out documents (the paper's sliding windows).
+evaluated with dense attention: passkey retrieval at 4k/8k/12k/16k (10 trials a length: 5 depths x 2; the filler
+is the paper's repeated sentences, or with ``--filler heldout`` the held-out essays) and perplexity at 2k/4k/8k/16k on the held-out documents (the paper's sliding windows).
 
 Time guard: the number of training steps is chosen after timing the first trained arm's first steps so that all
 three trained arms and their evaluations fit ``--budget-s`` (counted from the start of the script, default 400 s of
@@ -81,6 +81,8 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--passkey-lengths", type=int, nargs="+", default=[4096, 8192, 12288, 16376])
     p.add_argument("--depths", type=float, nargs="+", default=[0.0, 0.25, 0.5, 0.75, 1.0])
     p.add_argument("--trials", type=int, default=2, help="trials per length and depth")
+    p.add_argument("--filler", choices=["paper", "heldout"], default="paper",
+                   help="passkey filler: the paper's repeated sentences, or the corpus's held-out essays (harder)")
     p.add_argument("--ppl-lengths", type=int, nargs="+", default=[2048, 4096, 8192, 16384])
     p.add_argument("--ppl-windows", type=int, default=4, help="sliding windows per length (stride 256)")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny random Llama on the CPU at 512 tokens")
@@ -159,7 +161,8 @@ def load_data(args, tokenizer) -> dict:
     ppl_stream = token_stream(heldout, tokenizer, limit=max_ppl + 256 * (args.ppl_windows + 2) + 1)
     from sft.evaluation.passkey import filler_lines
 
-    return {"chunks": chunks, "ppl_stream": ppl_stream, "filler": filler_lines(filler), "note": note}
+    return {"chunks": chunks, "ppl_stream": ppl_stream, "note": note,
+            "filler": filler_lines(filler) if args.filler == "heldout" else None}
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -349,7 +352,8 @@ def write(out: Path, rows: dict, meta: dict) -> None:
         cells = [name, r["kind"], steps, t.get("tokens", "–"), t.get("train_s", "–"), t.get("step_s", "–"), loss,
                  r.get("eval_s", "–"), *[r.get("scores", {}).get(c, "–") for c in columns]]
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
-    lines += ["", "passkey@N: accuracy (percent) at N-token prompts, mean over depths; ppl@N: perplexity of N-token "
+    lines += ["", f"passkey@N: accuracy (percent) at N-token prompts, mean over depths (filler: {meta['filler']}); "
+              "ppl@N: perplexity of N-token "
               "sliding windows (stride 256) on held-out documents; '–': beyond the arm's window or not run."]
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -376,7 +380,7 @@ def main(argv=None) -> int:
     log(f"base model loaded ({args.model}) on {name}")
     data = load_data(args, tokenizer)
     log(f"data: {len(data['chunks'])} train chunks, {len(data['ppl_stream'])} held-out tokens, "
-        f"{len(data['filler'])} filler lines")
+        + (f"{len(data['filler'])} filler lines" if data["filler"] else "the paper's filler sentences"))
     cases = passkey_cases(lambda text: len(tokenizer(text)["input_ids"]), args.passkey_lengths, args.depths,
                           args.trials, seed=0, filler=data["filler"])
     meta = {"command": "python benchmarks/gpu/longlora_experiment.py " + " ".join(sys.argv[1:] if argv is None
@@ -384,6 +388,7 @@ def main(argv=None) -> int:
             "model": args.model, "length": args.length, "device": name, "torch": torch.__version__,
             "transformers": transformers.__version__, "peft": peft.__version__, "python": platform.python_version(),
             "data": data["note"], "train_chunks": len(data["chunks"]), "lr": args.learning_rate,
+            "filler": "held-out essays" if data["filler"] else "the paper's repeated sentences",
             "budget_s": args.budget_s, "steps": None}
     rows: dict[str, dict] = {}
 

@@ -163,7 +163,7 @@ def test_gpu_experiment_script_runs_on_cpu_without_datasets_or_pydantic(tmp_path
     rows = json.loads(out.with_suffix(".json").read_text())["arms"]
     steps = {rows[a]["training"]["steps"] for a in ("longlora", "full_attn", "s2_lora_only")}
     assert steps == {2}  # the same tokens for every trained arm
-    assert "(finished)" in table and "ppl@512" in table
+    assert "(finished)" in table and "ppl@512" in table and "filler: the paper's repeated sentences" in table
 
 
 @pytest.mark.slow
