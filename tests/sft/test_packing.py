@@ -319,6 +319,10 @@ def test_sft_training_on_packed_rows_reports_its_layout(tiny_llama_dir, tmp_path
     assert "packed 10 samples into 4 rows" in caplog.text  # the start-up line
     assert spy.attn == "s2_attn" and spy.group == {"group_size": 32, "wrap": "none"}  # G = max_length / 4
     assert "attention_mask" not in spy.batches[0] and spy.batches[0]["input_ids"].shape[0] == 2
+    assert REAL_TOKENS not in spy.batches[0]  # counted by the trainer, never given to the model
+    lines = [json.loads(x) for x in (tmp_path / "run/metrics.jsonl").read_text().splitlines()]
+    logged = [x["padding_fraction"] for x in lines if "padding_fraction" in x]
+    assert logged and all(0 < x < 1 for x in logged)  # the padding sample of the shorter row is counted
     batch = collated[0]
     assert torch.equal(batch["position_ids"], spy.batches[0]["position_ids"])
     starts = batch["position_ids"] == 0
