@@ -57,6 +57,10 @@ def summary_table(manifest: dict) -> str:
     reasons = ", ".join(f"{k} {v}" for k, v in counts["by_reason"].items()) or "none"
     lines.append(f"read {counts['read']} = written {counts['written']} + rejected {counts['rejected']} "
                  f"({reasons})")
+    stages = [f"{name} {c['kept']}" + (f" (-{sum(c['dropped'].values())})" if c["dropped"] else "")
+              for name, c in counts.get("by_stage", {}).items()]
+    if stages:
+        lines.append("kept by stage (dropped): " + " -> ".join(stages))
     return "\n".join(lines)
 
 

@@ -21,7 +21,8 @@ class Tally:
         self.read: Counter[str] = Counter()
         self.written: dict[str, Counter[str]] = defaultdict(Counter)
         self.rejected: dict[str, Counter[str]] = defaultdict(Counter)
-        self.by_stage: dict[str, Counter[str]] = defaultdict(Counter)  # stage -> reason -> records dropped
+        self.dropped: dict[str, Counter[str]] = defaultdict(Counter)  # stage -> reason -> records it dropped
+        self.kept: Counter[str] = Counter()  # stage -> records it passed on
         self.other_shards = 0
 
     def as_dict(self) -> dict:
@@ -34,7 +35,13 @@ class Tally:
         return {"read": read, "written": written, "rejected": rejected, "balanced": read == written + rejected,
                 "by_split": dict(sorted(by_split.items())), "by_reason": dict(sorted(by_reason.items())),
                 "by_source": by_source, "other_shards": self.other_shards,
-                "by_stage": {stage: dict(sorted(c.items())) for stage, c in self.by_stage.items() if c}}
+                "by_stage": self.stages()}
+
+    def stages(self) -> dict:
+        """Per stage, in pipeline order: records kept (passed on) and dropped per reason."""
+        names = list(dict.fromkeys([*self.kept, *self.dropped]))
+        return {name: {"kept": self.kept[name], "dropped": dict(sorted(self.dropped[name].items()))}
+                for name in names}
 
     @classmethod
     def from_dicts(cls, parts: list[dict]) -> "Tally":
@@ -45,7 +52,8 @@ class Tally:
                 tally.written[source].update(c["written"])
                 tally.rejected[source].update(c["rejected"])
             for stage, c in counts.get("by_stage", {}).items():
-                tally.by_stage[stage].update(c)
+                tally.kept[stage] += c["kept"]
+                tally.dropped[stage].update(c["dropped"])
         return tally
 
 

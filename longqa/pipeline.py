@@ -117,9 +117,10 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
                     streams["tokenized"][split].write(token_columns(*map(list, zip(*kept))))
                     for p, _ in kept:
                         tally.written[p.record.source][split] += 1
+                    tally.kept["tokenize"] += len(kept)
             for p, e in zip(batch, encoded):
                 if isinstance(e, OverBudget):
-                    tally.by_stage["tokenize"]["over_budget"] += 1
+                    tally.dropped["tokenize"]["over_budget"] += 1
                     rejects.add(reject_record(p.record, "over_budget", "question", e.message))
         reading.close()
         tokenizing.close()

@@ -2,7 +2,8 @@
 
 Each stage is a small generator over the items the one before it yields (in the manner of datatrove's pipeline steps
 and filters): it passes on what it keeps and drops the rest with a `Reject`, which goes to `rejects.jsonl` and is
-counted under the stage's name and the reason (`Tally.by_stage`, the manifest's `counts.by_stage`). Chained, the stages
+counted under the stage's name and the reason; what it passes on is counted as kept (`Tally.kept`/`Tally.dropped`, the
+manifest's `counts.by_stage`). Chained, the stages
 stay lazy: one record goes through all of them before the next is read, so rejects keep the read order.
 
 `shard` is the entry: it keeps this machine's share of the input (`--shard-index i --num-shards n`: whole documents),
@@ -41,7 +42,7 @@ class Stage:
         self.tally, self.rejects = tally, rejects
 
     def drop(self, reject: Reject) -> None:
-        self.tally.by_stage[self.name][reject.reason] += 1
+        self.tally.dropped[self.name][reject.reason] += 1
         self.rejects.add(reject)
 
     def keep(self, item: Prepared) -> Reject | None:
@@ -51,6 +52,7 @@ class Stage:
         for item in items:
             reject = self.keep(item)
             if reject is None:
+                self.tally.kept[self.name] += 1
                 yield item
             else:
                 self.drop(reject)
@@ -76,6 +78,7 @@ class Shard(Stage):
             if isinstance(item, Reject):
                 self.drop(item)
             else:
+                self.tally.kept[self.name] += 1
                 yield Prepared(item, key)
 
 

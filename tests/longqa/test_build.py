@@ -35,6 +35,11 @@ def test_build_writes_loadable_datasets_and_balanced_counts(tmp_path, tiny_token
     c = m["counts"]
     assert c["read"] == 63 and c["written"] == 60 and c["rejected"] == 3 and c["balanced"]
     assert c["by_reason"] == {"duplicate_pair": 1, "empty_document": 1, "malformed_json": 1}
+    stages = c["by_stage"]  # each stage in order: what it kept and dropped, summing to the same totals
+    assert list(stages) == ["read", "validate", "split", "dedup", "render", "tokenize"]
+    assert stages["read"]["dropped"] == {"malformed_json": 1} and stages["dedup"]["dropped"] == {"duplicate_pair": 1}
+    assert stages["tokenize"]["kept"] == c["written"] and stages["read"]["kept"] == c["read"] - 1
+    assert sum(sum(s["dropped"].values()) for s in stages.values()) == c["rejected"]
     rejects = [json.loads(line) for line in (out / "rejects.jsonl").read_text().splitlines()]
     assert sorted(r["reason"] for r in rejects) == sorted(c["by_reason"])
     assert {r["origin"] for r in rejects} == {f"{tmp_path}/lb.jsonl:{n}" for n in (61, 62, 63)}

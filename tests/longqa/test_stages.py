@@ -40,12 +40,15 @@ def test_each_stage_drops_and_counts_its_own_reasons_in_read_order(tmp_path, tin
     assert [p.record.id for p in kept] == ["ok", "repeat"]  # repeats of a draw with replacement skip dedup
     assert all(p.split == "train" and p.rendered.material == document(1) for p in kept)
     counts = tally.as_dict()
-    assert counts["by_stage"] == {"read": {"malformed_json": 1}, "validate": {"empty_question": 1},
-                                  "split": {"denied_document": 1}, "dedup": {"duplicate_pair": 1}}
+    assert counts["by_stage"] == {"read": {"kept": 5, "dropped": {"malformed_json": 1}},
+                                  "validate": {"kept": 4, "dropped": {"empty_question": 1}},
+                                  "split": {"kept": 3, "dropped": {"denied_document": 1}},
+                                  "dedup": {"kept": 2, "dropped": {"duplicate_pair": 1}},
+                                  "render": {"kept": 2, "dropped": {}}}
     assert [line["reason"] for line in lines] == ["malformed_json", "empty_question", "denied_document",
                                                   "duplicate_pair"]
     assert counts["read"] == len(items) == len(kept) + counts["rejected"]
-    assert sum(sum(c.values()) for c in counts["by_stage"].values()) == counts["rejected"]
+    assert sum(sum(c["dropped"].values()) for c in counts["by_stage"].values()) == counts["rejected"]
 
 
 def test_shard_keeps_whole_documents_and_counts_the_others(tmp_path, tiny_tokenizer):
@@ -80,7 +83,7 @@ def test_a_stage_alone(tmp_path):
     rejects = RejectLog(tmp_path / "r.jsonl", tally, strict=False)
     items = [Prepared(record(id="a"), "d"), Prepared(record(id="b", question="who gave THEIR name to normandy?"), "d")]
     assert [p.record.id for p in Dedup(tally, rejects)(items)] == ["a"]
-    assert dict(tally.by_stage) == {"dedup": {"duplicate_pair": 1}}
+    assert tally.stages() == {"dedup": {"kept": 1, "dropped": {"duplicate_pair": 1}}}
     split = Split(config(tmp_path, heldout_docs=["d"]), tally, rejects)
     assert [p.split for p in split(items)] == ["test", "test"]
     rejects.close()
