@@ -124,7 +124,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = (), progre
              "replica(s)" if cp is not None else "")
     precision = "bf16 autocast" if args.bf16 else "float32"
     why = "" if cfg.bf16 is not None else " (bf16: null: " + (
-        "bf16 units found)" if args.bf16 else "no avx512_bf16/amx_bf16 or bf16 GPU: float32 is faster)")
+        "bf16 units found)" if args.bf16 else
+        "no usable bf16 units (avx512_bf16/amx_bf16, ONEDNN_MAX_CPU_ISA) or bf16 GPU: float32 is faster)")
     loss = f"{'chunked' if cfg.chunked_loss else 'plain'}, {cfg.loss_reduction} mean"
     log.info(f"precision: {precision}{why}; loss: {loss}")
     log.info(f"world size {args.world_size}{ddp}, global batch "
