@@ -411,8 +411,10 @@ def _gathered_half(q_t, k_t, v_t, heads, kv_heads, plan, dropout: float, scaling
         out_values.append(o.transpose(1, 2)[keep])  # (kept slots, Hh, D)
         out_rows.append(keep_rows)
         out_tokens.append(keep_tokens)
-    out = q_t.new_zeros(batch, seq_len, len(heads), head_dim)
-    return out.index_put((torch.cat(out_rows), torch.cat(out_tokens)), torch.cat(out_values))
+    values = torch.cat(out_values)
+    # the attention's dtype, not the query's: under autocast SDPA returns bf16 for float32 queries (RoPE upcasts them)
+    out = values.new_zeros(batch, seq_len, len(heads), head_dim)
+    return out.index_put((torch.cat(out_rows), torch.cat(out_tokens)), values)
 
 
 def _flash_half(q_t, k_t, v_t, heads, kv_heads, plan, dropout: float, scaling: float | None) -> torch.Tensor:
@@ -421,7 +423,7 @@ def _flash_half(q_t, k_t, v_t, heads, kv_heads, plan, dropout: float, scaling: f
     q, k, v = (_gather(x, rows, tokens, idx) for x, idx in ((q_t, heads), (k_t, kv_heads), (v_t, kv_heads)))
     o = _flash_varlen_func()(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, dropout_p=dropout,
                              softmax_scale=scaling, causal=True)
-    out = q_t.new_zeros(q_t.shape[0], q_t.shape[1], len(heads), q_t.shape[-1])
+    out = o.new_zeros(q_t.shape[0], q_t.shape[1], len(heads), q_t.shape[-1])  # o's dtype, as in _gathered_half
     return out.index_put((rows, tokens), o)
 
 

@@ -372,3 +372,16 @@ def test_full_attention_over_packed_rows_is_one_varlen_call_per_head_half_with_t
             alone = F.scaled_dot_product_attention(q[row:row + 1, :, a:b], k[row:row + 1, :, a:b].repeat_interleave(
                 2, 1), v[row:row + 1, :, a:b].repeat_interleave(2, 1), is_causal=True).transpose(1, 2)
             torch.testing.assert_close(out[row:row + 1, a:b], alone)
+
+
+@pytest.mark.parametrize("attn", ["s2_attn", "packed_causal"])
+def test_packed_rows_train_under_bf16_autocast_with_float32_weights(attn):
+    """As sft.run trains on CPUs with bf16 units: float32 weights under bf16 autocast. The attention's output is bf16
+    while the (RoPE-upcast) queries are float32; the gathered path used to fail writing one into the other."""
+    model = lora_plus_model(attn, 4, 2).float()
+    packed = PackedCollator(pad_id=0)([pack_samples(samples())])
+    packed.pop(REAL_TOKENS)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        loss = model(**packed, use_cache=False).loss
+    loss.backward()
+    assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
