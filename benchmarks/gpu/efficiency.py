@@ -260,12 +260,11 @@ def main(argv=None) -> int:
     import peft
     import transformers
 
-    from sft.evaluation.provenance import device_name
+    from sft.evaluation.provenance import device_name, script_device
 
     args = parse_args(argv)
-    device = "cpu" if args.cpu_smoke or not torch.cuda.is_available() else "cuda"
-    if device == "cpu" and not args.cpu_smoke:
-        print("no CUDA device: use --cpu-smoke to check the script on a CPU", file=sys.stderr)
+    device = script_device(args.cpu_smoke)
+    if device is None:
         return 2
     name = device_name(device)
     out = args.out or ROOT / "benchmarks/results" / f"efficiency_{name.split()[-1].lower()}.md"

