@@ -50,7 +50,10 @@ Cost (LongLoRA Sec. 3.2): attention FLOPs ~ ``N * G`` instead of ``N**2 / 2``, n
   segments are slices of the sequence, so all full groups of a head half are one ``scaled_dot_product_attention(
   is_causal=True)`` call on a ``(B * N / G, H / 2, G, D)`` view, plus one call for a shorter last group and, for the
   shifted half, one for ``[0, G/2)``.
-- SDPA backend, anything else (packed samples, left padding, ``roll`` with padding): the segments are gathered to
+- SDPA backend, packed rows, left padding or ``roll`` with padding, at most ``PER_SAMPLE_MAX`` samples in the batch
+  (e.g. packed rows of long samples): each sample's slice of its row goes through the path above on its own, exactly
+  as if it were alone in a row; no gather.
+- SDPA backend, anything else (rows of many short packed samples): the segments are gathered to
   ``(segments, H / 2, length, D)``, one batched causal call per size class (next power of two), scattered back.
 - flash backend (``flash_attn_varlen_func``, when flash-attn imports): all segments of a head half back to back in one
   varlen call whose ``cu_seqlens`` are the segment boundaries.
@@ -492,9 +495,45 @@ def s2_attention_forward(
         out = cp.attention(q_t, k_t, v_t, samples, group_size, settings.wrap, dropout, scaling)
     elif backend == "sdpa" and _is_contiguous(samples, seq_len, settings.wrap):
         out = _sliced_attention(q_t, k_t, v_t, samples, group_size, settings.wrap, dropout, scaling)
+    elif backend == "sdpa" and _few_samples(samples):
+        out = _per_sample_attention(q_t, k_t, v_t, samples, lambda q, k, v: _sliced_attention(
+            q, k, v, (((0, q.shape[1]),),), group_size, settings.wrap, dropout, scaling))
     else:
         out = _gathered_attention(q_t, k_t, v_t, samples, group_size, settings.wrap, backend, dropout, scaling)
     return out.contiguous(), None
+
+
+#: batches of at most this many samples (packed rows of long samples, left padding) are attended one sample slice at
+#: a time, the path of a sample alone; more samples (rows of many short ones) are gathered by size class instead
+PER_SAMPLE_MAX = 16
+
+
+def _few_samples(samples: tuple) -> bool:
+    """Is :func:`_per_sample_attention` the cheaper route: few enough samples that one small attention call per sample
+    costs less than gathering every query, key and value (and scattering the output) of the batch?"""
+    return sum(len(spans) for spans in samples) <= PER_SAMPLE_MAX
+
+
+def _per_sample_attention(q_t, k_t, v_t, samples, attend) -> torch.Tensor:
+    """``attend(q, k, v)`` on every sample's own slice of its row (token-major ``(1, L, H, D)``), exactly as if the
+    sample were alone in a row: no gather, no scatter; zeros at padding. Shapes as :func:`_sliced_attention`."""
+    batch, seq_len, num_heads, head_dim = q_t.shape
+    pieces = {(row, base): attend(*(x[row:row + 1, base:end] for x in (q_t, k_t, v_t)))
+              for row, spans in enumerate(samples) for base, end in spans}
+    # the attention's dtype (bf16 under autocast for float32 queries), as in _gathered_half
+    dtype = next(iter(pieces.values())).dtype if pieces else q_t.dtype
+    rows = []
+    for row, spans in enumerate(samples):
+        parts, at = [], 0
+        for base, end in spans:
+            if base > at:
+                parts.append(q_t.new_zeros(1, base - at, num_heads, head_dim, dtype=dtype))
+            parts.append(pieces[row, base])
+            at = end
+        if at < seq_len:
+            parts.append(q_t.new_zeros(1, seq_len - at, num_heads, head_dim, dtype=dtype))
+        rows.append(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+    return torch.cat(rows) if batch > 1 else rows[0]
 
 
 def _sliced_attention(q_t, k_t, v_t, samples, group_size, wrap, dropout, scaling) -> torch.Tensor:
@@ -581,8 +620,13 @@ def packed_causal_forward(
     settings = S2AttnSettings.from_config(getattr(module, "config", None))
     backend = select_backend(settings.backend, query)
     q_t, k_t, v_t = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
-    out = _gathered_attention(q_t, k_t, v_t, samples, 2 * query.shape[2], "none", backend,
-                              dropout if module.training else 0.0, scaling)
+    dropout = dropout if module.training else 0.0
+    if backend == "sdpa" and _few_samples(samples):  # one causal SDPA call per sample, all heads
+        gqa = query.shape[1] != key.shape[1]
+        out = _per_sample_attention(q_t, k_t, v_t, samples, lambda q, k, v: _grouped_causal(
+            q, k, v, q.shape[1], dropout, scaling, gqa))
+    else:  # S2 with one segment per sample (a group of 2 N tokens)
+        out = _gathered_attention(q_t, k_t, v_t, samples, 2 * query.shape[2], "none", backend, dropout, scaling)
     return out.contiguous(), None
 
 

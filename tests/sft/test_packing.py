@@ -241,8 +241,17 @@ EQUALITY_CASES = {  # name: (attention, heads, kv heads, wrap)
 }
 
 
+@pytest.fixture(params=["per-sample", "gather"])
+def route(request, monkeypatch):
+    """How a packed row of few samples is attended: each sample's slice on its own (the default for few samples), or
+    all samples' segments gathered by size class (the route of rows of many short samples)."""
+    if request.param == "gather":
+        monkeypatch.setattr(s2attn, "_few_samples", lambda *args: False)
+    return request.param
+
+
 @pytest.mark.parametrize("case", EQUALITY_CASES, ids=list(EQUALITY_CASES))
-def test_packed_row_gives_each_sample_its_own_loss_and_gradients(case, leaky_attention, monkeypatch):
+def test_packed_row_gives_each_sample_its_own_loss_and_gradients(case, route, leaky_attention, monkeypatch):
     attn, heads, kv_heads, wrap = EQUALITY_CASES[case]
     model = lora_plus_model(attn, heads, kv_heads, wrap)
     names = {n for n, p in model.named_parameters() if p.requires_grad}
@@ -263,7 +272,7 @@ def test_packed_row_gives_each_sample_its_own_loss_and_gradients(case, leaky_att
     assert leak_loss > 1e-4 and leak_grad > 1e-4, (leak_loss, leak_grad)
 
 
-def test_eval_mode_attends_inside_each_packed_sample():
+def test_eval_mode_attends_inside_each_packed_sample(route):
     model = lora_plus_model("s2_attn", 4, 2).eval()
     items = samples(seed=1)
     packed = PackedCollator(pad_id=0)([pack_samples(items)])
@@ -375,11 +384,13 @@ def test_full_attention_over_packed_rows_is_one_varlen_call_per_head_half_with_t
 
 
 @pytest.mark.parametrize("attn", ["s2_attn", "packed_causal"])
-def test_packed_rows_train_under_bf16_autocast_with_float32_weights(attn):
+def test_packed_rows_train_under_bf16_autocast_with_float32_weights(attn, route):
     """As sft.run trains on CPUs with bf16 units: float32 weights under bf16 autocast. The attention's output is bf16
-    while the (RoPE-upcast) queries are float32; the gathered path used to fail writing one into the other."""
+    while the (RoPE-upcast) queries are float32; the gathered path used to fail writing one into the other. Two rows,
+    the second padded (21 + 13 and 30 tokens)."""
     model = lora_plus_model(attn, 4, 2).float()
-    packed = PackedCollator(pad_id=0)([pack_samples(samples())])
+    items = samples()
+    packed = PackedCollator(pad_id=0)([pack_samples(items[:2]), pack_samples(items[2:])])
     packed.pop(REAL_TOKENS)
     with torch.autocast("cpu", dtype=torch.bfloat16):
         loss = model(**packed, use_cache=False).loss

@@ -208,12 +208,15 @@ CASES = {
 }
 
 
-@pytest.fixture(params=["auto", "gather"])
+@pytest.fixture(params=["auto", "per-sample", "gather"])
 def path(request, monkeypatch):
-    """"auto": slices of the sequence where the batch allows it (one sample per row from token 0), else gathers;
+    """"auto": slices of the sequence where the batch allows it (one sample per row from token 0), else each sample's
+    slice on its own (few samples), else gathers; "per-sample": each sample's slice on its own for every batch;
     "gather": the general gather path for every batch."""
-    if request.param == "gather":
+    if request.param != "auto":
         monkeypatch.setattr(s2attn, "_is_contiguous", lambda *args: False)
+    if request.param == "gather":
+        monkeypatch.setattr(s2attn, "_few_samples", lambda *args: False)
     return request.param
 
 
@@ -228,7 +231,7 @@ def test_outputs_and_gradients_match_reference(case, wrap, path):
 
 
 @pytest.mark.parametrize("wrap", ["none", "roll"])
-def test_packed_rows_with_padding_match_reference(wrap):
+def test_packed_rows_with_padding_match_reference(wrap, path):
     position_ids = torch.tensor([list(range(10)) + list(range(14)),
                                  list(range(5)) + list(range(11)) + list(range(8))])
     mask = torch.ones(2, 24, dtype=torch.bool)
