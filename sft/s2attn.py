@@ -505,7 +505,7 @@ def s2_attention_forward(
 
 #: batches of at most this many samples (packed rows of long samples, left padding) are attended one sample slice at
 #: a time, the path of a sample alone; more samples (rows of many short ones) are gathered by size class instead
-PER_SAMPLE_MAX = 16
+PER_SAMPLE_MAX = 32
 
 
 def _few_samples(samples: tuple) -> bool:
@@ -516,24 +516,32 @@ def _few_samples(samples: tuple) -> bool:
 
 def _per_sample_attention(q_t, k_t, v_t, samples, attend) -> torch.Tensor:
     """``attend(q, k, v)`` on every sample's own slice of its row (token-major ``(1, L, H, D)``), exactly as if the
-    sample were alone in a row: no gather, no scatter; zeros at padding. Shapes as :func:`_sliced_attention`."""
-    batch, seq_len, num_heads, head_dim = q_t.shape
-    pieces = {(row, base): attend(*(x[row:row + 1, base:end] for x in (q_t, k_t, v_t)))
-              for row, spans in enumerate(samples) for base, end in spans}
-    # the attention's dtype (bf16 under autocast for float32 queries), as in _gathered_half
-    dtype = next(iter(pieces.values())).dtype if pieces else q_t.dtype
-    rows = []
+    sample were alone in a row: no gather, no scatter; zeros at padding. Shapes as :func:`_sliced_attention`.
+
+    The slices come from ``split()`` (rows, then samples and the gaps between them): its backward is one concatenation,
+    where each sliced view's backward would fill a zero tensor the size of the whole input."""
+    seq_len = q_t.shape[1]
+    rows = [x.split(1) for x in (q_t, k_t, v_t)]
+    out_rows = []
     for row, spans in enumerate(samples):
-        parts, at = [], 0
+        cuts, real, at = [], [], 0
         for base, end in spans:
             if base > at:
-                parts.append(q_t.new_zeros(1, base - at, num_heads, head_dim, dtype=dtype))
-            parts.append(pieces[row, base])
+                cuts.append(base - at)
+                real.append(False)
+            cuts.append(end - base)
+            real.append(True)
             at = end
         if at < seq_len:
-            parts.append(q_t.new_zeros(1, seq_len - at, num_heads, head_dim, dtype=dtype))
-        rows.append(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
-    return torch.cat(rows) if batch > 1 else rows[0]
+            cuts.append(seq_len - at)
+            real.append(False)
+        q, k, v = (x[row].split(cuts, dim=1) for x in rows)
+        parts = [attend(q[i], k[i], v[i]) if keep else None for i, keep in enumerate(real)]
+        # the attention's dtype (bf16 under autocast for float32 queries), as in _gathered_half
+        dtype = next((part.dtype for part in parts if part is not None), q_t.dtype)
+        parts = [part if part is not None else q[i].new_zeros(q[i].shape, dtype=dtype) for i, part in enumerate(parts)]
+        out_rows.append(torch.cat(parts, dim=1) if len(parts) > 1 else parts[0])
+    return torch.cat(out_rows) if len(out_rows) > 1 else out_rows[0]
 
 
 def _sliced_attention(q_t, k_t, v_t, samples, group_size, wrap, dropout, scaling) -> torch.Tensor:
