@@ -446,3 +446,20 @@ def test_from_pretrained_with_s2_attn_keeps_the_settings(tmp_path):
     model = AutoModelForCausalLM.from_pretrained(tmp_path, attn_implementation="s2_attn")
     assert model.config._attn_implementation == "s2_attn"
     assert S2AttnSettings.from_config(model.config) == S2AttnSettings(group_size=4, wrap="roll")
+
+
+def test_packed_route_benchmark_times_both_routes(tmp_path):
+    """benchmarks/s2attn_packed.py at a tiny size: one row per sample count, both routes beside the sliced path."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks/s2attn_packed.py"
+    spec = importlib.util.spec_from_file_location("s2attn_packed_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "routes.md"
+    assert bench.main(["--length", "64", "--samples", "1", "4", "--repeats", "1", "--out", str(out)]) == 0
+    rows = [line for line in out.read_text().splitlines() if line.startswith("| ") and line[2].isdigit()]
+    assert [row.split(" | ")[0] for row in rows] == ["| 1", "| 4"]
+    assert rows[0].endswith("| – | – |") and "–" not in rows[1]
+    assert s2attn._few_samples((((0, 2),),))  # the benchmark put the route rule back
