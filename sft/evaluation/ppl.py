@@ -86,7 +86,8 @@ LONGLORA_E = 2.71828  # eval.py: stats['val_perplexity'] = 2.71828 ** stats['val
 
 
 def aggregate(scores: Sequence[tuple[float, int]], protocol: str, batch_size: int = 32) -> dict[str, Any]:
-    """Perplexity of per-window ``(NLL sum, scored tokens)`` with a 95 % interval (bootstrap over windows).
+    """Perplexity of per-window ``(NLL sum, scored tokens)`` with a 95 % interval (bootstrap over windows), and the
+    per-window pairs themselves (``per_window``: two models scored on the same windows compare window by window).
 
     sliding / strided: ``exp(sum NLL / sum tokens)``. longlora, as ``eval.py``: each window's mean NLL, averaged per
     batch of `batch_size` consecutive windows, the batch means averaged (a smaller last batch weighs more), and
@@ -102,7 +103,8 @@ def aggregate(scores: Sequence[tuple[float, int]], protocol: str, batch_size: in
     else:
         loss, ci, base = sum(nlls) / sum(counts), bootstrap_ratio(nlls, counts), math.e
     return {"ppl": round(base ** loss, 4), "nll": round(loss, 6), "tokens": sum(counts), "windows": len(scores),
-            "ci": [round(base ** ci[0], 4), round(base ** ci[1], 4)]}
+            "ci": [round(base ** ci[0], 4), round(base ** ci[1], 4)],
+            "per_window": [[round(s, 4), n] for s, n in scores]}
 
 
 # ----------------------------------------------------------------------------------------------------------------------

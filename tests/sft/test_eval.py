@@ -4,6 +4,7 @@ plus the QA helpers (middle truncation, batching, prompts) and the configuration
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 
 import pytest
@@ -232,6 +233,10 @@ def test_eval_two_models_writes_the_report_and_is_deterministic(tmp_path, tiny_m
     assert set(ppl["by_length"]) == {"64", "256"} and "2048" in ppl["skipped"]
     assert ppl["by_length"]["64"]["tokens"] == 2 * 64 and ppl["by_length"]["256"]["windows"] == 2
     assert all(v["ppl"] > 1 for v in ppl["by_length"].values())
+    # the per-window scores the perplexity is made of (for paired comparisons between models)
+    for v in ppl["by_length"].values():
+        assert len(v["per_window"]) == v["windows"] and sum(n for _, n in v["per_window"]) == v["tokens"]
+        assert math.exp(sum(s for s, _ in v["per_window"]) / v["tokens"]) == pytest.approx(v["ppl"], rel=1e-4)
 
     # what the numbers were computed on: versions, the models' files (the adapter's base is the base), data
     import hashlib
