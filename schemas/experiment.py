@@ -62,6 +62,9 @@ class ExperimentConfig(BaseModel):
                             "is cheapest: their results arrive before any training)")
     eval: dict[str, Any] = Field(default_factory=dict, description="EvalConfig fields (tasks, passkey, ppl, ...) "
                                  "for every arm; `models` and `out` are set by the experiment")
+    compare: list[tuple[str, str]] = Field(default_factory=list, description="pairs [arm, reference]: results.md "
+                                           "adds each pair's perplexity ratio arm / reference at every length, with "
+                                           "a 95 % paired interval over the same windows (e.g. [longlora, full_attn])")
     only: list[str] | None = Field(None, description="run only these arms (others already finished are still "
                                    "reported); null: all")
 
@@ -74,6 +77,12 @@ class ExperimentConfig(BaseModel):
             problems.append(f"arms: names given twice: {twice}")
         if self.only and set(self.only) - set(names):
             problems.append(f"only: unknown arm(s) {sorted(set(self.only) - set(names))}")
+        for arm, reference in self.compare:
+            unknown = sorted({arm, reference} - set(names))
+            if unknown:
+                problems.append(f"compare [{arm}, {reference}]: unknown arm(s) {unknown}")
+            elif arm == reference:
+                problems.append(f"compare [{arm}, {reference}]: an arm compared with itself")
         for key in ("models", "out"):
             if key in self.eval:
                 problems.append(f"eval.{key}: set by the experiment (each arm is a model; out is OUT/eval/ARM)")

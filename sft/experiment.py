@@ -262,6 +262,41 @@ def results_table(cfg: ExperimentConfig, rows: dict[str, dict[str, Any]]) -> str
     return "\n".join(lines) + "\n"
 
 
+def comparisons(cfg: ExperimentConfig, reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """``cfg.compare``'s pairs that both have perplexity results: the ratio arm / reference at each length both
+    scored on the same windows, with its paired 95 % interval (:func:`sft.evaluation.ppl.paired_ratio`)."""
+    from sft.evaluation.ppl import paired_ratio
+
+    found = []
+    for arm, reference in cfg.compare:
+        if arm not in reports or reference not in reports:
+            continue
+        a, b = (reports[n]["results"].get("ppl", {}).get(n) for n in (arm, reference))
+        if not a or not b or a.get("protocol") == "longlora":
+            continue
+        by_length = {length: paired for length in a["by_length"] if length in b["by_length"]
+                     for paired in [paired_ratio(a["by_length"][length], b["by_length"][length])] if paired}
+        if by_length:
+            found.append({"arm": arm, "reference": reference, "ppl_ratio": by_length})
+    return found
+
+
+def comparisons_table(found: list[dict[str, Any]]) -> str:
+    """Markdown: one row per pair and length."""
+    from sft.evaluation.report import paired_verdict
+
+    lines = ["## Paired perplexity", "", "| arm / reference | length | ppl ratio [95 % paired interval] | arm lower "
+             "in | verdict |", "|---|---:|---|---:|---|"]
+    for pair in found:
+        for length, r in pair["ppl_ratio"].items():
+            lines.append(f"| {pair['arm']} / {pair['reference']} | {length} | {r['ratio']:.4f} [{r['ci'][0]:.4f}, "
+                         f"{r['ci'][1]:.4f}] | {r['lower_windows']} of {r['windows']} windows | "
+                         f"{paired_verdict(r['ci'])} |")
+    lines += ["", "The two arms' perplexity on the same held-out windows: below 1 the arm is better. The interval "
+              "resamples windows with both arms' scores together (a paired bootstrap)."]
+    return "\n".join(lines) + "\n"
+
+
 def write_results(cfg: ExperimentConfig, rows: dict[str, dict[str, Any]], reports: dict[str, dict[str, Any]]
                   ) -> Path:
     """Rewrite OUT/results.md, OUT/results.json and OUT/report/ from what has finished."""
@@ -271,9 +306,10 @@ def write_results(cfg: ExperimentConfig, rows: dict[str, dict[str, Any]], report
     out = Path(cfg.out)
     if reports:
         write_report(combine(reports, f"python -m sft.experiment ({cfg.name})"), out / "report")
-    write_text(out / f"{RESULTS}.json", json.dumps({"experiment": cfg.model_dump(mode="json"), "arms": rows},
-                                                     indent=1, ensure_ascii=False) + "\n")
-    write_text(out / f"{RESULTS}.md", results_table(cfg, rows))
+    found = comparisons(cfg, reports)
+    write_text(out / f"{RESULTS}.json", json.dumps({"experiment": cfg.model_dump(mode="json"), "arms": rows,
+                                                     "comparisons": found}, indent=1, ensure_ascii=False) + "\n")
+    write_text(out / f"{RESULTS}.md", results_table(cfg, rows) + ("\n" + comparisons_table(found) if found else ""))
     return out / f"{RESULTS}.md"
 
 

@@ -107,6 +107,23 @@ def aggregate(scores: Sequence[tuple[float, int]], protocol: str, batch_size: in
             "per_window": [[round(s, 4), n] for s, n in scores]}
 
 
+def paired_ratio(model: dict[str, Any], reference: dict[str, Any]) -> dict[str, Any] | None:
+    """``ppl(model) / ppl(reference)`` of two :func:`aggregate` results on the same windows, with a 95 % paired
+    bootstrap interval over windows (both models' NLL on a resampled window move together), and how many windows
+    the model scored lower; None when the windows differ (other token counts, or no ``per_window``: older reports).
+    Perplexity protocols with ``exp(sum NLL / tokens)`` only (not ``longlora``'s averaged batch means)."""
+    from sft.evaluation.intervals import bootstrap_paired_ratio
+
+    a, b = model.get("per_window"), reference.get("per_window")
+    if not a or not b or [n for _, n in a] != [n for _, n in b]:
+        return None
+    nll_a, nll_b, tokens = [s for s, _ in a], [s for s, _ in b], [n for _, n in a]
+    log_ratio = (sum(nll_a) - sum(nll_b)) / sum(tokens)
+    lo, hi = bootstrap_paired_ratio(nll_a, nll_b, tokens)
+    return {"ratio": round(math.exp(log_ratio), 4), "ci": [round(math.exp(lo), 4), round(math.exp(hi), 4)],
+            "windows": len(a), "lower_windows": sum(x < y for x, y in zip(nll_a, nll_b))}
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------------------------------

@@ -108,7 +108,9 @@ def _provenance(report: dict[str, Any]) -> str:
 BUILT_IN = ("qa", "short_qa", "passkey", "ppl")  # tasks whose sections this module writes
 INTERVALS_NOTE = ("Scores are shown as `score [low, high]`: 95 % intervals, Wilson for accuracies (passkey, exact "
                   "match), the bootstrap over questions for F1 and ROUGE-L, over windows for perplexity. Overlapping "
-                  "intervals mean the difference is not established at this n.")
+                  "intervals mean the difference is not established at this n. Two models' perplexities on the same "
+                  "windows are also compared window by window: their ratio with a paired bootstrap interval, which "
+                  "can separate models whose own intervals overlap.")
 
 #: (label, key) of the QA metrics in the report: ROUGE-L is LongBench's (the rouge package), see metrics.py
 QA_METRICS = (("F1", "f1"), ("ROUGE-L (LongBench)", "rouge_l"), ("ROUGE-L on normalized tokens", "rouge_l_normalized"),
@@ -125,6 +127,7 @@ def with_ci(value: Any, ci: Sequence[float] | None, digits: int = 2) -> str:
 def _comparison(results: dict[str, Any], names: list[str]) -> str:
     """One row per headline score and model after the first: both values with intervals and whether they overlap."""
     from sft.evaluation.intervals import overlap
+    from sft.evaluation.ppl import paired_ratio
 
     first, rows = names[0], []
 
@@ -151,12 +154,25 @@ def _comparison(results: dict[str, Any], names: list[str]) -> str:
                 if length in b:
                     add(f"perplexity at {length} tokens ({a[length]['windows']} windows)",
                         (a[length]["ppl"], a[length].get("ci")), (b[length]["ppl"], b[length].get("ci")), other, 3)
+                    paired = paired_ratio(b[length], a[length]) \
+                        if results["ppl"][first].get("protocol") != "longlora" else None
+                    if paired:
+                        rows.append([f"perplexity at {length} tokens, {other} / {first}, paired over the same "
+                                     f"{paired['windows']} windows", with_ci(paired["ratio"], paired["ci"], 3),
+                                     f"{other} lower in {paired['lower_windows']} of {paired['windows']}",
+                                     paired_verdict(paired["ci"])])
         for task, by_model in results.items():  # other tasks that report headline scores with intervals
             if task in BUILT_IN:
                 continue
             for label, (a, b) in _headlines(by_model, first, other):
                 add(f"{task} {label}", a, b, other)
     return _table(["score", "", "", "intervals"], rows)
+
+
+def paired_verdict(ci: Sequence[float]) -> str:
+    """Whether a paired ratio's interval excludes 1."""
+    return "paired interval excludes 1: differ" if ci[0] > 1 or ci[1] < 1 else "paired interval includes 1: " \
+        "not established"
 
 
 def _headlines(by_model: dict[str, Any], first: str, other: str):

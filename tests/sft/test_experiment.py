@@ -33,7 +33,8 @@ def setup(tmp_path, tiny_llama_dir):
                     {"name": "full", "overrides": {"s2_attn": False}}],
            "eval": {"tasks": ["passkey", "ppl"], "dtype": "float32", "device": "cpu",
                     "passkey": {"lengths": [300], "depths": [0.5], "trials": 1, "filler": str(heldout)},
-                    "ppl": {"data": str(heldout), "lengths": [400], "max_windows": 1, "stride": 32}}}
+                    "ppl": {"data": str(heldout), "lengths": [400], "max_windows": 3, "stride": 32}},
+           "compare": [["longlora", "full"], ["full", "base"]]}
     path = tmp_path / "exp.yaml"
     path.write_text(yaml.safe_dump(exp))
     return path, tmp_path / "exp"
@@ -58,6 +59,16 @@ def test_experiment_runs_every_arm_into_one_report_and_reruns_skip_finished_work
     table = (out / "results.md").read_text()
     assert all(f"| {name} |" in table for name in results) and "ppl@400" in table
     assert (out / "report" / "report.md").is_file() and (out / "report" / "ppl.png").is_file()
+    # the compared pairs: perplexity ratios on the same windows, with paired intervals
+    found = json.loads((out / "results.json").read_text())["comparisons"]
+    assert [(c["arm"], c["reference"]) for c in found] == [("longlora", "full"), ("full", "base")]
+    for c in found:
+        ratio = c["ppl_ratio"]["400"]
+        assert ratio["windows"] == 3 and ratio["ci"][0] <= ratio["ratio"] <= ratio["ci"][1]
+        expected = results[c["arm"]]["scores"]["ppl@400"] / results[c["reference"]]["scores"]["ppl@400"]
+        assert ratio["ratio"] == pytest.approx(expected, rel=1e-3)
+    assert "| longlora / full | 400 |" in table and "| full / base | 400 |" in table
+    assert "paired over the same 3 windows" in (out / "report" / "report.md").read_text()
 
     # a rerun trains and evaluates nothing again
     adapter = out / "arms" / "longlora" / "adapter" / "adapter_model.safetensors"
@@ -106,6 +117,12 @@ def test_every_problem_is_reported_before_any_work(setup, capsys):
     assert main([str(path)]) == 2
     err = capsys.readouterr().err
     assert "arm bad" in err and "max_lenght" in err and "/nonexistent/heldout" in err
+    exp["arms"] = exp["arms"][:-1]
+    exp["compare"] = [["longlora", "nope"], ["full", "full"]]
+    path.write_text(yaml.safe_dump(exp))
+    assert main([str(path)]) == 2
+    err = capsys.readouterr().err
+    assert "compare [longlora, nope]: unknown arm(s) ['nope']" in err and "compared with itself" in err
 
 
 @pytest.mark.parametrize("rope, factor, window", [(None, None, 512), ("linear", None, 512), ("yarn", None, 512),

@@ -1,9 +1,10 @@
-"""95 % intervals: Wilson against hand-computed values, the seeded bootstrap, overlap."""
+"""95 % intervals: Wilson against hand-computed values, the seeded bootstrap (plain, ratio, paired), overlap."""
 from __future__ import annotations
 
 import pytest
 
-from sft.evaluation.intervals import bootstrap_mean, bootstrap_ratio, overlap, percent, wilson
+from sft.evaluation.intervals import (bootstrap_mean, bootstrap_paired_ratio, bootstrap_ratio, overlap, percent,
+                                     wilson)
 
 
 def test_wilson_known_values():
@@ -30,6 +31,24 @@ def test_bootstrap_ratio_weights_units_by_their_size():
     lo, hi = bootstrap_ratio([10.0, 30.0], [10, 10])
     assert lo == pytest.approx(1.0) and hi == pytest.approx(3.0)
     assert bootstrap_ratio([5.0, 5.0], [5, 5]) == pytest.approx((1.0, 1.0))
+
+
+def test_paired_bootstrap_removes_what_the_units_share():
+    # windows of very different difficulty; model b is better by exactly 0.1 nats a token on every window
+    tokens = [100, 100, 100, 100, 100, 100]
+    a = [150.0, 420.0, 260.0, 610.0, 330.0, 500.0]
+    b = [x - 10.0 for x in a]
+    assert bootstrap_paired_ratio(a, b, tokens) == pytest.approx((0.1, 0.1))  # a constant shift: no spread at all
+    own_a, own_b = bootstrap_ratio(a, tokens), bootstrap_ratio(b, tokens)
+    assert overlap(own_a, own_b)  # unpaired, the two models' intervals overlap widely
+    # a noisy gain: the paired interval still excludes 0 though the models' own intervals overlap
+    noisy = [x - d for x, d in zip(a, [5.0, 15.0, 8.0, 12.0, 6.0, 14.0])]
+    lo, hi = bootstrap_paired_ratio(a, noisy, tokens)
+    assert 0 < lo < 0.1 < hi < 0.15 and overlap(bootstrap_ratio(noisy, tokens), own_a)
+    assert bootstrap_paired_ratio(a, a, tokens) == pytest.approx((0.0, 0.0))
+    assert bootstrap_paired_ratio([], [], []) is None
+    with pytest.raises(ValueError):
+        bootstrap_paired_ratio(a, b[:-1], tokens)
 
 
 def test_percent_and_overlap():

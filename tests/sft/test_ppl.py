@@ -1,11 +1,13 @@
-"""Perplexity window generators (LongLoRA sliding window, HF strided), the window NLL and the document stream."""
+"""Perplexity window generators (LongLoRA sliding window, HF strided), the window NLL, the document stream and the
+paired comparison of two models on the same windows."""
 from __future__ import annotations
 
 import math
 
 import pytest
 
-from sft.evaluation.ppl import Window, load_texts, sliding_windows, strided_windows, token_stream, window_nll
+from sft.evaluation.ppl import (Window, aggregate, load_texts, paired_ratio, sliding_windows, strided_windows,
+                                token_stream, window_nll)
 
 
 def test_sliding_windows_exact():
@@ -71,3 +73,17 @@ def test_token_stream_and_text_file(tmp_path, tiny_tokenizer):
     stream = token_stream(["ab", "cd"], tiny_tokenizer)
     ab, cd = (tiny_tokenizer(t, add_special_tokens=False)["input_ids"] for t in ("ab", "cd"))
     assert stream == ab + [tiny_tokenizer.eos_token_id] + cd
+
+
+def test_paired_ratio_of_two_models_on_the_same_windows():
+    reference = aggregate([(300.0, 100), (500.0, 100), (200.0, 100), (400.0, 100)], "sliding")
+    model = aggregate([(290.0, 100), (480.0, 100), (205.0, 100), (380.0, 100)], "sliding")
+    paired = paired_ratio(model, reference)
+    assert paired["ratio"] == pytest.approx(model["ppl"] / reference["ppl"], rel=1e-3)
+    assert paired["ratio"] == pytest.approx(math.exp(-45.0 / 400), rel=1e-4)
+    assert paired["windows"] == 4 and paired["lower_windows"] == 3
+    assert paired["ci"][0] <= paired["ratio"] <= paired["ci"][1] < 1  # better on the whole, paired
+    assert paired_ratio(reference, reference)["ratio"] == 1.0
+    # other windows (token counts), or a report from before per-window scores: no paired comparison
+    assert paired_ratio(model, aggregate([(300.0, 100), (500.0, 90), (200.0, 100), (400.0, 100)], "sliding")) is None
+    assert paired_ratio(model, {k: v for k, v in reference.items() if k != "per_window"}) is None
