@@ -181,6 +181,18 @@ def test_gpu_experiment_script_runs_on_cpu_without_datasets_or_pydantic(tmp_path
     steps = {rows[a]["training"]["steps"] for a in ("longlora", "full_attn", "s2_lora_only")}
     assert steps == {2}  # the same tokens for every trained arm
     assert "(finished)" in table and "ppl@512" in table and "filler: the paper's repeated sentences" in table
+    # the paired ratios on the same windows, and every target of the issue judged from them
+    result = json.loads(out.with_suffix(".json").read_text())
+    pairs = {(p["arm"], p["reference"]): p["ppl_ratio"]["512"] for p in result["paired"]}
+    assert set(pairs) == {("longlora", "full_attn"), ("s2_lora_only", "longlora"), ("longlora", "linear_x2"),
+                          ("longlora", "base"), ("longlora", "yarn_x2"), ("longlora", "dynamic_ntk")}
+    for (arm, reference), r in pairs.items():
+        assert r["windows"] == 3 and r["ci"][0] <= r["ratio"] <= r["ci"][1]
+        assert r["ratio"] == pytest.approx(rows[arm]["scores"]["ppl@512"] / rows[reference]["scores"]["ppl@512"],
+                                           rel=2e-3)
+    verdicts = {t["target"].split(":")[0]: t["verdict"] for t in result["targets"]}
+    assert len(result["targets"]) == 5 and set(verdicts.values()) <= {"met", "not met"}  # all measured
+    assert "## Issue 10's targets" in table and "| longlora / full_attn | 512 |" in table
 
 
 @pytest.mark.slow
