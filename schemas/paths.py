@@ -210,7 +210,9 @@ def eval_problems(cfg) -> list[str]:
             continue
         path = Path(ref)
         if not path.exists():
-            hint = f" (build it first: python -m longqa.build --out {ref})" if not path.suffix else ""
+            hint = (f" (build the offline long-text corpus first: python -m longqa.corpus --out {path.parent})"
+                    if task == "ppl" and path.name in ("train", "heldout") else
+                    f" (build it first: python -m longqa.build --out {ref})" if not path.suffix else "")
             problems.append(f"{task}.data: {ref} does not exist{hint}")
         elif path.is_dir() and not ((path / "text").is_dir() or (path / "dataset_dict.json").is_file()
                                     or (task == "ppl" and _text_folder(path))):

@@ -117,6 +117,8 @@ def test_every_problem_is_reported_before_any_work(setup, capsys):
     assert main([str(path)]) == 2
     err = capsys.readouterr().err
     assert "arm bad" in err and "max_lenght" in err and "/nonexistent/heldout" in err
+    assert "ppl.data: /nonexistent/heldout does not exist (build the offline long-text corpus first: python -m " \
+        "longqa.corpus --out /nonexistent)" in err
     exp["arms"] = exp["arms"][:-1]
     exp["compare"] = [["longlora", "nope"], ["full", "full"]]
     path.write_text(yaml.safe_dump(exp))
