@@ -81,7 +81,8 @@ def copy_range(source: Path, target: Path, start: int, end: int) -> None:
 def pack(args) -> int:
     model, corpus, out = model_path(args.model), Path(args.corpus), Path(args.out)
     problems = [f"{what} {path} does not exist{hint}" for what, path, hint in (
-        ("model", model, ""), ("corpus", corpus, " (python -m longqa.corpus --out data/long-text)")) if not path.exists()]
+        ("model", model, ""), ("corpus", corpus, " (python -m longqa.corpus --out data/long-text)"))
+        if not path.exists()]
     if problems:
         print("carry: " + "; ".join(problems), file=sys.stderr)
         return 2
