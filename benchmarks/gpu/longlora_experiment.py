@@ -10,7 +10,8 @@ order, same steps, bf16 autocast, gradient checkpointing, AdamW): ``longlora`` (
 linear x2), ``full_attn`` (the same with full attention) and ``s2_lora_only`` (S2-Attn, LoRA only). Every arm is
 evaluated with dense attention: passkey retrieval at 4k/8k/12k/16k (10 trials a length: 5 depths x 2; the filler
 is the paper's repeated sentences, or with ``--filler heldout`` the held-out essays) and perplexity at 2k/4k/8k/16k
-on the held-out documents (8 disjoint windows a length, the same for every arm; the paper's per-window loss).
+on the held-out documents (8 disjoint windows a length, the same for every arm; the paper's per-window loss), and
+RULER's single-needle task (niah_single_1) at 16k, 10 samples (``sft.evaluation.ruler``'s port: no extra package).
 Besides the table it writes each pair's perplexity ratio on the same windows with a paired 95 % interval (S2-Attn /
 full attention, LoRA-only / LoRA+, the trained arm / each untrained one) and the issue's targets, each met, not met
 or not measured.
@@ -90,11 +91,14 @@ def parse_args(argv=None) -> argparse.Namespace:
     p.add_argument("--ppl-windows", type=int, default=8, help="perplexity windows per length")
     p.add_argument("--ppl-stride", type=int, default=16384, help="tokens between window starts (16384: disjoint "
                    "windows spread over the held-out stream; the paper's 256 makes neighbouring windows near copies)")
+    p.add_argument("--ruler-samples", type=int, default=10, help="RULER niah_single_1 samples at --length (the "
+                   "paper-free single-needle task; 0: skip)")
     p.add_argument("--cpu-smoke", action="store_true", help="tiny random Llama on the CPU at 512 tokens")
     args = p.parse_args(argv)
     if args.cpu_smoke:
         args.length, args.max_steps, args.trials, args.depths = 512, 2, 1, [0.5]
         args.passkey_lengths, args.ppl_lengths, args.ppl_windows, args.ppl_stride = [300, 500], [128, 512], 3, 64
+        args.ruler_samples = min(args.ruler_samples, 1)
         args.warmup_steps = 0
         if "--budget-s" not in (argv if argv is not None else sys.argv[1:]):
             args.budget_s = 3600.0  # a loaded CPU is slow; the guard is exercised on the GPU
@@ -299,6 +303,7 @@ def evaluate(model, tokenizer, data, cases, args, device) -> dict:
     from sft.evaluation.generate import greedy_generate
     from sft.evaluation.passkey import answer_key
     from sft.evaluation.ppl import aggregate, sliding_windows, window_nll
+    from sft.evaluation.ruler import evaluate_ruler
     from sft.model import context_length
 
     model.eval()
@@ -324,7 +329,22 @@ def evaluate(model, tokenizer, data, cases, args, device) -> dict:
                 continue
             ppl[str(length)] = aggregate([window_nll(model, stream, w) for w in windows], "sliding")
             scores[f"ppl@{length}"] = round(ppl[str(length)]["ppl"], 3)
+        if data.get("ruler"):
+            ruler = evaluate_ruler(model, tokenizer, ruler_config(args, device), window=window, samples=data["ruler"],
+                                   say=lambda m: None)
+            for length, score in ruler["scores"]["niah_single_1"].items():
+                scores[f"ruler niah_single_1@{length}"] = score
     return {"scores": scores, "ppl": ppl, "eval_s": round(time.monotonic() - t0, 1), "window": window}
+
+
+def ruler_config(args, device: str):
+    """RULER's single-needle task at the target length, as ``sft.eval``'s RULER config would give it (a plain
+    namespace: pydantic is absent on the GPU image)."""
+    from types import SimpleNamespace
+
+    return SimpleNamespace(tasks=["niah_single_1"], lengths=[args.length], samples=args.ruler_samples, seed=42,
+                           template="auto", remove_newline_tab=False, batch_size=4 if device == "cuda" else 1,
+                           max_batch_tokens=65536, min_shared_prefix=256)
 
 
 def for_eval(model, dtype):
@@ -414,7 +434,9 @@ def write(out: Path, rows: dict, meta: dict, args) -> None:
         lines.append("| " + " | ".join(str(c) for c in cells) + " |")
     lines += ["", f"passkey@N: accuracy (percent) at N-token prompts, mean over depths (filler: {meta['filler']}); "
               f"ppl@N: perplexity of {args.ppl_windows} N-token windows (starts {args.ppl_stride} tokens apart) on "
-              "held-out documents, the same windows for every arm; '–': beyond the arm's window or not run."]
+              "held-out documents, the same windows for every arm; ruler niah_single_1@N: RULER's single-needle "
+              f"task, {args.ruler_samples} samples of N tokens, string match in percent (the tokenizer's chat "
+              "template); '–': beyond the arm's window or not run."]
     found = paired(rows)
     if found:
         lines += ["", "## Paired perplexity (the same windows)", "",
@@ -450,6 +472,11 @@ def main(argv=None) -> int:
     data = load_data(args, tokenizer)
     log(f"data: {len(data['chunks'])} train chunks, {len(data['ppl_stream'])} held-out tokens, "
         + (f"{len(data['filler'])} filler lines" if data["filler"] else "the paper's filler sentences"))
+    if args.ruler_samples:  # the prompts depend only on the tokenizer: made once, shared by every arm
+        from sft.evaluation.ruler import make_all_samples
+
+        data["ruler"] = make_all_samples(tokenizer, ruler_config(args, device), [args.length])
+        log(f"RULER niah_single_1: {args.ruler_samples} samples at {args.length} tokens")
     cases = passkey_cases(lambda text: len(tokenizer(text)["input_ids"]), args.passkey_lengths, args.depths,
                           args.trials, seed=0, filler=data["filler"])
     meta = {"command": "python benchmarks/gpu/longlora_experiment.py " + " ".join(sys.argv[1:] if argv is None
