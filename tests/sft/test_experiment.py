@@ -221,7 +221,7 @@ def test_gpu_efficiency_script_runs_on_cpu_without_datasets_or_pydantic(tmp_path
         packed = next(line for line in table.splitlines() if line.startswith(f"| {model} | 256 | ") and
                       line.count("|") == 8)  # the packing table: off and on tokens/s, their ratio, two peaks
         assert "OOM" not in packed and packed.count("x |") == 1
-    assert "(finished)" in table
+    assert "(finished)" in table and "**Target (llama2-7b, 32768 tokens): not measured" in table
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -276,3 +276,24 @@ def test_carry_packs_two_folders_under_the_limit_and_unpacks_them_checked(tmp_pa
     part2.unlink()  # only the first call's folder arrived
     assert carry.main(unpack) == 2
     assert "missing " in (err := capsys.readouterr().err) and "*.gguf.part2" in err and "*.gguf.part1" not in err
+
+
+def test_gpu_efficiency_target_verdict():
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks/gpu/efficiency.py"
+    spec = importlib.util.spec_from_file_location("efficiency", path)
+    efficiency = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(efficiency)
+    key = lambda kind: ("llama2-7b", 32768, kind, "chunked")  # noqa: E731
+    verdict = efficiency.target_verdict
+    assert verdict({key("full"): {"step_s": 9.0, "peak_gb": 60.0}, key("s2"): {"step_s": 5.0, "peak_gb": 58.0}}) \
+        == "met: S2-Attn 1.80x faster per step; peak 58.0 GB vs 60.0 GB"
+    assert verdict({key("full"): {"step_s": 7.0, "peak_gb": 60.0}, key("s2"): {"step_s": 5.0, "peak_gb": 58.0}}) \
+        .startswith("not met: S2-Attn 1.40x")
+    assert verdict({key("full"): {"step_s": 9.0, "peak_gb": 60.0}, key("s2"): {"step_s": 5.0, "peak_gb": 61.0}}) \
+        .startswith("not met")  # faster, but more memory
+    assert verdict({key("full"): {"error": "OOM"}, key("s2"): {"step_s": 5.0, "peak_gb": 61.0}}) \
+        == "not measured (OOM)"
+    assert verdict({}).startswith("not measured (not run")
