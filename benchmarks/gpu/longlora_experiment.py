@@ -366,15 +366,9 @@ PAIRS = [("longlora", "full_attn"), ("s2_lora_only", "longlora"), ("longlora", "
 
 def paired(rows: dict) -> list[dict]:
     """:data:`PAIRS` whose two arms both have perplexities: the ratio at each length, with a paired 95 % interval."""
-    from sft.evaluation.ppl import paired_ratio
+    from sft.evaluation.ppl import paired_comparisons
 
-    found = []
-    for arm, reference in PAIRS:
-        a, b = rows.get(arm, {}).get("ppl", {}), rows.get(reference, {}).get("ppl", {})
-        by_length = {n: r for n in a if n in b for r in [paired_ratio(a[n], b[n])] if r}
-        if by_length:
-            found.append({"arm": arm, "reference": reference, "ppl_ratio": by_length})
-    return found
+    return paired_comparisons(PAIRS, {arm: row.get("ppl") for arm, row in rows.items()})
 
 
 def targets(rows: dict, found: list[dict], args) -> list[tuple[str, str, str]]:

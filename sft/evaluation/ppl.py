@@ -124,6 +124,19 @@ def paired_ratio(model: dict[str, Any], reference: dict[str, Any]) -> dict[str, 
             "windows": len(a), "lower_windows": sum(x < y for x, y in zip(nll_a, nll_b))}
 
 
+def paired_comparisons(pairs: Sequence[Sequence[str]], by_length: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """Each ``(arm, reference)`` of `pairs` whose two models are in `by_length` (name -> ``{length: aggregate
+    result}``): :func:`paired_ratio` at every length both scored on the same windows, as ``{"arm", "reference",
+    "ppl_ratio": {length: ...}}``; pairs with no such length are left out."""
+    found = []
+    for arm, reference in pairs:
+        a, b = by_length.get(arm) or {}, by_length.get(reference) or {}
+        ratios = {n: r for n in a if n in b for r in [paired_ratio(a[n], b[n])] if r}
+        if ratios:
+            found.append({"arm": arm, "reference": reference, "ppl_ratio": ratios})
+    return found
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Data
 # ----------------------------------------------------------------------------------------------------------------------
