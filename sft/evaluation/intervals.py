@@ -71,20 +71,10 @@ def bootstrap_paired_ratio(a: Sequence[float], b: Sequence[float], denominators:
     """Percentile bootstrap interval of ``(sum(a) - sum(b)) / sum(denominators)`` over resampled units, `a` and `b`
     resampled together (paired: two models' NLL sums on the same windows); None when there are none. Pairing removes
     what the windows share (some text is harder for every model), so the interval is much narrower than the two
-    models' own intervals suggest."""
-    import numpy as np
-
-    if len(a) == 0:
-        return None
+    models' own intervals suggest. It is :func:`bootstrap_ratio` of the per-unit differences."""
     if not len(a) == len(b) == len(denominators):
         raise ValueError(f"bootstrap_paired_ratio: {len(a)}, {len(b)} and {len(denominators)} units")
-    diff, den = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64), np.asarray(denominators,
-                                                                                             dtype=np.float64)
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(diff), size=(resamples, len(diff)))
-    ratios = diff[idx].sum(axis=1) / den[idx].sum(axis=1)
-    lo, hi = np.quantile(ratios, [(1 - level) / 2, (1 + level) / 2])
-    return float(lo), float(hi)
+    return bootstrap_ratio([x - y for x, y in zip(a, b)], denominators, resamples=resamples, seed=seed, level=level)
 
 
 def percent(interval: tuple[float, float] | None) -> list[float] | None:
