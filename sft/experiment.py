@@ -185,10 +185,25 @@ def training_summary(out: Path, train: TrainConfig) -> dict[str, Any]:
     steps = max((m["step"] for m in lines), default=0)
     per_step = train.per_device_batch_size * train.gradient_accumulation_steps * train.max_length
     stats = json.loads((out / DATA_STATS_FILE).read_text(encoding="utf-8"))
-    return {"steps": steps, "tokens": steps * per_step, "train_seconds": final.get("train_runtime"),
+    seconds = train_seconds(lines) or final.get("train_runtime")
+    return {"steps": steps, "tokens": steps * per_step, "train_seconds": seconds,
             "first_loss": losses[0][1] if losses else None, "last_loss": losses[-1][1] if losses else None,
             "data_tokens": stats.get("tokens"), "max_train_seconds": train.max_train_seconds,
             "max_steps": train.max_steps}
+
+
+def train_seconds(lines: list[dict]) -> float | None:
+    """Wall seconds of the optimizer steps that made the adapter, from the log lines' ``window_seconds``/``window_steps``.
+
+    A resumed run logs again the steps after its checkpoint: each step keeps the time of the last run that logged it,
+    so the parts of an interrupted and resumed run add up (Trainer's ``train_runtime`` counts only the last part).
+    None for logs written before these fields existed."""
+    per_step: dict[int, float] = {}
+    for line in lines:
+        if "window_seconds" in line and line.get("window_steps"):
+            share = line["window_seconds"] / line["window_steps"]
+            per_step.update({step: share for step in range(line["step"] - line["window_steps"] + 1, line["step"] + 1)})
+    return round(sum(per_step.values()), 1) if per_step else None
 
 
 # ----------------------------------------------------------------------------------------------------------------------

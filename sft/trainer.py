@@ -12,10 +12,11 @@
   over the data-parallel ranks. Every micro-batch's loss is its share ``sum / global count``, times the world size
   because DDP averages gradients over ranks; so the accumulated gradient is that of the global batch in one piece.
 - ``log``: every training log line gains ``tokens_per_second`` (real, non-padding input tokens of all ranks per second
-  of wall time since the previous line), ``supervised_tokens`` (per optimizer step, all ranks) and
-  ``padding_fraction`` (the share of computed tokens that are padding). Packed batches carry their real token count
-  (``sft.packing.REAL_TOKENS``, removed here before the model sees the batch); a batch with neither that nor an
-  ``attention_mask`` counts as unpadded.
+  of wall time since the previous line), ``supervised_tokens`` (per optimizer step, all ranks), ``padding_fraction``
+  (the share of computed tokens that are padding), and ``window_seconds`` / ``window_steps`` (the wall time and the
+  optimizer steps since the previous line: a resumed run's training time adds up from them, ``sft.experiment``).
+  Packed batches carry their real token count (``sft.packing.REAL_TOKENS``, removed here before the model sees the
+  batch); a batch with neither that nor an ``attention_mask`` counts as unpadded.
 """
 from __future__ import annotations
 
@@ -131,7 +132,8 @@ class _Throughput:
         elapsed = time.perf_counter() - self.start
         out = {"tokens_per_second": round(real / elapsed, 2) if elapsed > 0 else None,
                "supervised_tokens": supervised / self.steps,
-               "padding_fraction": round(1 - real / computed, 4) if computed else 0.0}
+               "padding_fraction": round(1 - real / computed, 4) if computed else 0.0,
+               "window_seconds": round(elapsed, 3), "window_steps": self.steps}
         self.start, self.steps, self.counts = time.perf_counter(), 0, torch.zeros(4, dtype=torch.long)
         return out
 

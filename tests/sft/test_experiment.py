@@ -297,3 +297,14 @@ def test_gpu_efficiency_target_verdict():
     assert verdict({key("full"): {"error": "OOM"}, key("s2"): {"step_s": 5.0, "peak_gb": 61.0}}) \
         == "not measured (OOM)"
     assert verdict({}).startswith("not measured (not run")
+
+
+def test_train_seconds_of_a_resumed_run_add_its_parts():
+    """An interrupted run (steps 1-6 logged, checkpoint at 4) resumed to 8: steps 5-6 count once, from the resumed
+    run; a line covering two steps shares its seconds between them; logs without the fields give None."""
+    first = [{"step": s, "loss": 1.0, "window_seconds": 10.0, "window_steps": 1} for s in range(1, 7)]
+    resumed = [{"step": 6, "loss": 1.0, "window_seconds": 30.0, "window_steps": 2},  # steps 5 and 6 again
+               {"step": 8, "loss": 1.0, "window_seconds": 40.0, "window_steps": 2},
+               {"step": 8, "train_runtime": 70.5}]
+    assert experiment.train_seconds(first + resumed) == 4 * 10.0 + 30.0 + 40.0
+    assert experiment.train_seconds([{"step": 8, "loss": 1.0}, {"step": 8, "train_runtime": 70.5}]) is None

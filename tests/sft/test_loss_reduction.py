@@ -60,7 +60,7 @@ def test_accumulated_micro_batches_give_the_one_batch_step(tiny_llama_dir, four_
     assert_same_step(tmp_path / "one.pt", tmp_path / "acc.pt", first_loss(one), first_loss(acc))
     line = next(json.loads(x) for x in (acc / "metrics.jsonl").read_text().splitlines() if "loss" in x)
     assert line["supervised_tokens"] == sum(ANSWERS) and line["padding_fraction"] == 0.0  # 4 x 40 tokens, no padding
-    assert line["tokens_per_second"] > 0
+    assert line["tokens_per_second"] > 0 and line["window_steps"] == 1 and line["window_seconds"] > 0
 
     if reduction == "token":  # the loss is the token mean over all 4 samples, not a mean of per-batch means
         plain = tmp_path / "plain"
