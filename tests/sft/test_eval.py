@@ -378,3 +378,33 @@ def test_in_training_eval_scores_every_task_on_a_built_dataset(tiny_models, tiny
     scores = LongContextEval(cfg, trainer=None).scores(model, tokenizer)
     assert set(scores) == {"longctx_passkey_256", "longctx_ppl_128", "longctx_qa_f1", "longctx_seconds"}
     assert scores["longctx_ppl_128"] > 1 and 0 <= scores["longctx_qa_f1"] <= 100
+
+
+def test_passkey_likelihood_benchmark_scores_each_key_from_the_prompts_cache(tiny_llama_dir):
+    """benchmarks/passkey_likelihood.py: every candidate's score equals a full forward of prompt + key (the cache is
+    cut back to the prompt after each), and the distractors are other keys of as many digits."""
+    import importlib.util
+    import random
+    from pathlib import Path
+
+    import torch
+
+    from sft.eval import load_for_eval
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks/passkey_likelihood.py"
+    spec = importlib.util.spec_from_file_location("passkey_likelihood", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+
+    keys = bench.candidates(40213, 9, random.Random(0))
+    assert keys[0] == 40213 and len(set(keys)) == 10 and all(len(str(k)) == 5 for k in keys)
+    model, tokenizer, _ = load_for_eval(str(tiny_llama_dir))
+    prompt = "The pass key is 40213. Remember it. What is the pass key? The pass key is"
+    scores = bench.score_trial(model, tokenizer, prompt, [40213, 777, 40213])
+    assert scores[0] == pytest.approx(scores[2], abs=1e-4) and scores[0] != pytest.approx(scores[1], abs=1e-4)
+    for key, score in zip([40213, 777], scores):
+        ids = tokenizer(prompt + f" {key}")["input_ids"]
+        n = len(tokenizer(prompt)["input_ids"])
+        with torch.no_grad():
+            logp = model(input_ids=torch.tensor([ids])).logits[0].float().log_softmax(-1)
+        assert score == pytest.approx(float(sum(logp[i - 1, ids[i]] for i in range(n, len(ids)))), abs=1e-3)
