@@ -10,7 +10,7 @@ number of digits, each as " KEY"; the trial counts as known when the true key ha
     python benchmarks/passkey_likelihood.py --models \\
         trained=runs/experiments/longlora_smollm2_16k_cpu_passkey/arms/longlora_yarn/adapter \\
         untrained=runs/experiments/longlora_smollm2_16k_cpu_passkey/arms/yarn_x2/model \\
-        --lengths 12288 16376 --trials 2 --trial-subset 0 --out benchmarks/results/passkey_likelihood_cpu.md
+        --lengths 4096 12288 16376 --trials 2 --out benchmarks/results/passkey_likelihood_cpu.md
 """
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ from pathlib import Path
 import torch
 
 from sft.eval import load_for_eval
-from sft.evaluation.generate import cache_argument
+from sft.evaluation.generate import cache_argument, prefill
 from sft.evaluation.passkey import passkey_cases
 
 
@@ -55,24 +55,21 @@ def candidates(key: int, n: int, rng: random.Random) -> list[int]:
 
 @torch.no_grad()
 def score_trial(model, tokenizer, prompt: str, keys: list[int]) -> list[float]:
-    """Log-likelihood of " KEY" after `prompt` for every key, from one forward of the prompt and its cache."""
+    """Log-likelihood of " KEY" after `prompt` for every key: the prompt but its last token prefilled once
+    (``sft.evaluation.generate.prefill``), then for each key its last token and the key's tokens from that cache,
+    cut back after each."""
     prompt_ids = tokenizer(prompt)["input_ids"]
-    out = model(input_ids=torch.tensor([prompt_ids]), use_cache=True)
-    cache, last = out.past_key_values, out.logits[0, -1].float().log_softmax(-1)
+    cache = prefill(model, prompt_ids[:-1])
     scores = []
     for key in keys:
         ids = tokenizer(prompt + f" {key}")["input_ids"]
         if ids[:len(prompt_ids)] != prompt_ids:  # the key must not merge with the prompt's last token
             raise ValueError(f"the tokenizer merges ' {key}' into the prompt's end")
         key_ids = ids[len(prompt_ids):]
-        total = float(last[key_ids[0]])
-        if len(key_ids) > 1:
-            rest = torch.tensor([key_ids[:-1]])
-            logits = model(input_ids=rest, **{cache_argument(model): cache}, use_cache=True).logits
-            logp = logits[0].float().log_softmax(-1)
-            total += float(sum(logp[i, t] for i, t in enumerate(key_ids[1:])))
-            cache.crop(-(len(key_ids) - 1))  # back to the prompt alone
-        scores.append(total)
+        step = torch.tensor([[prompt_ids[-1], *key_ids[:-1]]], device=model.device)
+        logp = model(input_ids=step, **{cache_argument(model): cache}, use_cache=True).logits[0].float().log_softmax(-1)
+        scores.append(float(logp[torch.arange(len(key_ids)), torch.tensor(key_ids)].sum()))
+        cache.crop(-len(key_ids))  # back to the prefilled prompt
     return scores
 
 

@@ -193,7 +193,8 @@ def training_summary(out: Path, train: TrainConfig) -> dict[str, Any]:
 
 
 def train_seconds(lines: list[dict]) -> float | None:
-    """Wall seconds of the optimizer steps that made the adapter, from the log lines' ``window_seconds``/``window_steps``.
+    """Wall seconds of the optimizer steps that made the adapter, from the log lines' ``window_seconds`` and
+    ``window_steps``.
 
     A resumed run logs again the steps after its checkpoint: each step keeps the time of the last run that logged it,
     so the parts of an interrupted and resumed run add up (Trainer's ``train_runtime`` counts only the last part).
