@@ -102,17 +102,22 @@ def publish(cfg: HubOptions, repo_type: str, prepare: Callable[[Path], str]) -> 
 
     The hub is checked before any staging, so an unreachable endpoint or a missing token fails at once.
     """
-    staged = Path(cfg.dry_run) if cfg.dry_run else Path(tempfile.mkdtemp(prefix="longqa-publish-")) / "repo"
+    if cfg.dry_run:  # staged beside the folder and renamed into place: the output-folder rule (issue 24)
+        from longqa.atomic import atomic_output
+
+        command = "longqa.publish" if repo_type == "dataset" else "sft.publish"
+        source = getattr(cfg, "dataset_dir", None) or getattr(cfg, "source", None)
+        with atomic_output(Path(cfg.dry_run), command, overwrite=cfg.overwrite, inputs=(source,)) as tmp:
+            prepare(tmp)
+        log.info("staged and verified %s/", cfg.dry_run)
+        return None
+    staged = Path(tempfile.mkdtemp(prefix="longqa-publish-")) / "repo"
     try:
-        if not cfg.dry_run:
-            preflight(cfg.endpoint)
+        preflight(cfg.endpoint)
         message = prepare(staged)
-        if cfg.dry_run:
-            return None
         url = upload(staged, cfg.repo_id, repo_type=repo_type, private=cfg.private, revision=cfg.revision,
                      endpoint=cfg.endpoint, commit_message=message)
     finally:
-        if not cfg.dry_run:
-            shutil.rmtree(staged.parent, ignore_errors=True)
+        shutil.rmtree(staged.parent, ignore_errors=True)
     log.info(url)
     return url

@@ -26,6 +26,7 @@ from longqa.stages import Prepared, prepare
 from longqa.tokenize import Encoded, OverBudget
 from longqa.validate import reject_record
 from longqa.atomic import atomic_output
+from schemas.outdir import guard
 from longqa.write import DATASETS, StreamWriter, list_array, save_datasets
 from schemas import BuildConfig, Record, Reject
 from schemas.errors import ConfigError
@@ -96,11 +97,13 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
     """Build the dataset described by `cfg` into `cfg.out`; returns the manifest."""
     from longqa.encode_pool import encode_batches  # tokenizer machinery loads only when a build runs
 
+    inputs = [spec.path for spec in cfg.inputs]
+    guard(cfg.out, "longqa.build", inputs=inputs, overwrite=cfg.overwrite)  # before the tokenizer loads (issue 24)
     started = time.time()
     tokenizer = load_tokenizer(cfg.tokenizer)
     renderer = Renderer(cfg, tokenizer)
     tally = Tally()
-    with atomic_output(Path(cfg.out)) as tmp:
+    with atomic_output(Path(cfg.out), "longqa.build", overwrite=cfg.overwrite, inputs=inputs) as tmp:
         rejects = RejectLog(tmp / "rejects.jsonl", tally, cfg.strict)
         streams = {name: {split: StreamWriter(tmp / f"{name}-{split}.arrow", features) for split in SPLITS}
                    for name, features in DATASETS.items()}

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from schemas.outdir import OVERWRITE
 
 #: Roles of an input in a mix: long-document QA, or short samples mixed in to keep short-context skill.
 ROLES = ("long", "short")
@@ -137,6 +138,7 @@ class BuildConfig(BaseModel):
     name: str = Field("longqa", description="dataset name, used in the card")
     inputs: list[InputSpec] = Field(default_factory=list, description="input sources, read in order")
     out: str = Field("out", description="output folder; written atomically (temporary folder, then rename)")
+    overwrite: bool = Field(False, description=OVERWRITE)
     license: str | None = Field(None, description="dataset license for the card; default: the inputs' license")
 
     # validate

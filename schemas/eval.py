@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from schemas.outdir import OVERWRITE
 
 from schemas.build import DEFAULT_TOKENIZER, split_commas
 
@@ -239,6 +240,7 @@ class EvalConfig(BaseModel):
         "'ruler:vt,cwe' picks RULER tasks). A "
         "comma-separated string is accepted")
     out: str = Field("runs/eval", description="report folder: report.json, report.md, *.png, predictions/")
+    overwrite: bool = Field(False, description=OVERWRITE)
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights dtype at inference")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': the first CUDA device when there is "
                                                    "one, else the CPU")

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from schemas.outdir import OVERWRITE
 
 
 class Arm(BaseModel):
@@ -53,6 +54,7 @@ class ExperimentConfig(BaseModel):
     out: str = Field("runs/experiment", description="folder of the experiment: arms/NAME (training runs, untrained "
                      "model folders), eval/NAME (each arm's report), report/ (all arms: report.md/json, plots), "
                      "results.md and results.json (rewritten after every arm)")
+    overwrite: bool = Field(False, description=OVERWRITE)
     train: str = Field(description="the train config (YAML) every trained arm starts from")
     train_overrides: dict[str, Any] = Field(default_factory=dict, description="TrainConfig fields set for every "
                                             "trained arm (before the arm's own overrides)")

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from schemas.outdir import OVERWRITE
 
 from schemas.build import DEFAULT_TOKENIZER, split_commas
 
@@ -157,6 +158,7 @@ class TrainConfig(BaseModel):
     # outputs
     output_dir: str = Field("runs/smollm2-squad", description="checkpoints, metrics.jsonl, train_config.yaml and the "
                             "final adapter/ (LoRA + embeddings + norms, loadable with peft)")
+    overwrite: bool = Field(False, description=OVERWRITE)
     logging_steps: int = Field(1, ge=1, description="optimizer steps between metric lines in metrics.jsonl")
     save_steps: int = Field(4, ge=1, description="optimizer steps between checkpoints")
     save_total_limit: int | None = Field(2, ge=1, description="checkpoints kept (oldest deleted); null keeps all")

@@ -110,8 +110,13 @@ def model_window(model, max_context: int | None) -> int:
 def evaluate(cfg: EvalConfig, *, command: str = "python -m sft.eval", progress: bool = True,
              say: Callable[[str], None] = logger.info) -> dict[str, Any]:
     """Evaluate every model of `cfg` on its tasks, one model in memory at a time, and write the report to
-    ``cfg.out``. Returns the report dict (as written to report.json)."""
+    ``cfg.out`` (a new or empty folder, or an earlier report: :func:`schemas.outdir.claim`, before any model loads).
+    Returns the report dict (as written to report.json)."""
     import torch
+
+    from schemas.outdir import claim
+
+    claim(cfg.out, "sft.eval", inputs=[*cfg.models.values()], overwrite=cfg.overwrite)
 
     threads = torch.get_num_threads()
     if cfg.threads:

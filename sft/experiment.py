@@ -26,6 +26,7 @@ import yaml
 from schemas.errors import ConfigError
 from schemas.eval import EvalConfig
 from schemas.experiment import Arm, ExperimentConfig
+from schemas.outdir import claim, out_problems
 from schemas.resolve import load_recipe
 from schemas.resolve import resolve as resolve_config
 from schemas.train import TrainConfig
@@ -84,6 +85,10 @@ def experiment_problems(cfg: ExperimentConfig) -> list[str]:
     """For the command line's checks: the train config file, and every problem of the arms and the evaluation."""
     if not Path(cfg.train).is_file():
         return [f"train: {cfg.train} is not a file (a train config, e.g. configs/train/extend_smollm2_16k.yaml)"]
+    problems = out_problems("out", cfg.out, "sft.experiment", inputs=[cfg.train], overwrite=cfg.overwrite is True,
+                            replaces=False)
+    if problems:  # the arms' checks would judge a folder that is not the experiment's
+        return problems
     try:
         arm_configs(cfg)
     except ConfigError as e:
@@ -329,8 +334,7 @@ def run_experiment(cfg: ExperimentConfig, trains: dict[str, TrainConfig], evalua
                    progress: bool = True) -> dict[str, Any]:
     """Every arm in order: prepare (untrained) or train, evaluate, rewrite the results. Returns the results rows.
     ``progress=False`` hides the training progress bars."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim(cfg.out, "sft.experiment", inputs=[cfg.train], overwrite=cfg.overwrite)  # issue 24
     (out / "experiment.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     recipe = load_recipe(cfg.train)
     target = target_length(cfg, recipe)

@@ -33,6 +33,7 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from schemas.errors import UserError
+from schemas.outdir import claim
 from schemas.train import TrainConfig
 from sft import context_parallel
 from sft.data import DataStats, PadCollator, load_extend_dataset, load_sft_dataset, pad_token_id
@@ -88,6 +89,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = (), progre
     output_dir = Path(cfg.output_dir)
     cp = context_parallel.setup(cfg.context_parallel)  # issue 14; None unless context_parallel > 1
     checkpoint = resume_checkpoint(cfg)
+    if is_main_process():  # a new or empty folder, or this command's earlier run (issue 24), before the data builds
+        claim(output_dir, "sft.run", inputs=[cfg.model], overwrite=cfg.overwrite)
     cfg = build_on_the_fly(cfg)
 
     # 1. setup: the data first (a data problem should not wait for the model to load), then the model
