@@ -82,9 +82,9 @@ class TrainConfig(BaseModel):
         "default (4k tokens fit in memory, 1.8x faster)")
     bf16: bool | None = Field(
         None, description="bfloat16 mixed precision (autocast; trainable weights and optimizer stay float32). null "
-        "(default): on where the hardware computes bf16 natively (a CUDA GPU that supports it; a CPU whose "
-        "/proc/cpuinfo lists avx512_bf16 or amx_bf16), float32 elsewhere: on CPUs without those units bf16 is "
-        "emulated and slower than float32 (benchmarks/results/demo_step_cpu.md)")
+        "(default): on a CUDA GPU that supports it; on a CPU where a probe of the model's own step measures bf16 "
+        "faster than float32 (cached per machine, sft/precision.py: the CPU flags do not predict it), float32 "
+        "elsewhere")
     model_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="dtype the frozen base weights are loaded in; trainable ones are always float32")
     seed: int = Field(42, description="seed of the data order, LoRA initialisation and dropout")

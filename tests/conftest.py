@@ -61,3 +61,14 @@ def default_build(tmp_path_factory):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done.stdout
+
+
+@pytest.fixture(autouse=True)
+def _precision_without_probe(monkeypatch, tmp_path_factory):
+    """`bf16: null` in-process: float32, without timing a probe (a timing would make a test's precision depend on
+    the machine's load). tests/sft/test_precision.py tests the probe itself; subprocesses (the slow tests) run it,
+    with their cache in a temporary folder rather than the user's."""
+    import sft.precision
+
+    monkeypatch.setenv("LONGQA_CACHE", str(tmp_path_factory.getbasetemp() / "longqa-cache"))
+    monkeypatch.setattr(sft.precision, "probe_seconds", lambda *a, **k: {"float32": 1.0, "bf16": 1.0})
