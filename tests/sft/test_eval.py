@@ -263,6 +263,14 @@ def test_eval_two_models_writes_the_report_and_is_deterministic(tmp_path, tiny_m
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert any(m.startswith("report: ") for m in messages)
 
+    # tuned against base on the same questions: the paired F1 difference is the difference of the means
+    paired = on_disk["paired"]["qa"]["tuned"]
+    assert paired["n"] == 8 and paired["higher"] + paired["lower"] + paired["same"] == 8
+    assert paired["difference"] == pytest.approx(qa["tuned"]["overall"]["f1"] - qa["base"]["overall"]["f1"], abs=0.02)
+    assert paired["ci"][0] <= paired["difference"] <= paired["ci"][1]
+    assert "qa F1, tuned − base, paired over the same 8 questions" in md
+    assert any(m.startswith("qa F1 tuned − base: ") and "paired over 8 questions" in m for m in messages)
+
     again = evaluate(_config(tiny_models, tiny_built, tmp_path / "b"), progress=False, say=lambda m: None)
     assert _scores(again) == _scores(report)
     assert again["models"]["tuned"]["sha256"] == report["models"]["tuned"]["sha256"]
