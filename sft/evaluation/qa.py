@@ -17,7 +17,7 @@ from schemas.eval import QAConfig
 from longqa.atomic import write_text
 from longqa.truncation import middle_keep
 from sft.evaluation.generate import GenerationStats, greedy_generate
-from sft.evaluation.metrics import bucket_label, bucket_labels, mean_scores, score
+from sft.evaluation.metrics import METRICS, bucket_label, bucket_labels, mean_scores, score
 
 
 @dataclass
@@ -238,4 +238,11 @@ def evaluate_qa(model, tokenizer, examples: Sequence[QAExample], cfg: QAConfig, 
     return {"overall": mean_scores(rows), "buckets": {k: v for k, v in buckets.items() if v["n"]},
             "truncated": sum(r["truncated"] for r in rows), "truncation": cfg.truncation, "window": window,
             "timing": stats.as_dict(),
+            "per_question": per_question(rows),
             "predictions": str(predictions_path) if predictions_path else None}
+
+
+def per_question(rows: Sequence[dict]) -> dict[str, list]:
+    """Each question's id and scores (fractions), in order: what a paired comparison of two models needs
+    (:func:`sft.evaluation.metrics.paired_difference`)."""
+    return {"id": [r["id"] for r in rows], **{name: [r[name] for r in rows] for name in METRICS}}

@@ -110,7 +110,8 @@ INTERVALS_NOTE = ("Scores are shown as `score [low, high]`: 95 % intervals, Wils
                   "match), the bootstrap over questions for F1 and ROUGE-L, over windows for perplexity. Overlapping "
                   "intervals mean the difference is not established at this n. Two models' perplexities on the same "
                   "windows are also compared window by window: their ratio with a paired bootstrap interval, which "
-                  "can separate models whose own intervals overlap.")
+                  "can separate models whose own intervals overlap; likewise two models' F1 on the same questions: the "
+                  "mean per-question difference with a paired bootstrap interval.")
 
 #: (label, key) of the QA metrics in the report: ROUGE-L is LongBench's (the rouge package), see metrics.py
 QA_METRICS = (("F1", "f1"), ("ROUGE-L (LongBench)", "rouge_l"), ("ROUGE-L on normalized tokens", "rouge_l_normalized"),
@@ -127,6 +128,7 @@ def with_ci(value: Any, ci: Sequence[float] | None, digits: int = 2) -> str:
 def _comparison(results: dict[str, Any], names: list[str]) -> str:
     """One row per headline score and model after the first: both values with intervals and whether they overlap."""
     from sft.evaluation.intervals import overlap
+    from sft.evaluation.metrics import paired_difference, paired_verdict_zero
     from sft.evaluation.ppl import paired_ratio
 
     first, rows = names[0], []
@@ -144,6 +146,12 @@ def _comparison(results: dict[str, Any], names: list[str]) -> str:
                 a, b = (results[task][n]["overall"] for n in (first, other))
                 add(f"{task} {label} (n={a['n']})", (a[key], a.get("ci", {}).get(key)),
                     (b[key], b.get("ci", {}).get(key)), other)
+            paired = paired_difference(results[task][first], results[task][other], "f1")
+            if paired:
+                rows.append([f"{task} F1, {other} − {first}, paired over the same {paired['n']} questions",
+                             with_ci(paired["difference"], paired["ci"]),
+                             f"{other} higher on {paired['higher']}, lower on {paired['lower']}",
+                             paired_verdict_zero(paired["ci"])])
         if "passkey" in results:
             a, b = (results["passkey"][n] for n in (first, other))
             add(f"passkey accuracy (n={a.get('n', len(a['trials']))})", (a["accuracy"], a.get("ci")),
@@ -340,3 +348,32 @@ def _plot_ppl(ppl: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"Perplexity ({next(iter(ppl.values()))['protocol']} windows)")
     ax.legend()
     return _save(fig, path)
+
+
+def paired_qa(results: dict[str, Any], names: list[str]) -> dict[str, dict[str, dict]]:
+    """``{task: {model: paired}}``: each model after the first against the first on the same questions
+    (:func:`sft.evaluation.metrics.paired_difference` of F1), for the QA tasks; report.json's ``paired``."""
+    from sft.evaluation.metrics import paired_difference
+
+    out: dict[str, dict[str, dict]] = {}
+    for task in ("qa", "short_qa"):
+        for other in names[1:] if task in results else ():
+            paired = paired_difference(results[task][names[0]], results[task][other], "f1")
+            if paired:
+                out.setdefault(task, {})[other] = paired
+    return out
+
+
+def paired_lines(report: dict[str, Any]) -> list[str]:
+    """One line per entry of ``report["paired"]``: a model's F1 minus the first model's, paired over the same
+    questions (what ``sft.eval`` prints last: did training change the answers?)."""
+    from sft.evaluation.metrics import paired_verdict_zero
+
+    first, lines = next(iter(report["models"]), ""), []
+    for task, by_model in report.get("paired", {}).items():
+        for other, paired in by_model.items():
+            ci = paired["ci"]
+            lines.append(f"{task} F1 {other} − {first}: {paired['difference']:+.2f} points "
+                         f"[{ci[0]:+.2f}, {ci[1]:+.2f}] paired over {paired['n']} questions ({other} higher on "
+                         f"{paired['higher']}, lower on {paired['lower']}): {paired_verdict_zero(ci)}")
+    return lines
