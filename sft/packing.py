@@ -124,7 +124,8 @@ class PackedRows(torch.utils.data.Dataset):
 
 
 def pack_samples(samples: Sequence[dict]) -> dict:
-    """One packed row from ``samples`` (see :class:`PackedRows`)."""
+    """One packed row from ``samples`` (see :class:`PackedRows`). A sample with ``position_offset`` p (a branch of a
+    prefix tree, ``sft.tree``) counts its positions from p instead of 0."""
     input_ids, labels, position_ids = [], [], []
     for sample in samples:
         ids = list(sample["input_ids"])
@@ -132,7 +133,8 @@ def pack_samples(samples: Sequence[dict]) -> dict:
         input_ids.extend(ids)
         labels.append(IGNORE_INDEX)  # never predicted from the previous sample (the batch contract above)
         labels.extend((ids if own is None else own)[1:])
-        position_ids.extend(range(len(ids)))
+        offset = sample.get("position_offset", 0)
+        position_ids.extend(range(offset, offset + len(ids)))
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "length": len(input_ids),
             "samples": len(samples)}
 
