@@ -246,14 +246,20 @@ def pack_dataset(dataset, lengths: Sequence[int], max_length: int, batch_size: i
     return PackedRows(dataset, rows), layout_stats("packed", rows, lengths, max_length, batch_size, ordered=True)
 
 
-def arrange(dataset, lengths: Sequence[int], *, packing: bool, batching: str, max_length: int, batch_size: int,
-            seed: int):
+def arrange(dataset, lengths: Sequence[int], *, packing: bool | str, batching: str, max_length: int, batch_size: int,
+            seed: int, tree_max_branches: int = 64, tree_min_prefix: int = 256):
     """The training set in the layout ``packing``/``batching`` ask for, and its :class:`LayoutStats`.
 
+    - ``packing="tree"``: prefix-tree rows (``sft.tree.tree_layout``; read in order);
     - packing: :func:`pack_dataset` (the Trainer reads the rows in order);
     - ``batching="sorted"``: the samples reordered by :func:`sorted_batch_order` (read in order);
     - otherwise ``dataset`` unchanged (the Trainer draws the order: ``random`` or ``grouped`` by length).
     """
+    if packing == "tree":
+        from sft.tree import tree_layout
+
+        return tree_layout(dataset, lengths, max_length=max_length, batch_size=batch_size, seed=seed,
+                           max_branches=tree_max_branches, min_prefix=tree_min_prefix)
     if packing:
         return pack_dataset(dataset, lengths, max_length, batch_size, seed)
     if not len(lengths):

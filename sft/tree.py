@@ -25,9 +25,10 @@ samples are then placed into rows by first-fit-decreasing (``sft.packing``), row
 from __future__ import annotations
 
 import random
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from schemas.errors import DataError
@@ -47,19 +48,18 @@ class Tree:
 
 def common_prefix(sequences: Sequence[Sequence[int]]) -> int:
     """Length of the longest common prefix of ``sequences``."""
-    first = sequences[0]
     n = min(len(s) for s in sequences)
+    first = np.asarray(sequences[0][:n])
     for other in sequences[1:]:
-        k = 0
-        while k < n and other[k] == first[k]:
-            k += 1
-        n = k
+        differs = np.flatnonzero(np.asarray(other[:n]) != first[:n])
+        n = int(differs[0]) if differs.size else n
     return n
 
 
 def first_target(labels: Sequence[int]) -> int:
     """The first position ``t >= 1`` whose label is a target (not -100); ``len(labels)`` if none."""
-    return next((t for t in range(1, len(labels)) if labels[t] != IGNORE_INDEX), len(labels))
+    targets = np.flatnonzero(np.asarray(labels[1:]) != IGNORE_INDEX)
+    return int(targets[0]) + 1 if targets.size else len(labels)
 
 
 def tree_prefix(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]]) -> int:
@@ -69,10 +69,11 @@ def tree_prefix(input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[in
                       min(len(x) for x in input_ids) - 1))
 
 
-def plan_trees(doc_ids: Sequence[str], input_ids: Sequence[Sequence[int]], labels: Sequence[Sequence[int]], *,
+def plan_trees(doc_ids: Sequence[str], lengths: Sequence[int], prefix_of: Callable[[list[int]], int], *,
                max_length: int, max_branches: int, min_prefix: int, seed: int) -> list[Tree]:
     """The units (trees and ordinary samples) of a training set, every sample in exactly one.
 
+    ``prefix_of(indices)``: the prefix the samples ``indices`` (of one document) can share (:func:`tree_prefix`).
     Documents in order of first appearance; a document's samples in an order drawn from ``seed``, filled greedily
     into trees of at most ``max_branches`` branches and ``max_length`` tokens (the next tree holds the prefix again).
     """
@@ -82,21 +83,21 @@ def plan_trees(doc_ids: Sequence[str], input_ids: Sequence[Sequence[int]], label
     gen = random.Random(seed)
     units: list[Tree] = []
     for members in groups.values():
-        prefix = tree_prefix([input_ids[i] for i in members], [labels[i] for i in members]) if len(members) > 1 else 0
+        prefix = prefix_of(members) if len(members) > 1 else 0
         if len(members) == 1 or prefix < min_prefix:
-            units.extend(Tree((i,), 0, len(input_ids[i])) for i in members)
+            units.extend(Tree((i,), 0, lengths[i]) for i in members)
             continue
         members = list(members)
         gen.shuffle(members)
-        current, length = [members[0]], len(input_ids[members[0]])
+        current, length = [members[0]], lengths[members[0]]
         for i in members[1:]:
-            branch = len(input_ids[i]) - prefix
+            branch = lengths[i] - prefix
             if len(current) < max_branches and length + branch <= max_length:
                 current.append(i)
                 length += branch
                 continue
             units.append(Tree(tuple(current), prefix if len(current) > 1 else 0, length))
-            current, length = [i], len(input_ids[i])
+            current, length = [i], lengths[i]
         units.append(Tree(tuple(current), prefix if len(current) > 1 else 0, length))
     return units
 
@@ -179,23 +180,35 @@ def tree_layout(dataset, lengths: Sequence[int], *, max_length: int, batch_size:
     if "doc_id" not in columns or "labels" not in columns:
         raise DataError("packing: tree groups the samples by doc_id: the tokenized dataset has no doc_id (or labels) "
                         "column; rebuild it with python -m longqa.build or use packing: true")
-    input_ids, labels, doc_ids = dataset["input_ids"], dataset["labels"], dataset["doc_id"]
-    units = plan_trees(doc_ids, input_ids, labels, max_length=max_length, max_branches=max_branches,
+    doc_ids = list(dataset["doc_id"])
+    supervised = [0] * len(lengths)
+
+    def prefix_of(members: list[int]) -> int:  # one document's samples at a time: never the whole set in memory
+        picked = dataset[members]
+        for i, labels in zip(members, picked["labels"]):
+            supervised[i] = int((np.asarray(labels[1:]) != IGNORE_INDEX).sum())
+        return tree_prefix(picked["input_ids"], picked["labels"])
+
+    units = plan_trees(doc_ids, lengths, prefix_of, max_length=max_length, max_branches=max_branches,
                        min_prefix=min_prefix, seed=seed)
+    for unit in units:  # samples alone (documents of one sample, or too short a prefix): count their targets too
+        if len(unit.samples) == 1 and not supervised[unit.samples[0]]:
+            labels = dataset[unit.samples[0]]["labels"]
+            supervised[unit.samples[0]] = int((np.asarray(labels[1:]) != IGNORE_INDEX).sum())
     placed = first_fit_decreasing([u.length for u in units], max_length, seed)
     order = sorted_batch_order([sum(units[u].length for u in row) for row in placed], batch_size, seed)
     rows = [[units[u] for u in placed[r]] for r in order]
-    return TreeRows(dataset, rows), tree_stats(rows, units, lengths, labels, doc_ids, max_length, batch_size)
+    return TreeRows(dataset, rows), tree_stats(rows, units, lengths, supervised, doc_ids, max_length, batch_size)
 
 
-def tree_stats(rows: list[list[Tree]], units: list[Tree], lengths: Sequence[int], labels: Sequence[Sequence[int]],
+def tree_stats(rows: list[list[Tree]], units: list[Tree], lengths: Sequence[int], supervised: Sequence[int],
                doc_ids: Sequence[str], max_length: int, batch_size: int) -> TreeStats:
-    """:class:`TreeStats` of ``rows`` (in training order)."""
+    """:class:`TreeStats` of ``rows`` (in training order); ``supervised``: each sample's target tokens."""
     trees = [u for u in units if len(u.samples) > 1]
     row_lengths = [sum(u.length for u in row) for row in rows]
     per_row = [sum(len(u.samples) for u in row) for row in rows]
     tokens, samples = sum(row_lengths), sum(per_row)
-    supervised = sum(sum(1 for x in list(labels[i])[1:] if x != IGNORE_INDEX) for u in units for i in u.samples)
+    supervised = sum(supervised)
     repeats = len(trees) - len({doc_ids[u.samples[0]] for u in trees})
     return TreeStats(
         layout="tree", rows=len(rows), samples=samples, tokens=tokens, max_length=max_length, batch_size=batch_size,

@@ -64,17 +64,21 @@ def corpus(questions: dict[str, int], doc_length: int = 30, seed: int = 0):
 def test_limits_make_several_trees_each_with_the_prefix_again_and_short_prefixes_stay_separate():
     rows = corpus({"a": 7, "b": 1, "c": 2}, doc_length=30)
     ids, labels, docs = ([r[k] for r in rows] for k in ("input_ids", "labels", "doc_id"))
-    units = plan_trees(docs, ids, labels, max_length=64, max_branches=3, min_prefix=16, seed=0)
+    lengths = [len(x) for x in ids]
+
+    def prefix_of(members):
+        return tree_prefix([ids[i] for i in members], [labels[i] for i in members])
+
+    units = plan_trees(docs, lengths, prefix_of, max_length=64, max_branches=3, min_prefix=16, seed=0)
     assert sorted(i for u in units for i in u.samples) == list(range(10))  # every sample exactly once
     trees = [u for u in units if len(u.samples) > 1]
     assert all(len(u.samples) <= 3 and u.length <= 64 for u in units)
-    assert sorted(len(u.samples) for u in trees if docs[u.samples[0]] == "a") == [1, 3, 3] or \
-        sum(len(u.samples) for u in units if docs[u.samples[0]] == "a") == 7
+    assert sorted(len(u.samples) for u in units if docs[u.samples[0]] == "a") == [1, 3, 3]  # 3 + 3 + 1 alone
     for u in trees:  # prefix = the document (and maybe a question's first tokens); length = prefix + branches
         assert u.prefix >= 30 and u.length == u.prefix + sum(len(ids[i]) - u.prefix for i in u.samples)
-    assert plan_trees(docs, ids, labels, max_length=64, max_branches=3, min_prefix=16, seed=0) == units
-    assert plan_trees(docs, ids, labels, max_length=64, max_branches=3, min_prefix=16, seed=1) != units
-    separate = plan_trees(docs, ids, labels, max_length=64, max_branches=3, min_prefix=31 + 5, seed=0)
+    assert plan_trees(docs, lengths, prefix_of, max_length=64, max_branches=3, min_prefix=16, seed=0) == units
+    assert plan_trees(docs, lengths, prefix_of, max_length=64, max_branches=3, min_prefix=16, seed=1) != units
+    separate = plan_trees(docs, lengths, prefix_of, max_length=64, max_branches=3, min_prefix=31 + 5, seed=0)
     assert all(u == Tree((u.samples[0],), 0, len(ids[u.samples[0]])) for u in separate)
 
 
@@ -235,3 +239,69 @@ def test_tree_rows_train_under_bf16_autocast_close_to_float64(attn):
     assert abs(float(loss) - exact) < 0.05 * abs(exact)
     assert all(p.grad is not None and bool(torch.isfinite(p.grad).all()) for p in model.parameters()
                if p.requires_grad)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Configuration
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def test_packing_tree_on_the_command_line_and_what_it_refuses_before_the_model_loads():
+    from schemas.resolve import resolve
+    from schemas.train import TrainConfig
+    from sft.run import COMMAND
+
+    assert COMMAND.overrides(["--packing"]) == {"packing": True}  # the switch of before still works
+    assert COMMAND.overrides(["--no-packing"]) == {"packing": False}
+    over = COMMAND.overrides(["--packing", "tree", "--tree-max-branches", "8"])
+    cfg = resolve(TrainConfig, {}, over)
+    assert cfg.packing == "tree" and cfg.tree_max_branches == 8 and cfg.tree_min_prefix == 256
+    assert resolve(TrainConfig, {}, {"packing": "true"}).packing is True
+    for bad, message in (({"wrap": "roll"}, "packing: tree needs wrap: none"),
+                         ({"mode": "extend"}, "packing: tree groups the samples of a built dataset"),
+                         ({"context_parallel": 2, "max_length": 4096}, "does not support packing: tree"),
+                         ({"packing": "forest"}, "packing")):
+        with pytest.raises(ValueError, match=message):
+            TrainConfig(**{"packing": "tree", **bad})
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Training with packing: tree (sft.train)
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def write_built(folder, rows) -> str:
+    """A builder-like output folder (DIR/tokenized, a DatasetDict) of tokenized samples with doc_id."""
+    import datasets
+
+    out = [{"id": f"s{i}", **row, "length": len(row["input_ids"]), "n_doc_tokens_dropped": 0}
+           for i, row in enumerate(rows)]
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(out)}).save_to_disk(str(folder / "tokenized"))
+    return str(folder)
+
+
+def test_training_on_tree_rows_reports_the_layout_trains_branches_and_resumes(tiny_llama_dir, tmp_path, caplog):
+    import json
+    import logging
+
+    from sft.train import run
+    from tests.sft.conftest import config
+    from tests.sft.test_packing import BatchSpy
+
+    built = write_built(tmp_path / "built", corpus({"a": 6, "b": 1, "c": 4}, doc_length=40))
+    spy = BatchSpy()
+    caplog.set_level(logging.INFO, logger="sft.train")
+    cfg = config(tiny_llama_dir, built, tmp_path / "run", packing="tree", tree_min_prefix=16, tree_max_branches=4,
+                 max_length=128, max_steps=2, save_steps=2, per_device_batch_size=1, eval_samples=0)
+    result = run(cfg, callbacks=(spy,))
+    layout = json.loads((tmp_path / "run/data_stats.json").read_text())["layout"]
+    assert layout["layout"] == "tree" and layout["samples"] == 11 and layout["trees"] == 3  # a: 4 + 2, c: 4
+    assert layout["prefix_repeats"] == 1 and layout["branches_per_tree_max"] == 4
+    assert layout["tokens_alone"] > 2 * layout["tokens"] and layout["supervised_per_computed_token"] > 0
+    assert "as 3 trees" in caplog.text and "fewer)" in caplog.text  # the start-up line
+    assert spy.attn == "s2_attn" and "attention_mask" not in spy.batches[0]
+    pos = spy.batches[0]["position_ids"][0]
+    assert bool((torch.diff(pos) < 0).any() & (pos[1:][torch.diff(pos) < 0] > 0).any())  # a branch continues
+    assert result.global_step == 2
+    resumed = run(cfg.model_copy(update={"max_steps": 3, "resume": True}))
+    assert resumed.global_step == 3
