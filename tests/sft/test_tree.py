@@ -305,3 +305,17 @@ def test_training_on_tree_rows_reports_the_layout_trains_branches_and_resumes(ti
     assert result.global_step == 2
     resumed = run(cfg.model_copy(update={"max_steps": 3, "resume": True}))
     assert resumed.global_step == 3
+
+
+def test_experiment_arms_pass_packing_tree_through():
+    from sft.experiment import arm_configs
+    from schemas.experiment import ExperimentConfig
+
+    cfg = ExperimentConfig.model_validate({
+        "name": "trees", "out": "runs/x", "train": "configs/train/smollm2_squad.yaml",
+        "eval": {"tasks": ["qa"]},
+        "arms": [{"name": "packed", "overrides": {"packing": True}},
+                 {"name": "tree", "overrides": {"packing": "tree", "tree_max_branches": 16}}]})
+    trains, _ = arm_configs(cfg, check_paths=False)
+    assert trains["packed"].packing is True
+    assert trains["tree"].packing == "tree" and trains["tree"].tree_max_branches == 16
