@@ -319,3 +319,22 @@ def test_experiment_arms_pass_packing_tree_through():
     trains, _ = arm_configs(cfg, check_paths=False)
     assert trains["packed"].packing is True
     assert trains["tree"].packing == "tree" and trains["tree"].tree_max_branches == 16
+
+
+def test_tree_benchmark_trains_the_same_documents_three_ways():
+    import importlib.util
+    from pathlib import Path
+
+    import datasets
+
+    path = Path(__file__).resolve().parents[2] / "benchmarks/tree.py"
+    spec = importlib.util.spec_from_file_location("tree_benchmark", path)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    rows = corpus({"a": 6, "b": 5}, doc_length=40)
+    data = datasets.Dataset.from_list([{**r, "length": len(r["input_ids"])} for r in rows])
+    plans = bench.plans(data, max_length=128, steps=2, seed=0, max_branches=8, min_prefix=16, pad_id=0)
+    assert list(plans) == list(bench.LAYOUTS) and all(len(plan) == 2 for plan in plans.values())
+    per_row = {name: [int((b["labels"][:, 1:] != IGNORE_INDEX).sum()) for b, _ in plan] for name, plan in plans.items()}
+    assert min(per_row["tree"]) > 2 * max(per_row["packed"])  # many answers a row for the cost of one document
+    assert plans["tree"][0][1] == {"group_size": 32}
