@@ -44,6 +44,12 @@ Full attention over packed rows (``s2_attn: false`` with packing, and S2's eval 
 segment per sample), on gathered samples (SDPA) or back to back in one flash varlen call (``cu_seqlens`` = sample
 boundaries); rows that are not packed go to transformers' SDPA attention unchanged.
 
+Prefix-tree rows (``packing: tree``, ``sft.tree``, issue 22): a span whose positions start at ``p > 0`` right after a
+root span that started at 0 is a branch of that root (:func:`tree_spans`). Roots and ordinary samples take the routes
+below; every branch is one SDPA call per head half over the root's first ``p`` keys (from the earliest S2 segment its
+queries can reach) and its own, with an explicit boolean mask (:func:`branch_mask`: causal, inside the segments the
+sample has alone), on every backend (flash-attn's varlen call cannot express a prefix shared by several segments).
+
 Cost (LongLoRA Sec. 3.2): attention FLOPs ~ ``N * G`` instead of ``N**2 / 2``, never an N x N mask.
 
 - SDPA backend, every row one sample from token 0 (no padding or right padding; the usual training batch): the
