@@ -247,9 +247,11 @@ def load_data(cfg: TrainConfig):
 
         dataset, stats = load_extend_dataset(cfg.data_paths, load_tokenizer(cfg.model), cfg.max_length, cfg.packing)
     else:
-        dataset, stats = load_sft_dataset(cfg.data_paths[0], cfg.split, cfg.max_length, cfg.too_long)
+        dataset, stats = load_sft_dataset(cfg.data_paths[0], cfg.split, cfg.max_length, cfg.too_long,
+                                          extra_columns=("doc_id",) if cfg.packing == "tree" else ())
     dataset, stats.layout = arrange(dataset, list(dataset["length"]), packing=cfg.packing, batching=cfg.batching,
-                                    max_length=cfg.max_length, batch_size=cfg.per_device_batch_size, seed=cfg.seed)
+                                    max_length=cfg.max_length, batch_size=cfg.per_device_batch_size, seed=cfg.seed,
+                                    tree_max_branches=cfg.tree_max_branches, tree_min_prefix=cfg.tree_min_prefix)
     return dataset, stats
 
 
