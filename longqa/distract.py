@@ -8,9 +8,10 @@ document of the split), then yields them in read order.
 
 Per sample, with a `random.Random` seeded by (seed, record id, document): a depth from `depths` and an order of the
 pool's other documents. The documents before the gold one take ``depth * (budget - gold)`` tokens, those after it the
-rest, the last of each part cut at a token boundary; a document is used at most once per sample. The composed
-material is then counted exactly (the content tokenizer of `longqa.tokenize`) and cut further if the sample would
-exceed `length`.
+rest, the last of each part cut where a word ends (so that it tokenizes as the tokens kept); a document is used at
+most once per sample. Token counts add up (documents and the separator counted in context) for tokenizers that split
+words at whitespace (byte-level BPE: SmolLM2, Llama 3, Qwen), so a sample has `length` tokens, or a few less where a
+cut fell short of a word's end or the pool ran out (counted: `under_length`).
 
 `locate` runs after the tokenize stage: it finds the gold material's tokens in the sample's `input_ids` (its token
 span) and the reference answer's first occurrence in it (the answer's token position), independently of how the
@@ -109,8 +110,11 @@ class Distract(Stage):
         self.content = content_tokenizer(tokenizer)
         self.template = content_tokenizer(tokenizer)
         self.template.encode_special_tokens = False
-        self.sep = len(self.content.encode(SEPARATOR, add_special_tokens=False).ids)
+        # The separator's tokens between two words (alone it may be one token, between text two)
+        count = lambda text: len(self.content.encode(text, add_special_tokens=False).ids)  # noqa: E731
+        self.sep = count(f"a{SEPARATOR}b") - count("a") - count("b")
         self.stats = DistractStats()
+        self._encodings: dict[str, object] = {}  # doc id -> its encoding (ids, offsets), for `locate`
 
     def __call__(self, items: Iterable[Prepared]) -> Iterator[Prepared]:
         groups: dict[tuple[int, str], list[Prepared]] = defaultdict(list)
@@ -125,7 +129,7 @@ class Distract(Stage):
 
     def locate(self, item: Prepared, encoded) -> Located | None:
         """`locate` of a tokenized sample."""
-        return locate(encoded.input_ids, item.evidence, self.content)
+        return locate(encoded.input_ids, item.evidence, self._encodings[item.evidence.gold_doc_id])
 
     def _compose_group(self, spec, split: str, group: list[Prepared]) -> Iterator[Prepared]:
         texts = {}
@@ -133,6 +137,7 @@ class Distract(Stage):
             texts.setdefault(item.doc_id, material_of(item.record))
         pool = sorted(texts)
         encodings = dict(zip(pool, self.content.encode_batch([texts[d] for d in pool], add_special_tokens=False)))
+        self._encodings.update(encodings)
         self.stats.pool[split] += len(pool)
         seed = self.cfg.seed if spec.seed is None else spec.seed
         for item in group:
@@ -162,20 +167,9 @@ class Distract(Stage):
         depth = rng.choice(spec.depths)
         order = [d for d in pool if d != item.doc_id]
         rng.shuffle(order)
-        for _ in range(4):  # the exact count below may differ from the sum of the parts by a few boundary tokens
-            free = budget - n_gold
-            before, used, left = self._fill(order, round(depth * free), texts, encodings)
-            after, used_after, left_after = self._fill(order[used:], free - round(depth * free) + left, texts,
-                                                       encodings)
-            pieces = [t for t, _ in before] + [gold_text] + [t for t, _ in after]
-            material = SEPARATOR.join(pieces)
-            overshoot = fixed + len(self.content.encode(material, add_special_tokens=False).ids) - spec.length
-            if overshoot <= 0:
-                break
-            budget -= overshoot
-        else:
-            return reject_record(record, "distractor_overflow", "documents",
-                                 f"could not fill to {spec.length} tokens without exceeding it")
+        free = budget - n_gold
+        before, used, left, _ = self._fill(order, round(depth * free), texts, encodings)
+        after, _, _, ran_out = self._fill(order[used:], free - round(depth * free) + left, texts, encodings)
         gold_start = sum(len(t) + len(SEPARATOR) for t, _ in before)
         documents = [Document(text=t) for t, _ in before] + list(record.documents) + [Document(text=t) for t, _ in after]
         new = record.model_copy(update={"documents": documents})
@@ -185,16 +179,16 @@ class Distract(Stage):
         self.stats.distractors[split] += n_used
         self.stats.answer_found[split] += answer is not None
         self.stats.depths[split][str(depth)] += 1
-        if used + used_after == len(order) and left_after > self.sep:  # the pool ran out
-            self.stats.under_length[split] += 1
+        self.stats.under_length[split] += ran_out  # the pool ran out before the length was met
         out = Prepared(new, new.doc_id(), split=item.split)
         out.evidence = Evidence(item.doc_id, gold_text, gold_start, answer, depth, n_used)
         return out
 
     def _fill(self, order: list[str], need: int, texts: dict,
-              encodings: dict) -> tuple[list[tuple[str, int]], int, int]:
-        """Documents of `order` (in order) taking `need` tokens, a separator each included, the last one cut at a
-        token boundary; returns ``[(text, tokens)]``, how many of `order` it used and the tokens left unfilled."""
+              encodings: dict) -> tuple[list[tuple[str, int]], int, int, bool]:
+        """Documents of `order` (in order) taking `need` tokens, a separator each included, the last one cut where a
+        word ends; returns ``[(text, tokens)]``, how many of `order` it used, the tokens left unfilled and whether
+        `order` ran out before `need` was met."""
         out, used = [], 0
         for doc in order:
             room = need - self.sep
@@ -206,18 +200,23 @@ class Distract(Stage):
                 out.append((texts[doc], len(enc.ids)))
                 need -= len(enc.ids) + self.sep
                 continue
-            cut = texts[doc][:enc.offsets[room - 1][1]].rstrip()
-            if cut:
-                out.append((cut, room))
-                need -= room + self.sep
+            text, k = texts[doc], room
+            # cut where a word ends and whitespace follows: the piece then tokenizes as the first k tokens
+            while k > 0 and not (text[enc.offsets[k][0]].isspace() and not text[enc.offsets[k][0] - 1].isspace()):
+                k -= 1
+            if k:
+                out.append((text[:enc.offsets[k][0]], k))
+                need -= k + self.sep
             break
-        return out, used, max(need, 0)
+        else:
+            return out, used, max(need, 0), need - self.sep >= 1
+        return out, used, max(need, 0), False
 
 
-def locate(input_ids: np.ndarray, evidence: Evidence, content) -> Located | None:
-    """The gold material's token span in `input_ids` and the answer's first token; None when its tokens do not occur
-    there as one run (a tokenizer that merges across the document boundary)."""
-    enc = content.encode(evidence.gold_text, add_special_tokens=False)
+def locate(input_ids: np.ndarray, evidence: Evidence, enc) -> Located | None:
+    """The gold material's token span in `input_ids` and the answer's first token, from the material's own encoding
+    `enc` (ids, offsets); None when its tokens do not occur there as one run (a tokenizer that merges across the
+    document boundary)."""
     gold = np.asarray(enc.ids, dtype=np.int64)
     ids = np.asarray(input_ids, dtype=np.int64)
     n = len(gold)
