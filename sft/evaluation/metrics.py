@@ -197,8 +197,6 @@ def paired_difference(a: dict, b: dict, metric: str = "f1") -> dict | None:
     differences, which removes what the questions share: some are hard for every model), and on how many `b` scored
     higher, lower or the same. None when they share no question or a result lacks per-question scores (older
     reports)."""
-    from sft.evaluation.intervals import bootstrap_mean, percent
-
     if "per_question" not in a or "per_question" not in b:
         return None
     scores_a = dict(zip(a["per_question"]["id"], a["per_question"][metric]))
@@ -206,8 +204,15 @@ def paired_difference(a: dict, b: dict, metric: str = "f1") -> dict | None:
     shared = [i for i in scores_a if i in scores_b]
     if not shared:
         return None
-    diffs = [scores_b[i] - scores_a[i] for i in shared]
-    return {"metric": metric, "n": len(shared), "difference": round(100 * sum(diffs) / len(diffs), 2),
+    return {"metric": metric, **paired_summary([scores_b[i] - scores_a[i] for i in shared])}
+
+
+def paired_summary(diffs: list[float]) -> dict:
+    """Per-question differences (fractions) summarised: n, the mean in percent with its 95 % paired bootstrap
+    interval, and on how many the second model scored higher, lower or the same."""
+    from sft.evaluation.intervals import bootstrap_mean, percent
+
+    return {"n": len(diffs), "difference": round(100 * sum(diffs) / len(diffs), 2),
             "ci": percent(bootstrap_mean(diffs)), "higher": sum(d > 0 for d in diffs),
             "lower": sum(d < 0 for d in diffs), "same": sum(d == 0 for d in diffs)}
 

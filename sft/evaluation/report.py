@@ -60,6 +60,9 @@ def markdown(report: dict[str, Any]) -> str:
         truncation = next(iter(results["qa"].values())).get("truncation", "template")
         parts += ["", f"## Long QA (LongBench scoring, percent; middle truncation: {truncation})", "",
                   _qa_table(results["qa"], names)]
+        if all("evidence" in results["qa"][n] for n in names):
+            parts += ["", "### Long QA by evidence position (F1, percent)", "", EVIDENCE_NOTE, "",
+                      _evidence_table(results["qa"], names)]
     if "short_qa" in results:
         parts += ["", "## Short QA: the same questions with only their own paragraph (LongBench scoring, percent)",
                   "", _qa_table(results["short_qa"], names)]
@@ -152,6 +155,13 @@ def _comparison(results: dict[str, Any], names: list[str]) -> str:
                              with_ci(paired["difference"], paired["ci"]),
                              f"{other} higher on {paired['higher']}, lower on {paired['lower']}",
                              paired_verdict_zero(paired["ci"])])
+        if "qa" in results and all("evidence" in results["qa"][n] for n in (first, other)):
+            from sft.evaluation.evidence import paired as paired_by_evidence
+
+            for label, d in paired_by_evidence(results["qa"][first]["evidence"], results["qa"][other]["evidence"]).items():
+                rows.append([f"qa F1 by evidence {label}, {other} − {first}, paired over {d['n']} questions",
+                             with_ci(d["difference"], d["ci"]), f"{other} higher on {d['higher']}, lower on "
+                             f"{d['lower']}", paired_verdict_zero(d["ci"])])
         if "passkey" in results:
             a, b = (results["passkey"][n] for n in (first, other))
             add(f"passkey accuracy (n={a.get('n', len(a['trials']))})", (a["accuracy"], a.get("ci")),
@@ -200,6 +210,34 @@ def _qa_table(qa: dict[str, Any], names: list[str]) -> str:
     for bucket in buckets:
         rows.append([f"F1, {bucket} tokens (n)"] + [_with_n(qa[n]["buckets"].get(bucket), "f1") for n in names])
     return _table(["metric", *names], rows)
+
+
+EVIDENCE_NOTE = ("Questions bucketed by the token position of their evidence (the answer's first token in the gold "
+                 "document, else the document's start; datasets built with `distractors`). Each cell: F1 [95 % "
+                 "interval] (n; prompts cut in the middle / questions whose evidence was in the part cut). "
+                 "**beyond** marks buckets at or past the first model's native window.")
+
+
+def _evidence_table(qa: dict[str, Any], names: list[str]) -> str:
+    first = qa[names[0]]["evidence"]
+    native = first["native_window"]
+    labels = list(dict.fromkeys(b for n in names for b in qa[n]["evidence"]["buckets"]))
+
+    def cell(scores: dict | None) -> str:
+        if not scores or not scores.get("n"):
+            return "–"
+        return (f"{with_ci(scores['f1'], scores.get('ci', {}).get('f1'))} ({scores['n']}; "
+                f"{scores.get('truncated', 0)}/{scores['evidence_cut']})")
+
+    rows = []
+    for label in labels:
+        beyond = first["buckets"].get(label, {}).get("beyond_native")
+        rows.append([f"{label}" + (" **beyond**" if beyond else "")]
+                    + [cell(qa[n]["evidence"]["buckets"].get(label)) for n in names])
+    rows.append([f"evidence at or beyond {native} tokens"] + [cell(qa[n]["evidence"]["beyond_native"]) for n in names])
+    windows = ", ".join(f"{n} {qa[n]['evidence']['native_window']}" for n in names)
+    return _table(["evidence tokens", *names], rows) + f"\n\nNative windows: {windows}; evaluated windows: " + \
+        ", ".join(f"{n} {qa[n].get('window')}" for n in names) + "."
 
 
 def _with_n(scores: dict | None, key: str) -> str:
