@@ -68,6 +68,7 @@ Cost (LongLoRA Sec. 3.2): attention FLOPs ~ ``N * G`` instead of ``N**2 / 2``, n
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -83,6 +84,9 @@ CONFIG_ATTR = "s2_attn"
 WRAP_MODES = ("none", "roll")
 BACKENDS = ("auto", "sdpa", "flash")
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
+
+log = logging.getLogger(__name__)
+_probe_failures: set[str] = set()  # reasons already warned about (once each)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -805,9 +809,12 @@ def s2_attn_mask(
         return None
     if plain and attention_mask.ndim == 2 and attention_mask.shape[-1] == kv_length:
         return None if bool(attention_mask.all()) else attention_mask.to(torch.bool)
-    if whole and attention_mask is None and _is_packed_causal(mask_function, batch_size, q_length,
-                                                              kwargs.get("device")):
-        return None  # packed rows: the attention functions find the samples in position_ids (O(N))
+    if whole and attention_mask is None:
+        try:
+            if _is_packed_causal(mask_function, batch_size, q_length, kwargs.get("device")):
+                return None  # packed rows: the attention functions find the samples in position_ids (O(N))
+        except (IndexError, RuntimeError, TypeError) as e:  # a mask function that does not take index tensors
+            _warn_dense_mask(f"{type(e).__name__}: {e}", batch_size, q_length, kv_length)
     return ALL_MASK_ATTENTION_FUNCTIONS["sdpa"](
         batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset,
         mask_function=mask_function, attention_mask=attention_mask, **kwargs)
@@ -823,12 +830,21 @@ def _is_packed_causal(mask_function, batch_size: int, length: int, device) -> bo
     b = torch.arange(batch_size, device=device)[:, None]
     i = torch.arange(length - 1, device=device)[None, :]
     head = torch.zeros((), dtype=torch.long, device=device)
-    try:
-        sees_self = torch.as_tensor(mask_function(b, head, i, i))
-        sees_next = torch.as_tensor(mask_function(b, head, i, i + 1))
-    except (IndexError, RuntimeError, TypeError):  # a mask function that does not take index tensors
-        return False
+    sees_self = torch.as_tensor(mask_function(b, head, i, i))  # a mask function that takes no index tensors raises
+    sees_next = torch.as_tensor(mask_function(b, head, i, i + 1))
     return bool(sees_self.all()) and not bool(sees_next.any())
+
+
+def _warn_dense_mask(reason: str, batch_size: int, q_length: int, kv_length: int) -> None:
+    """Say once per reason that the probe failed and what the fallback can cost: transformers' dense N x N mask."""
+    if reason in _probe_failures:
+        return
+    _probe_failures.add(reason)
+    gib = batch_size * q_length * kv_length / 2 ** 30
+    log.warning("s2_attn mask: the packed-sample probe of the mask function failed (%s); falling back to "
+                "transformers' sdpa mask, a dense boolean mask where it cannot skip it (%d x 1 x %d x %d, %.2f GiB "
+                "at this size)",
+                reason, batch_size, q_length, kv_length, gib)
 
 
 def register() -> None:

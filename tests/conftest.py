@@ -32,6 +32,17 @@ def make_tokenizer(path):
     return str(path)
 
 
+@pytest.fixture
+def hub_online(monkeypatch):
+    """huggingface_hub online for one test whatever the environment (HF_HUB_OFFLINE=1 exported, as on an air-gapped
+    machine): the variables cleared, and the library's copy of them, which it reads once when imported."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_path(tmp_path_factory):
     """A folder holding a tiny fast tokenizer with a ChatML template (vocabulary of 400)."""
