@@ -28,6 +28,10 @@ class Arm(BaseModel):
         None, description="untrained arms: RoPE scaling to the experiment's target length (null: the base as it is)")
     factor: float | None = Field(None, gt=1.0, description="untrained arms: the scaling factor (default: target "
                                  "length / the model's context)")
+    window: Literal["target", "native"] = Field(
+        "target", description="untrained arms without rope_scaling: 'target' opens the window to the experiment's "
+        "target length (positions beyond the pretraining context extrapolate); 'native' keeps the model's own window "
+        "(the evaluation cuts longer QA prompts in the middle and skips longer passkey/perplexity lengths)")
     from_: str | None = Field(None, alias="from", description="trained arms: start from this trained arm's model "
                               "(its adapter merged once into OUT/merged/ARM, shared by every arm that starts from it) "
                               "instead of the train config's model; null: the train config's model")
@@ -44,6 +48,8 @@ class Arm(BaseModel):
             problems.append(f"arm {self.name}: overrides are for trained arms")
         if self.factor and not self.rope_scaling:
             problems.append(f"arm {self.name}: factor needs rope_scaling")
+        if self.window == "native" and (self.train or self.rope_scaling):
+            problems.append(f"arm {self.name}: window native is for untrained arms without rope_scaling")
         if self.from_ is not None and not self.train:
             problems.append(f"arm {self.name}: from is for trained arms (an untrained arm is the base model)")
         if self.from_ is not None and "model" in self.overrides:

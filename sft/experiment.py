@@ -145,15 +145,16 @@ def untrained_model(arm: Arm, base: Path, target: int, out: Path) -> Path:
     """``out/model``: the base folder's files (linked) with a config whose RoPE covers `target` tokens.
 
     ``rope_scaling: null`` opens the window to `target` with unchanged RoPE (positions beyond the pretraining context
-    extrapolate: the "no scaling" baseline); otherwise :func:`sft.model.apply_rope_scaling` with `arm.rope_scaling`
-    (``factor``: target = context x factor)."""
+    extrapolate: the "no scaling" baseline), or with ``window: native`` keeps the model's window; otherwise
+    :func:`sft.model.apply_rope_scaling` with `arm.rope_scaling` (``factor``: target = context x factor)."""
     from sft.model import apply_rope_scaling, context_length, load_config
 
     folder = out / "model"
     config = load_config(str(base))
     context = context_length(config)
     if arm.rope_scaling is None:
-        config.max_position_embeddings = max(target, config.max_position_embeddings)
+        if arm.window == "target":
+            config.max_position_embeddings = max(target, config.max_position_embeddings)
     else:
         apply_rope_scaling(config, round(context * arm.factor) if arm.factor else target, kind=arm.rope_scaling)
     if folder.exists():
@@ -445,7 +446,8 @@ def run_experiment(cfg: ExperimentConfig, trains: dict[str, TrainConfig], evalua
             ref = str(untrained_model(arm, base_model_folder(base_ref, out), target, out / "arms" / arm.name))
             fresh = False
             row = {"kind": f"untrained, RoPE {arm.rope_scaling or 'unchanged'}"
-                   + (f" x{arm.factor}" if arm.factor else ""), "training": None}
+                   + (f" x{arm.factor}" if arm.factor else "") + (", native window" if arm.window == "native" else ""),
+                   "training": None}
         log.info("experiment: arm %s: evaluating %s", arm.name, ref)
         report = evaluate_arm(arm.name, ref, evaluation, out / "eval" / arm.name, fresh=fresh)
         reports[arm.name] = report
@@ -465,7 +467,8 @@ def plan(cfg: ExperimentConfig) -> str:
     for i, arm in enumerate(stage_order(cfg.arms), 1):
         if not arm.train:
             lines.append(f"{i}. {arm.name}: untrained, RoPE {arm.rope_scaling or 'unchanged'}"
-                         + (f" x{arm.factor}" if arm.factor else ""))
+                         + (f" x{arm.factor}" if arm.factor else "")
+                         + (", native window" if arm.window == "native" else ""))
             continue
         t = trains[arm.name]
         start = f"from {arm.from_} (merged into {t.model})" if arm.from_ else f"from {t.model}"

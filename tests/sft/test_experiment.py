@@ -127,13 +127,14 @@ def test_every_problem_is_reported_before_any_work(setup, capsys):
     assert "compare [longlora, nope]: unknown arm(s) ['nope']" in err and "compared with itself" in err
 
 
-@pytest.mark.parametrize("rope, factor, window", [(None, None, 512), ("linear", None, 512), ("yarn", None, 512),
-                                                  ("dynamic", None, 512), ("linear", 4.0, 1024)])
-def test_untrained_arms_change_only_the_rope(tmp_path, tiny_llama_dir, rope, factor, window):
+@pytest.mark.parametrize("rope, factor, native, window", [
+    (None, None, False, 512), (None, None, True, 256), ("linear", None, False, 512), ("yarn", None, False, 512),
+    ("dynamic", None, False, 512), ("linear", 4.0, False, 1024)])
+def test_untrained_arms_change_only_the_rope(tmp_path, tiny_llama_dir, rope, factor, native, window):
     from schemas.experiment import Arm
     from sft.model import context_length, load_config
 
-    arm = Arm(name="x", train=False, rope_scaling=rope, factor=factor)
+    arm = Arm(name="x", train=False, rope_scaling=rope, factor=factor, window="native" if native else "target")
     folder = experiment.untrained_model(arm, __import__("pathlib").Path(tiny_llama_dir), 512, tmp_path / "x")
     config = load_config(str(folder))
     assert context_length(config) == window
