@@ -57,6 +57,10 @@ class QAConfig(_Section):
                                     "(1 - this) of its longest")
     length_buckets: list[int] = Field([2048, 4096, 8192], description="ascending bucket edges in prompt tokens: "
                                       "0-2k, 2k-4k, 4k-8k, 8k+")
+    evidence_buckets: list[int] = Field([4096, 8192, 12288, 16384], description="ascending bucket edges of the "
+                                        "evidence's token position (datasets built with distractors): 0-4k, 4k-8k, "
+                                        "8k-12k, 12k-16k, 16k+; the buckets beyond the model's native window are "
+                                        "marked")
 
     # --- truncation protocol (issue 9; docs/evaluation.md) ---
     truncation: Literal["template", "longbench_v1", "longbench_v2"] = Field(
@@ -69,7 +73,7 @@ class QAConfig(_Section):
         None, ge=2, description="longbench_v1/v2: the raw prompt's token budget (LongBench's model2maxlen, e.g. 3500 "
         "for a 4k model); null: window - max_new_tokens - the tokens the chat template adds")
 
-    @field_validator("length_buckets")
+    @field_validator("length_buckets", "evidence_buckets")
     @classmethod
     def _ascending(cls, value: list[int]) -> list[int]:
         if not value or any(b <= a for a, b in zip(value, value[1:])) or value[0] <= 0:
