@@ -62,7 +62,7 @@ def describe(out: Path, cfg: BuildConfig, tally: Tally, *, tokenizer=None, token
     manifest = {
         "name": cfg.name,
         "created_by": f"longqa {longqa.__version__}",
-        "config": cfg.model_dump(mode="json", exclude={"overwrite"}),  # where it went, not what it is
+        "config": cfg.recorded(),
         "inputs": describe_inputs(cfg.inputs),
         "versions": library_versions(),
         "tokenizer": tokenizer_info(tokenizer, cfg.tokenizer) if tokenizer is not None else tokenizer_meta,

@@ -225,3 +225,7 @@ class BuildConfig(BaseModel):
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def recorded(self) -> dict:
+        """The configuration as the manifest records it: what the build is, not how it was allowed to be written."""
+        return self.model_dump(mode="json", exclude={"overwrite"})

@@ -136,3 +136,25 @@ def claim(out: str | Path, command: str, *, inputs: Iterable[str | Path | None] 
     if written_by(folder) is None:
         mark(folder, command)
     return folder
+
+
+def files_problems(field: str, out: str | Path | None, command: str, files: Iterable[str], journal: str, *,
+                   overwrite: bool = False) -> list[str]:
+    """For a command that keeps named `files` in a folder it shares with other data (longqa.generate writes qa.jsonl
+    and rejects.jsonl beside the documents and appends to them on a rerun): those files are its own only when its
+    `journal` file (generate.json) is beside them. Otherwise they are someone else's: refused unless `overwrite`."""
+    if not isinstance(out, (str, Path)) or str(out) == "":
+        return []
+    folder = Path(out).expanduser()
+    if not folder.exists():
+        return []
+    if not folder.is_dir():
+        return [f"{field}: {out} is a file, not a folder"]
+    if (folder / journal).exists() or overwrite:
+        return []
+    foreign = [name for name in files if (folder / name).exists()]
+    if not foreign:
+        return []
+    return [f"{field}: {out} holds {', '.join(foreign)} that no earlier {command} run wrote (no {journal} beside "
+            f"{'it' if len(foreign) == 1 else 'them'}); move {'it' if len(foreign) == 1 else 'them'} away, give "
+            "another --out, or pass --overwrite to replace " + ("it" if len(foreign) == 1 else "them")]

@@ -90,8 +90,10 @@ def arm_configs(cfg: ExperimentConfig, *, check_paths: bool = True) -> tuple[dic
             problems.append(f"arm {name}: rope_scaling {train.rope_scaling}: it starts from "
                             f"{by_name[name].from_}, whose merged model carries {parent.rope_scaling} RoPE scaling (to {parent.max_length} "
                             f"tokens); set rope_scaling: {parent.rope_scaling}")
-    # the arms' models do not exist before the experiment makes them: only the data are checked
-    eval_paths = (lambda c: [p for p in eval_problems(c) if not p.startswith("models.")]) if check_paths else None
+    # the arms' models do not exist before the experiment makes them: only the data are checked (each arm's report
+    # goes to OUT/eval/NAME, inside the experiment's own folder, whose rule is the experiment's)
+    eval_paths = (lambda c: [p for p in eval_problems(c) if not p.startswith(("models.", "out:"))]) \
+        if check_paths else None
     evaluation = None
     try:
         evaluation = resolve_config(EvalConfig, {**cfg.eval, "models": {a.name: a.name for a in cfg.arms},
@@ -205,7 +207,7 @@ def train_arm(train: TrainConfig, progress: bool = True, started_from: dict[str,
         elif out.is_dir():
             shutil.rmtree(out)
         if started_from is not None:
-            out.mkdir(parents=True, exist_ok=True)
+            claim(out, "sft.run")  # the arm's training folder, marked before the run writes into it
             (out / STARTED_FROM_FILE).write_text(json.dumps(started_from, indent=1) + "\n", encoding="utf-8")
         run(train, progress=progress)
     return {"adapter": str(out / ADAPTER_DIR), **training_summary(out, train)}

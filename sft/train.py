@@ -230,7 +230,7 @@ def build_on_the_fly(cfg: TrainConfig) -> TrainConfig:
     manifest = out / "manifest.json"
 
     def current() -> bool:
-        return manifest.is_file() and json.loads(manifest.read_text())["config"] == build_cfg.model_dump(mode="json")
+        return manifest.is_file() and json.loads(manifest.read_text())["config"] == build_cfg.recorded()
 
     if is_main_process() and not current():
         log.info(f"data: building {ref} into {out}")

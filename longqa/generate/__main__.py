@@ -26,7 +26,9 @@ def generate_problems(cfg) -> list[str]:
     if not folder.is_dir():
         return [f"docs: {docs} " + ("is not a folder" if folder.exists() else "does not exist") +
                 " (a folder of .txt/.md documents)"]
-    return []
+    from longqa.generate.run import out_files_problems
+
+    return out_files_problems(cfg)
 
 
 COMMAND = Command("python -m longqa.generate", __doc__, GenerateConfig, paths=generate_problems)

@@ -29,6 +29,7 @@ from longqa.rejects import RejectLog
 from longqa.validate import reject_record
 from schemas.errors import ConfigError, DataError, UserError
 from schemas.generate import GenerateConfig
+from schemas.outdir import files_problems
 from schemas.records import Document, Origin, Record
 
 log = logging.getLogger(__name__)
@@ -259,6 +260,14 @@ async def _run(cfg: GenerateConfig, folder: Path, names: list[str], generator: G
         await asyncio.gather(*workers, return_exceptions=True)
 
 
+def out_files_problems(cfg) -> list[str]:
+    """qa.jsonl / rejects.jsonl in the output folder are appended to only when an earlier run wrote them (issue 24)."""
+    out = cfg.out if isinstance(cfg.out, str) else cfg.docs
+    field = "out" if isinstance(cfg.out, str) else "docs"
+    return files_problems(field, out, "longqa.generate", (QA_FILE, REJECTS_FILE), SUMMARY_FILE,
+                          overwrite=cfg.overwrite is True)
+
+
 def generate(cfg: GenerateConfig, progress: bool = True) -> dict:
     """Run the generation described by `cfg`; returns this run's summary (also appended to generate.json)."""
     folder = Path(cfg.docs)
@@ -268,6 +277,12 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> dict:
     if not names:
         raise ConfigError(f"docs: {cfg.docs} holds no .txt or .md document")
     out = Path(cfg.out) if cfg.out else folder
+    problems = out_files_problems(cfg)  # another tool's qa.jsonl is never appended to or cut (issue 24)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    if cfg.overwrite and not (out / SUMMARY_FILE).exists():
+        for name in (QA_FILE, REJECTS_FILE):
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     summary = check_plan(out, cfg)
     write_summary(out, summary)

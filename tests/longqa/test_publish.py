@@ -12,6 +12,7 @@ import yaml
 
 from longqa.pipeline import build
 from longqa.publish import main as publish_main
+from schemas.outdir import MARKER
 from tests.hub_server import FakeHub
 from tests.longqa.fixtures import cfg_for, corpus
 
@@ -31,7 +32,7 @@ def test_dry_run_stages_the_hub_tree_and_it_loads(built, tmp_path, capsys):
     staged = tmp_path / "staged"
     assert publish_main([str(built), "--repo-id", "org/longqa-test", "--dry-run", str(staged)]) == 0
     files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
-    assert files == ["README.md", "data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet",
+    assert files == [MARKER, "README.md", "data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet",
                      "lengths.png", "manifest.json", "tokenized/test-00000-of-00001.parquet",
                      "tokenized/train-00000-of-00001.parquet"]
     loaded = datasets.load_dataset(str(staged), cache_dir=str(tmp_path / "cache"))

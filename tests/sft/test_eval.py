@@ -321,7 +321,8 @@ def test_cli_runs_a_yaml_config_with_flag_overrides(tmp_path, tiny_models, tiny_
 
 def test_all_config_problems_are_reported_before_loading(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default ppl data `out` must not exist
-    rc = main(["--models", "a=missing-model", f"b={tmp_path}", "--tasks", "qa,ppl,nope", "--limit", "0",
+    (tmp_path / "b").mkdir()  # a folder that is not a model
+    rc = main(["--models", "a=missing-model", f"b={tmp_path / 'b'}", "--tasks", "qa,ppl,nope", "--limit", "0",
                "--qa-data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert rc == 2 and "6 problem(s)" in err
