@@ -105,7 +105,8 @@ def out_problems(field: str, out: str | Path | None, command: str, *, inputs: It
     if replaces and _inside(cwd, target):
         return [f"{field}: {given} is " + ("the current directory" if target == cwd else "a folder above the current "
                 "directory") + "; replacing it would pull the working directory away; give a new folder"]
-    if not any(target.iterdir()) or is_own(target, command):
+    # a marker half-written by another process of the same launch (rank 0 claims, the others check) counts as none
+    if not any(not p.name.startswith(f"{MARKER}.tmp-") for p in target.iterdir()) or is_own(target, command):
         return []
     if not overwrite:
         return [f"{field}: {given} is not empty and not an earlier output of {command} (it holds {holds(target)}); "
