@@ -24,18 +24,13 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_output(out: Path, command: str | None = None, *, overwrite: bool = False,
-                  inputs: tuple = ()) -> Iterator[Path]:
+def atomic_output(out: Path, command: str | None = None) -> Iterator[Path]:
     """Yield a temporary folder beside `out`; on success it replaces `out`, on failure it is removed.
 
-    With `command`, the output-folder rule holds first (:func:`schemas.outdir.guard`: `out` is missing, empty or that
-    command's earlier output, unless `overwrite`), and the new folder carries the command's marker.
+    With `command`, the new folder carries that command's marker (:func:`schemas.outdir.mark`); the caller has
+    checked the output-folder rule (:func:`schemas.outdir.guard`) before its work began.
     Leftovers of killed builds (their process gone) are removed first, so a rerun succeeds.
     """
-    if command is not None:
-        from schemas.outdir import guard
-
-        guard(out, command, inputs=inputs, overwrite=overwrite)
     out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.partial-*"):

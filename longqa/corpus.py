@@ -160,7 +160,7 @@ def build_corpus(cfg: CorpusConfig) -> dict:
     count = token_counter(cfg.tokenizer)
     manifest = {"kind": KIND, "config": config_key(cfg), "python": _python(), "sources": {}, "splits": {},
                 "documents": []}
-    with atomic_output(out, "longqa.corpus", overwrite=cfg.overwrite) as tmp:
+    with atomic_output(out, "longqa.corpus") as tmp:
         for split in SPLITS:
             (tmp / split).mkdir()
         for name in cfg.sources:

@@ -123,10 +123,12 @@ def publish(cfg: HubOptions, repo_type: str, prepare: Callable[[Path], str]) -> 
     """
     if cfg.dry_run:  # staged beside the folder and renamed into place: the output-folder rule (issue 24)
         from longqa.atomic import atomic_output
+        from schemas.outdir import guard
 
         command = "longqa.publish" if repo_type == "dataset" else "sft.publish"
         source = getattr(cfg, "dataset_dir", None) or getattr(cfg, "source", None)
-        with atomic_output(Path(cfg.dry_run), command, overwrite=cfg.overwrite, inputs=(source,)) as tmp:
+        guard(cfg.dry_run, command, inputs=(source,), overwrite=cfg.overwrite)
+        with atomic_output(Path(cfg.dry_run), command) as tmp:
             prepare(tmp)
         log.info("staged and verified %s/", cfg.dry_run)
         return None

@@ -58,7 +58,7 @@ def merge(parts: list[Path], out: Path, overwrite: bool = False) -> dict:
     guard(out, "longqa.merge", inputs=parts, overwrite=overwrite)
     manifests = load_parts(parts)
     cfg = BuildConfig.model_validate({**manifests[0]["config"], "shard_index": 0, "num_shards": 1, "out": str(out)})
-    with atomic_output(out, "longqa.merge", overwrite=overwrite, inputs=tuple(parts)) as tmp:
+    with atomic_output(out, "longqa.merge") as tmp:
         for name in DATASETS:
             loaded = [datasets.load_from_disk(str(p / name)) for p in parts]
             merged = datasets.DatasetDict({split: datasets.concatenate_datasets([d[split] for d in loaded]).sort("seq")

@@ -115,13 +115,12 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
     """Build the dataset described by `cfg` into `cfg.out`; returns the manifest."""
     from longqa.encode_pool import encode_batches  # tokenizer machinery loads only when a build runs
 
-    inputs = [spec.path for spec in cfg.inputs]
-    guard(cfg.out, "longqa.build", inputs=inputs, overwrite=cfg.overwrite)  # before the tokenizer loads (issue 24)
+    guard(cfg.out, "longqa.build", inputs=[spec.path for spec in cfg.inputs], overwrite=cfg.overwrite)  # before the tokenizer loads (issue 24)
     started = time.time()
     tokenizer = load_tokenizer(cfg.tokenizer)
     renderer = Renderer(cfg, tokenizer)
     tally = Tally()
-    with atomic_output(Path(cfg.out), "longqa.build", overwrite=cfg.overwrite, inputs=inputs) as tmp:
+    with atomic_output(Path(cfg.out), "longqa.build") as tmp:
         rejects = RejectLog(tmp / "rejects.jsonl", tally, cfg.strict)
         streams = {name: {split: StreamWriter(tmp / f"{name}-{split}.arrow", features) for split in SPLITS}
                    for name, features in DATASETS.items()}

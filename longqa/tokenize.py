@@ -66,13 +66,6 @@ def keep_indices(n: int, budget: int, policy: str) -> slice | tuple[slice, slice
     return slice(0, head), slice(n - tail, n)
 
 
-def truncate(ids: np.ndarray, budget: int, policy: str) -> np.ndarray:
-    kept = keep_indices(len(ids), budget, policy)
-    if isinstance(kept, slice):
-        return ids[kept]
-    return np.concatenate([ids[kept[0]], ids[kept[1]]])
-
-
 @dataclass
 class Tokens:
     """Token ids and their character spans in the text they were made from (int arrays)."""
@@ -218,7 +211,7 @@ class Encoder:
             else:
                 plain.append(i)
         texts = [samples[i].text for i in plain]
-        for i, a, b in ((i, a, b) for i, _, a, b in stitched):
+        for i, _, a, b in stitched:
             texts += [samples[i].text[:a + WINDOW], samples[i].text[b - WINDOW:]]
         tokens = self._tokens(texts)
         for i, t in zip(plain, tokens):

@@ -45,14 +45,13 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _write_atomically(out_dir: str | Path, write: Callable[[Path], None], command: str | None = None,
-                      overwrite: bool = False) -> Path:
+def _write_atomically(out_dir: str | Path, write: Callable[[Path], None], command: str | None = None) -> Path:
     """Run `write(tmp)` on a temporary sibling folder, then put it in the place of `out_dir` (the old one is removed
-    only once the new one is in place: :func:`longqa.atomic.atomic_output`; with `command`, its output-folder rule)."""
+    only once the new one is in place: :func:`longqa.atomic.atomic_output`; with `command`, its marker)."""
     from longqa.atomic import atomic_output
 
     out = Path(out_dir)
-    with atomic_output(out, command, overwrite=overwrite) as tmp:
+    with atomic_output(out, command) as tmp:
         write(tmp)
     return out
 
@@ -144,7 +143,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, base: str | N
         merged.save_pretrained(str(tmp))  # safetensors, config (RoPE scaling), generation config
         tokenizer.save_pretrained(str(tmp))  # tokenizer + chat template
 
-    out = _write_atomically(out_dir, write, command, overwrite)
+    out = _write_atomically(out_dir, write, command)
     logger.info("merged model written to %s (context %d, RoPE %s)", out, context_length(merged.config),
                 merged.config.rope_parameters)
     return out
