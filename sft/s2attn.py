@@ -14,8 +14,9 @@ Contract (DESIGN.md, "S2-Attn (shifted sparse attention) — the contract"):
   (transformers' ``sdpa_attention_forward``; inside each sample for packed rows), so weights and evaluation are
   unchanged.
 - Inputs are query/key/value *after* RoPE, so every token keeps its global position.
-- Group size ``G`` = ``round(group_size_ratio * N)`` (at least 1), ``N`` the padded length of the batch, or
-  ``group_size`` tokens. ``s = G // 2`` is the shift.
+- Group size ``G`` = ``group_size`` tokens, or ``round(group_size_ratio * N)`` (at least 1), ``N`` the padded length
+  of the batch. ``sft.run`` always sets ``group_size`` = ``round(group_size_ratio * max_length)``, so in training a
+  sample's segments do not depend on how its row is padded, packed or sliced. ``s = G // 2`` is the shift.
 - Query heads ``h < H // 2`` attend causally inside segments ``[0, G), [G, 2G), ...``; heads ``h >= H // 2`` inside
   ``[0, s), [s, s + G), [s + G, s + 2G), ...``, the last segment cut at the end of the sample. The rule is per
   *query* head, so with grouped-query attention one key/value head may serve shifted and unshifted query heads.
@@ -148,7 +149,7 @@ class S2AttnSettings:
         """G for a batch of padded length ``seq_len``: ``group_size``, else ``round(ratio * seq_len)``, at least 1."""
         if self.group_size is not None:
             return self.group_size
-        return max(1, round(self.group_size_ratio * seq_len))
+        return max(1, round(self.group_size_ratio * seq_len))  # schemas.train.s2_group_size (no pydantic here)
 
 
 # ----------------------------------------------------------------------------------------------------------------------

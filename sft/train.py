@@ -34,7 +34,7 @@ from transformers.trainer_utils import get_last_checkpoint
 
 from schemas.errors import UserError
 from schemas.outdir import claim
-from schemas.train import TrainConfig
+from schemas.train import TrainConfig, s2_group_size
 from sft import context_parallel
 from sft.data import DataStats, PadCollator, load_extend_dataset, load_sft_dataset, pad_token_id
 from sft.evaluation.in_training import add_long_context_eval
@@ -113,7 +113,7 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = (), progre
     if cp is not None:  # each rank trains one slice of every sample of its group (sft.context_parallel)
         data_collator, trainer_class, extra = context_parallel.for_training(
             cp, model, data_collator, trainer_class, pad_id=pad_token_id(tokenizer),
-            group_size_ratio=cfg.group_size_ratio, max_length=cfg.max_length)
+            group_size=s2_group_size(cfg.max_length, cfg.group_size_ratio), max_length=cfg.max_length)
     trainer = trainer_class(
         loss_reduction=cfg.loss_reduction, chunked_loss=cfg.chunked_loss, loss_chunk_size=cfg.loss_chunk_size,
         model=model, args=training_arguments(cfg, progress, bf16=precision.bf16), train_dataset=dataset, eval_dataset=eval_dataset,
@@ -176,9 +176,9 @@ def setup_model(cfg: TrainConfig):
     config = load_config(cfg.model)
     rope = apply_rope_scaling(config, cfg.max_length, kind=cfg.rope_scaling)
     if cfg.s2_attn:  # read by the attention function at every call (sft.s2attn.S2AttnSettings)
-        config.s2_attn = {"group_size_ratio": cfg.group_size_ratio, "wrap": cfg.wrap}
-        if cfg.packing:  # G from the training length, not from the length of each packed row (sft.packing)
-            config.s2_attn = {"group_size": max(1, round(cfg.group_size_ratio * cfg.max_length)), "wrap": cfg.wrap}
+        # G from max_length in every layout (unpacked, packed, tree rows, context parallelism), never from a row's
+        # padded width: a sample is attended alike however it is batched, padded or sliced
+        config.s2_attn = {"group_size": s2_group_size(cfg.max_length, cfg.group_size_ratio), "wrap": cfg.wrap}
     model, tokenizer = load_model(cfg.model, dtype=DTYPES[cfg.model_dtype], config=config,
                                   attn_implementation=attention_implementation(cfg))
     model = add_lora_plus(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
