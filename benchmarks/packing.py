@@ -42,7 +42,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import transformers  # noqa: E402
 
 from sft.data import PadCollator, load_sft_dataset  # noqa: E402
-from sft.evaluation.provenance import device_name, emit_result  # noqa: E402
+from sft.evaluation.provenance import command_line, device_name, emit_result  # noqa: E402
 from sft.precision import choose_bf16  # noqa: E402
 from sft.packing import (REAL_TOKENS, PackedCollator, first_fit_decreasing, pack_samples, padding_fraction,  # noqa: E402
                          sorted_batch_order)
@@ -205,7 +205,7 @@ def report(args, measured: list[dict], whole: list[dict], n_split: int, dropped:
     lines = [
         "# Packing vs padded batches (grouped, random) vs one sample a row (CPU)",
         "",
-        f"`python benchmarks/packing.py {' '.join(sys.argv[1:])}`".replace("packing.py `", "packing.py`"),
+        f"`{command_line()}`",
         "",
         f"- CPU: {device_name('cpu')}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, "
         f"transformers {transformers.__version__}, Python {platform.python_version()}",

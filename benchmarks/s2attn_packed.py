@@ -24,7 +24,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from sft import s2attn  # noqa: E402
-from sft.evaluation.provenance import device_name, emit_result  # noqa: E402
+from sft.evaluation.provenance import command_line, device_name, emit_result  # noqa: E402
 from sft.model import load_config  # noqa: E402
 from sft.precision import choose_bf16  # noqa: E402
 
@@ -78,7 +78,7 @@ def main(argv=None) -> int:
     lines = [
         "# S2-Attn on a packed row: each sample on its own vs gathered segments",
         "",
-        f"`python benchmarks/s2attn_packed.py {' '.join(sys.argv[1:])}`".replace(".py `", ".py`"),
+        f"`{command_line()}`",
         "",
         f"- {device_name('cpu')}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, Python "
         f"{platform.python_version()}; {'bf16 autocast' if autocast else 'float32'}",

@@ -32,7 +32,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import transformers  # noqa: E402
 
 from sft.data import PadCollator, load_sft_dataset  # noqa: E402
-from sft.evaluation.provenance import device_name  # noqa: E402
+from sft.evaluation.provenance import command_line, device_name  # noqa: E402
 from sft.packing import PackedCollator, first_fit_decreasing, pack_samples, shuffled  # noqa: E402
 from sft.precision import choose_bf16  # noqa: E402
 from sft.tree import tree_layout  # noqa: E402
@@ -141,7 +141,7 @@ def report(args, measured: dict, stats, bf16: bool) -> str:
     packed = measured["packed"]
     lines = [
         "# Tree rows vs packed rows vs one sample a row (CPU)", "",
-        f"`python benchmarks/tree.py {' '.join(sys.argv[1:])}`".replace("tree.py `", "tree.py`"), "",
+        f"`{command_line()}`", "",
         f"- CPU: {device_name('cpu')}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, "
         f"transformers {transformers.__version__}, Python {platform.python_version()}",
         f"- model: SmolLM2-135M-Instruct (`{args.model}`), RoPE scaled to {args.max_length}, S2-Attn, LoRA r=8 + "

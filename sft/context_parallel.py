@@ -46,7 +46,7 @@ import torch
 import torch.distributed as dist
 
 from schemas.errors import ConfigError
-from schemas.train import context_parallel_launch_problems, cp_length_works
+from schemas.train import context_parallel_launch_problems
 from sft import s2attn
 from schemas.labels import IGNORE_INDEX
 

@@ -6,7 +6,7 @@ import pytest
 
 from longqa.render import Renderer
 from longqa.tokenize import IGNORE_INDEX, Encoder, OverBudget, keep_indices
-from tests.longqa.fixtures import DOC, config, encode_one, labeled_text, record
+from tests.longqa.fixtures import config, encode_one, labeled_text, record
 
 def test_labels_are_the_answer_and_end_of_turn(tiny_tokenizer, tmp_path):
     rendered, enc = encode_one(tiny_tokenizer, config(tmp_path))
