@@ -126,8 +126,10 @@ def main() -> None:
     lines = [f"# Build throughput ({time.strftime('%Y-%m-%d')})", "",
              f"`python benchmarks/build_throughput.py --samples {args.samples} --repeats {args.repeats}` (fastest of "
              f"{args.repeats} interleaved builds after a warm-up build) on {device_name('cpu')}, "
-             f"Python {platform.python_version()}. Tokens: those of the full rendered samples; 'vs bare' is against the faster bare call.",
-             "", "| corpus | run | seconds | tokens/s | vs bare tokenizer | vs best num_proc |", "|---|---|---:|---:|---:|---:|"]
+             f"Python {platform.python_version()}. Tokens: those of the full rendered samples; 'vs bare' is against "
+             "the faster bare call.",
+             "", "| corpus | run | seconds | tokens/s | vs bare tokenizer | vs best num_proc |",
+             "|---|---|---:|---:|---:|---:|"]
     summary = {}
     for name, inputs in corpora.items():
         cfg = config(inputs, str(tok_dir), work / f"out-{name}", 1)
@@ -147,7 +149,8 @@ def main() -> None:
         bare_s = min(seconds for _, seconds in bare.values())  # ratios are against the faster bare call
         best = min(runs.values())
         for label, (_, seconds) in bare.items():
-            lines.append(f"| {name} | bare: {label} | {seconds:.2f} | {tokens / seconds:,.0f} | {bare_s / seconds:.2f} | |")
+            lines.append(f"| {name} | bare: {label} | {seconds:.2f} | {tokens / seconds:,.0f} | "
+                         f"{bare_s / seconds:.2f} | |")
         for n, seconds in runs.items():
             lines.append(f"| {name} | builder --num-proc {n} | {seconds:.2f} | {tokens / seconds:,.0f} | "
                          f"{bare_s / seconds:.2f} | {best / seconds:.2f} |")

@@ -1,4 +1,5 @@
-"""python benchmarks/context_parallel.py --length 16384 32768 --sizes 1 2 4 [--out benchmarks/results/context_parallel_cpu.md]
+"""python benchmarks/context_parallel.py --length 16384 32768 --sizes 1 2 4
+    [--out benchmarks/results/context_parallel_cpu.md]
 
 S2-Attn context parallelism (``sft.context_parallel``, issue 14) on CPU with gloo: one sample of N tokens trained by P
 processes, each holding N/P tokens, on a small Llama built from a config (random weights). For every (N, P):
@@ -34,7 +35,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--length", type=int, nargs="+", default=[16384, 32768], help="tokens of the one sample a step")
     p.add_argument("--sizes", type=int, nargs="+", default=[1, 2, 4], help="context-parallel sizes P")
     p.add_argument("--layers", type=int, default=4)
@@ -195,8 +196,8 @@ def report(rows: list[dict], args, command: str) -> str:
         ring = ring_bytes(r["n"], r["size"], args)
         ratio = f"1/{ring / (r['bytes_forward'] / args.layers):.0f}" if r["bytes_forward"] else "-"
         lines.append(f"| {r['n']} | {r['size']} | {r['peak'] / gib:.2f} | {r['step_mem'] / gib:.2f} | {versus} | "
-                     f"{r['bytes_forward'] / args.layers / 1024:.0f} | {sent / 1024:.0f} | {ring / 1024:.0f} | {ratio} | "
-                     f"{r['time']:.2f} |")
+                     f"{r['bytes_forward'] / args.layers / 1024:.0f} | {sent / 1024:.0f} | {ring / 1024:.0f} | "
+                     f"{ratio} | {r['time']:.2f} |")
     return "\n".join(lines) + "\n"
 
 

@@ -95,7 +95,8 @@ def measure(args) -> dict:
             if repeat:
                 times[f"{kind} {dtype}{' +ckpt' if ckpt else ''}"].append(time.perf_counter() - start)
     return {"threads": torch.get_num_threads(), "train_tokens": tensors(sample)[0].shape[1],
-            "eval_tokens": tensors(held_out)[0].shape[1], "median_s": {k: statistics.median(v) for k, v in times.items()}}
+            "eval_tokens": tensors(held_out)[0].shape[1],
+            "median_s": {k: statistics.median(v) for k, v in times.items()}}
 
 
 def main(argv=None) -> int:
@@ -123,7 +124,8 @@ def main(argv=None) -> int:
     lines = ["# The README demo's step on CPU: dtype, gradient checkpointing, ISA", "",
              f"Machine: {device_name('cpu')}, {first['threads']} torch threads. Command: "
              f"`{command_line()}`. "
-             f"Train step: {first['train_tokens']} tokens (of the longest default-build sample within max_length 4096), "
+             f"Train step: {first['train_tokens']} tokens (of the longest default-build sample within "
+             "max_length 4096), "
              f"SmolLM2-135M LoRA+, S2-Attn, chunked loss, AdamW; eval: one held-out sample of {first['eval_tokens']} "
              "tokens, dense attention, no gradient. Median seconds.", "",
              "| variant | " + " | ".join(results) + " |", "|---|" + "---:|" * len(results)]

@@ -1,4 +1,5 @@
-"""python benchmarks/eval_qa.py [--model REF] [--data out] [--documents 2] [--per-document 4] [--batch-size 4] [--out F.md]
+"""python benchmarks/eval_qa.py [--model REF] [--data out] [--documents 2] [--per-document 4] [--batch-size 4]
+    [--out F.md]
 
 Throughput of the qa task's generation (:func:`sft.evaluation.generate.greedy_generate`: prompts sharing a long start
 prefilled once, the rest sorted by length, bucketed, padded, greedy with the KV cache) against a plain loop of one
@@ -36,7 +37,7 @@ MIN_SHARED_PREFIX = QAConfig().min_shared_prefix
 
 
 def parse_args(argv=None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--model", default=DEFAULT_TOKENIZER, help="model reference (folder, adapter, .gguf, pkg:)")
     p.add_argument("--data", default="out", help="built dataset folder (its held-out split)")
     p.add_argument("--documents", type=int, default=2, help="held-out documents to take questions from")

@@ -9,9 +9,10 @@ reach the head and the chunked loss's share is smaller still.
 One fresh process per (loss, length). CPU: glibc is told (``mallopt(M_MMAP_THRESHOLD, 64 KiB)``) to give every
 tensor buffer its own mapping and return it when freed, so the resident set follows the live tensors (the method of
 ``benchmarks/s2attn.py``); AdamW's states are allocated first (a step on zero gradients), then ``VmHWM`` is reset
-and the peak of one training step is read: the "step" column is that peak minus the resident memory before the step, "process" the whole peak
-resident set. CUDA: ``torch.cuda.max_memory_allocated`` over that step (above the allocation before it) and in
-all. The logits' own size (tokens x vocabulary x 4 bytes, float32, as the loss computes them) is stated beside it.
+and the peak of one training step is read: the "step" column is that peak minus the resident memory before the step,
+"process" the whole peak resident set. CUDA: ``torch.cuda.max_memory_allocated`` over that step (above the allocation
+before it) and in all. The logits' own size (tokens x vocabulary x 4 bytes, float32, as the loss computes them) is
+stated beside it.
 """
 from __future__ import annotations
 
@@ -136,7 +137,8 @@ def report(rows: list[dict], args) -> str:
     unit = "peak resident memory (VmHWM)" if args.device == "cpu" else "torch.cuda.max_memory_allocated"
     lines = ["# Peak memory of one SmolLM2 LoRA+ training step: plain vs chunked loss", "",
              f"Machine: {device_name(args.device)}. Command: `{command_line()}`. "
-             f"SmolLM2-135M-Instruct{f' cut to its first {args.layers} of 30 layers' if args.layers else ''}, LoRA r=8 on q/k/v/o + embeddings and "
+             f"SmolLM2-135M-Instruct{f' cut to its first {args.layers} of 30 layers' if args.layers else ''}, "
+             "LoRA r=8 on q/k/v/o + embeddings and "
              f"norms, S2-Attn, gradient checkpointing, {'bf16 autocast' if args.bf16 else 'float32'}, AdamW, batch 1, "
              f"every position supervised (extend mode); {unit}, MiB, of one step after AdamW's states exist (one fresh "
              "process each). "

@@ -13,9 +13,9 @@ longqa.build`` writes it to ``out/``) with the real SmolLM2-135M-Instruct. The s
   the segments restarting at every sample.
 
 A step is the recipe's: forward with S2-Attn (LoRA + trainable embeddings and norms, ``sft.model.add_lora_plus``;
-bf16 autocast where `bf16: null` picks it (sft.precision), as ``sft.run``; activation checkpointing so a batch of 4 x 8k fits in
-memory), the chunked loss of ``sft.loss`` (token mean), backward, AdamW step. The four layouts run interleaved, one
-epoch over the samples each per round, after a warm-up step each, so load on a shared machine hits them alike.
+bf16 autocast where `bf16: null` picks it (sft.precision), as ``sft.run``; activation checkpointing so a batch of 4 x 8k
+fits in memory), the chunked loss of ``sft.loss`` (token mean), backward, AdamW step. The four layouts run interleaved,
+one epoch over the samples each per round, after a warm-up step each, so load on a shared machine hits them alike.
 Reported: supervised (answer) tokens per second, real tokens per second, and the share of computed tokens that is
 padding.
 

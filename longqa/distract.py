@@ -171,7 +171,8 @@ class Distract(Stage):
         before, used, left, _ = self._fill(order, round(depth * free), texts, encodings)
         after, _, _, ran_out = self._fill(order[used:], free - round(depth * free) + left, texts, encodings)
         gold_start = sum(len(t) + len(SEPARATOR) for t, _ in before)
-        documents = [Document(text=t) for t, _ in before] + list(record.documents) + [Document(text=t) for t, _ in after]
+        documents = ([Document(text=t) for t, _ in before] + list(record.documents)
+                     + [Document(text=t) for t, _ in after])
         new = record.model_copy(update={"documents": documents})
         answer = find_answer(gold_text, str(record.answers[0]))
         n_used = len(before) + len(after)

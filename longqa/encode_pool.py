@@ -4,7 +4,8 @@ The workers are threads of this process. The Rust tokenizer releases the GIL and
 every core, so worker *processes* gain nothing on the tokenizer's side (the tokenizers library even switches its threads
 off in forked workers) and each costs a start-up with its own copy of the tokenizer; measured in
 `benchmarks/build_throughput.py`. Threads let tokenization of the next batches overlap the reading, rendering and
-writing of this one, at no start-up cost, so whatever `--num-proc` a user picks, all cores are used once (at most one worker a core).
+writing of this one, at no start-up cost, so whatever `--num-proc` a user picks, all cores are used once (at most one
+worker a core).
 """
 from __future__ import annotations
 

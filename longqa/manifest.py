@@ -80,7 +80,8 @@ def fingerprint(table: pa.Table) -> str:
                 values.update(np.asarray(chunk.flatten(), dtype=np.int64).tobytes())
             else:
                 for value in chunk.to_pylist():
-                    values.update(json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"))
+                    values.update(
+                        json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"))
                     values.update(b"\n")
         h.update(name.encode() + b"\x00" + lengths.digest() + values.digest())
     return h.hexdigest()

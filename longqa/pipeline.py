@@ -43,7 +43,8 @@ def load_tokenizer(ref: str):
     with hub_errors(ref):
         tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs())
     if not tokenizer.is_fast:
-        raise ConfigError(f"tokenizer {ref}: a fast (Rust) tokenizer is required (tokenizer.json); give another --tokenizer")
+        raise ConfigError(f"tokenizer {ref}: a fast (Rust) tokenizer is required (tokenizer.json); "
+                          "give another --tokenizer")
     return tokenizer
 
 
@@ -115,7 +116,8 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
     """Build the dataset described by `cfg` into `cfg.out`; returns the manifest."""
     from longqa.encode_pool import encode_batches  # tokenizer machinery loads only when a build runs
 
-    guard(cfg.out, "longqa.build", inputs=[spec.path for spec in cfg.inputs], overwrite=cfg.overwrite)  # before the tokenizer loads (issue 24)
+    # before the tokenizer loads (issue 24)
+    guard(cfg.out, "longqa.build", inputs=[spec.path for spec in cfg.inputs], overwrite=cfg.overwrite)
     started = time.time()
     tokenizer = load_tokenizer(cfg.tokenizer)
     renderer = Renderer(cfg, tokenizer)

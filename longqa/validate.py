@@ -96,7 +96,8 @@ def empty_document(record: Record, cfg: BuildConfig) -> Reject | None:
         return reject_record(record, "empty_document", "documents", "the record has no document")
     for i, doc in enumerate(record.documents):
         if _is_blank(doc.text):
-            return reject_record(record, "empty_document", f"documents[{i}].text", "document is empty or whitespace-only")
+            return reject_record(record, "empty_document", f"documents[{i}].text",
+                                 "document is empty or whitespace-only")
     return None
 
 
@@ -111,7 +112,8 @@ def empty_answer(record: Record, cfg: BuildConfig) -> Reject | None:
     """At least one answer must hold text; empty ones beside a real one are dropped (in place), not rejected."""
     kept = [answer for answer in record.answers if not _is_blank(answer)]
     if not kept:
-        return reject_record(record, "empty_answer", "answers", "no answer, or every answer is empty or whitespace-only")
+        return reject_record(record, "empty_answer", "answers",
+                             "no answer, or every answer is empty or whitespace-only")
     if len(kept) != len(record.answers):
         record.answers = kept
     return None

@@ -79,7 +79,8 @@ def save_datasets(tmp: Path, streams: dict[str, dict[str, StreamWriter]], max_sh
             writer.close()
         dd = datasets.DatasetDict({
             split: datasets.Dataset.from_file(str(writer.path)) if writer.rows else
-            datasets.Dataset.from_dict({k: [] for k in writer.features}, features=writer.features) for split, writer in by_split.items()})
+            datasets.Dataset.from_dict({k: [] for k in writer.features}, features=writer.features)
+            for split, writer in by_split.items()})
         save_dict(dd, tmp / name, max_shard_size)
         del dd
         for writer in by_split.values():

@@ -137,7 +137,8 @@ class InputSpec(BaseModel):
     def _check_fields(self) -> "InputSpec":
         unknown = sorted(set(self.fields) - set(MAPPABLE_FIELDS))
         if unknown:
-            raise ValueError(f"input {self.path}: unknown field(s) {unknown} in mapping; known: {list(MAPPABLE_FIELDS)}")
+            raise ValueError(f"input {self.path}: unknown field(s) {unknown} in mapping; "
+                             f"known: {list(MAPPABLE_FIELDS)}")
         if self.fields and self.format in ("longalpaca", "longbench", "squad"):
             raise ValueError(f"input {self.path}: format '{self.format}' has fixed fields; a field mapping applies to "
                              "jsonl/csv/parquet/hf-disk/docs")
@@ -185,14 +186,16 @@ class BuildConfig(BaseModel):
         "(LongLoRA SFT); 'alpaca': the Alpaca instruction format")
     system: str | None = Field(None, description="system message (overrides a record's own)")
     instruction: str | None = Field(None, description="text placed just before the question")
-    question_position: Literal["after", "before"] = Field("after", description="question after (default) or before the material")
+    question_position: Literal["after", "before"] = Field("after", description="question after (default) or before "
+                                                          "the material")
 
     # tokenize
     max_length: int = Field(8192, ge=16, description="token budget per sample, template and answer included")
     truncation: Literal["middle", "head", "tail"] = Field(
         "middle", description="which document tokens are removed when over budget: the middle (keeps start and end), "
         "the head or the tail. The question, answer and template are never cut")
-    num_proc: int = Field(1, ge=1, description="tokenizing workers (threads sharing the tokenizer's cores; at most one a core)")
+    num_proc: int = Field(1, ge=1, description="tokenizing workers (threads sharing the tokenizer's cores; at most "
+                          "one a core)")
     batch_size: int = Field(256, ge=1, description="samples per tokenizer batch")
 
     # mixing (longqa.mix)

@@ -4,7 +4,8 @@ Flags (the litgpt habit: the typed config *is* the command line):
 
 - every field is a flag named after it: ``max_length`` → ``--max-length``; a section's fields are dotted:
   ``--qa.limit 200``, ``--qa.max-new-tokens 16``; the help is the field's description, with its default;
-- ``Literal`` fields list their choices; booleans are ``--x/--no-x`` (a boolean-or-choice field also ``--x CHOICE``); optional fields accept ``null``;
+- ``Literal`` fields list their choices; booleans are ``--x/--no-x`` (a boolean-or-choice field also ``--x CHOICE``);
+  optional fields accept ``null``;
 - lists are comma lists (``--tasks qa,passkey``; a repeated flag adds to the list), mappings are ``NAME=VALUE``
   items (``--models base=A tuned=B``), ``str | list[str]`` fields take one value or a repeated flag;
 - a list of sections (``inputs: list[InputSpec]``): ``--inputs.path P`` (repeatable) makes one item per path and the
@@ -61,7 +62,8 @@ class Flag:
     """One generated flag: the dotted field it sets, how its values are read, and its option strings."""
 
     key: str
-    kind: str  # scalar | switch | switch_or_choice | list | one_or_many | mapping | items (the key field of a list of sections)
+    # scalar | switch | switch_or_choice | list | one_or_many | mapping | items (the key field of a list of sections)
+    kind: str
     options: list[str]
     nullable: bool = False
 
@@ -69,7 +71,8 @@ class Flag:
 def _unwrap(annotation: Any) -> tuple[Any, bool]:
     """``(annotation without None, whether None is allowed)``."""
     args = typing.get_args(annotation)
-    if typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType")) and type(None) in args:
+    if (typing.get_origin(annotation) in (typing.Union, getattr(__import__("types"), "UnionType"))
+            and type(None) in args):
         rest = [a for a in args if a is not type(None)]
         return (rest[0] if len(rest) == 1 else typing.Union[tuple(rest)]), True
     return annotation, False

@@ -3,7 +3,7 @@
 | class | exit code | when |
 |---|---|---|
 | `ConfigError` | 2 | a recipe, flag or path is wrong; reported before any heavy work, every problem at once |
-| `UserError` (and every other subclass) | 1 | bad data, a missing or unreadable file, an unreachable endpoint, a model that lacks what the config asks for |
+| `UserError` (and subclasses) | 1 | bad data, a missing or unreadable file, an unreachable server, an unfit model |
 
 Anything else that escapes a command is a bug and shows its traceback.
 Never imports torch or transformers.

@@ -4,8 +4,9 @@ An experiment is a list of arms. A *trained* arm is a set of overrides of one tr
 trained arm sees the same data in the same order (same seed, same steps: the same tokens) unless it overrides that; an
 *untrained* arm is the base model with only a RoPE change (or none). A *staged* arm (`from: ARM`) is trained from
 another trained arm's model, merged once (the paper's two stages: extension on long plain text, then SFT on long QA,
-`from: extend`); arms run in an order where every arm comes after the arm it starts from. All arms are evaluated by `sft.eval` with one
-evaluation config (`eval`) into one report, models as columns. Nothing here opens a file or imports torch.
+`from: extend`); arms run in an order where every arm comes after the arm it starts from. All arms are evaluated by
+`sft.eval` with one evaluation config (`eval`) into one report, models as columns. Nothing here opens a file or imports
+torch.
 """
 from __future__ import annotations
 

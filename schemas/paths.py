@@ -268,7 +268,8 @@ def dataset_publish_problems(cfg) -> list[str]:
     not be redistributed says so)."""
     corpus = corpus_publish_problem("dataset_dir", cfg.dataset_dir)
     return _present(corpus or built_dataset_problem("dataset_dir", cfg.dataset_dir)) + \
-        out_problems("dry_run", cfg.dry_run, "longqa.publish", inputs=[cfg.dataset_dir], overwrite=cfg.overwrite is True)
+        out_problems("dry_run", cfg.dry_run, "longqa.publish", inputs=[cfg.dataset_dir],
+                     overwrite=cfg.overwrite is True)
 
 
 def corpus_publish_problem(field: str, ref: Any) -> str | None:

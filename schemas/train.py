@@ -34,7 +34,8 @@ class TrainConfig(BaseModel):
         "'extend': continued pre-training on long plain text (the paper's first stage; labels = inputs)")
     data: str | list[str] = Field(
         "out", min_length=1, description="sft: the builder's output folder (holding tokenized/), a tokenized "
-        "DatasetDict folder, or a build recipe (.yaml) built on the fly into output_dir/data; extend: text files (.txt, .md, or .jsonl with a 'text' field) or folders of them")
+        "DatasetDict folder, or a build recipe (.yaml) built on the fly into output_dir/data; extend: text files "
+        "(.txt, .md, or .jsonl with a 'text' field) or folders of them")
     split: str = Field("train", description="sft: the split of the built dataset to train on")
     max_length: int = Field(
         4096, ge=16, description="training context in tokens; also the target of RoPE position interpolation. The "
@@ -282,8 +283,8 @@ def context_parallel_problems(cfg: TrainConfig) -> list[str]:
         return []
     problems = []
     if not cfg.s2_attn:
-        problems.append(f"context_parallel: {size} needs s2_attn: true; full attention would need ring attention (every "
-                        "rank receiving (P-1)/P of all keys and values per layer), which this trainer does not "
+        problems.append(f"context_parallel: {size} needs s2_attn: true; full attention would need ring attention "
+                        "(every rank receiving (P-1)/P of all keys and values per layer), which this trainer does not "
                         "implement: set s2_attn: true or context_parallel: 1")
         return problems
     if cfg.wrap != "none":

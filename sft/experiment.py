@@ -88,8 +88,8 @@ def arm_configs(cfg: ExperimentConfig, *, check_paths: bool = True) -> tuple[dic
         parent = trains.get(by_name[name].from_ or "")
         if parent is not None and train.rope_scaling != parent.rope_scaling:
             problems.append(f"arm {name}: rope_scaling {train.rope_scaling}: it starts from "
-                            f"{by_name[name].from_}, whose merged model carries {parent.rope_scaling} RoPE scaling (to {parent.max_length} "
-                            f"tokens); set rope_scaling: {parent.rope_scaling}")
+                            f"{by_name[name].from_}, whose merged model carries {parent.rope_scaling} RoPE scaling "
+                            f"(to {parent.max_length} tokens); set rope_scaling: {parent.rope_scaling}")
     # the arms' models do not exist before the experiment makes them: only the data are checked (each arm's report
     # goes to OUT/eval/NAME, inside the experiment's own folder, whose rule is the experiment's)
     eval_paths = (lambda c: [p for p in eval_problems(c) if not p.startswith(("models.", "out:"))]) \
@@ -276,9 +276,10 @@ def read_json(path: Path) -> Any:
 
 
 def stage_model(name: str, train: TrainConfig, out: Path) -> Path:
-    """``OUT/merged/NAME``: arm `name`'s adapter (trained already) merged into its base by :func:`sft.merge.merge_adapter`,
-    once: kept while its ``source.json`` names the adapter's current weights. The merge writes to a temporary folder
-    renamed into place when complete and ``source.json`` comes last, so a killed merge is redone."""
+    """``OUT/merged/NAME``: arm `name`'s adapter (trained already) merged into its base by
+    :func:`sft.merge.merge_adapter`, once: kept while its ``source.json`` names the adapter's current weights. The merge
+    writes to a temporary folder renamed into place when complete and ``source.json`` comes last, so a killed merge is
+    redone."""
     from sft.merge import merge_adapter
 
     folder, source = stage_model_dir(out, name), adapter_source(train)

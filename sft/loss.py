@@ -54,7 +54,8 @@ class LossParts:
     """Per-sample loss sums and supervised-token counts of one micro-batch.
 
     Attributes:
-        sums: ``(S,)`` float32 (float64 for a float64 model), the summed cross-entropy of each sample's supervised tokens (carries the gradient).
+        sums: ``(S,)`` float32 (float64 for a float64 model), the summed cross-entropy of each sample's supervised
+            tokens (carries the gradient).
         counts: ``(S,)`` int64, each sample's supervised tokens (0 for a sample without any, e.g. padding-only).
     """
 
@@ -98,7 +99,8 @@ def sample_ids(position_ids: torch.Tensor | None, shape: tuple[int, int], device
 
 def token_losses(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, *,
                  chunk_size: int | None = DEFAULT_CHUNK_SIZE) -> torch.Tensor:
-    """Cross-entropy ``(T,)`` (float32, or float64 for a float64 head) of ``head(hidden)`` against ``targets`` (``hidden`` ``(T, H)``, no -100).
+    """Cross-entropy ``(T,)`` (float32, or float64 for a float64 head) of ``head(hidden)`` against ``targets``
+    (``hidden`` ``(T, H)``, no -100).
 
     ``chunk_size=None``: one head call over all ``T`` positions (the plain path). Otherwise ``T`` is cut into chunks,
     each computed under non-reentrant activation checkpointing when gradients are needed, so its logits are freed
@@ -110,7 +112,8 @@ def token_losses(hidden: torch.Tensor, head: nn.Module, targets: torch.Tensor, *
     losses = []
     for start in range(0, hidden.shape[0], chunk_size):
         h, t = hidden[start:start + chunk_size], targets[start:start + chunk_size]
-        losses.append(checkpoint(_chunk_loss, h, t, head, use_reentrant=False) if recompute else _chunk_loss(h, t, head))
+        losses.append(checkpoint(_chunk_loss, h, t, head, use_reentrant=False) if recompute
+                      else _chunk_loss(h, t, head))
     return torch.cat(losses)
 
 
@@ -194,7 +197,8 @@ def output_head(model) -> nn.Module:
 
 
 def causal_lm_loss(model, input_ids: torch.Tensor, labels: torch.Tensor, *, position_ids: torch.Tensor | None = None,
-                   reduction: Reduction = "token", chunk_size: int | None = DEFAULT_CHUNK_SIZE, **inputs) -> torch.Tensor:
+                   reduction: Reduction = "token", chunk_size: int | None = DEFAULT_CHUNK_SIZE,
+                   **inputs) -> torch.Tensor:
     """The mean loss of one batch through ``model`` with the chunked loss: the decoder body in the model's own forward
     (no logits), then :func:`loss_parts`. For scripts and benchmarks; the Trainer uses ``sft.trainer``."""
     out = model(input_ids=input_ids, position_ids=position_ids, output_hidden_states=True, use_cache=False,

@@ -319,6 +319,6 @@ def _active_weight(module: nn.Module) -> torch.Tensor:
     return module.weight
 
 
-__all__ = ["AdapterSetupError", "ModelSource", "ROPE_KINDS", "adapter_extras", "add_lora_plus", "apply_rope_scaling", "context_length",
-           "embeddings_tied", "extra_trainable_modules", "load_config", "load_model", "load_tokenizer",
-           "resolve_source", "trainable_parameters", "verify_lora_plus"]
+__all__ = ["AdapterSetupError", "ModelSource", "ROPE_KINDS", "adapter_extras", "add_lora_plus", "apply_rope_scaling",
+           "context_length", "embeddings_tied", "extra_trainable_modules", "load_config", "load_model",
+           "load_tokenizer", "resolve_source", "trainable_parameters", "verify_lora_plus"]

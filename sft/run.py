@@ -2,9 +2,9 @@
 
 LongLoRA fine-tuning: S2-Attn while training, LoRA + embeddings + norms, RoPE position interpolation to --max-length.
 With no --config, runs the embedded default: the defaults of TrainConfig (configs/train/smollm2_squad.yaml resolves to
-the same values: SmolLM2-135M-Instruct on the default built dataset out/, a few minutes on CPU cores). Every field of TrainConfig
-is a flag (`--help` lists them); flags override the recipe. Every configuration problem (fields, cross-field checks,
-paths) is reported at once, before any model loads (exit code 2). Under torchrun/accelerate launch it trains
+the same values: SmolLM2-135M-Instruct on the default built dataset out/, a few minutes on CPU cores). Every field of
+TrainConfig is a flag (`--help` lists them); flags override the recipe. Every configuration problem (fields, cross-field
+checks, paths) is reported at once, before any model loads (exit code 2). Under torchrun/accelerate launch it trains
 data-parallel.
 """
 from __future__ import annotations

@@ -100,8 +100,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = (), progre
     model, tokenizer, rope = setup_model(cfg)
     precision = choose_precision(cfg, model.config)  # before the Trainer: its arguments fix the precision
     trainable, total = count_parameters(model)
-    log.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%): LoRA r={cfg.lora_r} on "
-        f"{','.join(cfg.lora_target_modules)} + {','.join(cfg.trainable) or 'nothing else'}")
+    log.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%): LoRA r={cfg.lora_r} "
+        f"on {','.join(cfg.lora_target_modules)} + {','.join(cfg.trainable) or 'nothing else'}")
     if is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -116,8 +116,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = (), progre
             group_size=s2_group_size(cfg.max_length, cfg.group_size_ratio), max_length=cfg.max_length)
     trainer = trainer_class(
         loss_reduction=cfg.loss_reduction, chunked_loss=cfg.chunked_loss, loss_chunk_size=cfg.loss_chunk_size,
-        model=model, args=training_arguments(cfg, progress, bf16=precision.bf16), train_dataset=dataset, eval_dataset=eval_dataset,
-        processing_class=tokenizer, data_collator=data_collator,
+        model=model, args=training_arguments(cfg, progress, bf16=precision.bf16), train_dataset=dataset,
+        eval_dataset=eval_dataset, processing_class=tokenizer, data_collator=data_collator,
         callbacks=[StopOnNonFiniteLoss(output_dir), MetricsJsonl(output_dir / METRICS_FILE),
                    *([StopAfterSeconds(cfg.max_train_seconds)] if cfg.max_train_seconds else []), *callbacks],
         **extra)

@@ -57,7 +57,8 @@ class LongLoRATrainer(Trainer):
         if self.chunked_loss:
             no_logits = torch.empty(0, dtype=torch.long, device=inputs["input_ids"].device)
             outputs = model(**inputs, logits_to_keep=no_logits, output_hidden_states=True, use_cache=False)
-            with self.accelerator.autocast():  # as the model's forward (accelerate autocasts only that): the head in bf16
+            # as the model's forward (accelerate autocasts only that): the head in bf16
+            with self.accelerator.autocast():
                 parts = loss_parts(outputs.hidden_states[-1], output_head(self.accelerator.unwrap_model(model)),
                                    chunk_size=self.loss_chunk_size, **targets)
         else:

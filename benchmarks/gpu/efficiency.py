@@ -1,4 +1,5 @@
-"""python benchmarks/gpu/efficiency.py [--models llama2-7b smollm2-1.7b] [--lengths 8192 16384 32768 65536] [--out FILE.md]
+"""python benchmarks/gpu/efficiency.py [--models llama2-7b smollm2-1.7b] [--lengths 8192 16384 32768 65536]
+    [--out FILE.md]
 
 LongLoRA's efficiency table (Chen et al. 2023, Table 4 / Fig. 2: 7B at 8k, full attention 17.5 h / 55.5 GB against
 S2-Attn 8.2 h / 30.3 GB) measured per training step on one CUDA GPU: seconds per step and peak GPU memory of a LoRA+
@@ -60,7 +61,7 @@ PAPER_7B = {8192: (17.5, 55.5, 8.2, 30.3), 65536: (92.5, 71.1, 52.4, 69.8)}
 
 def parse_args(argv=None) -> argparse.Namespace:
     # argparse, not the package's pydantic-generated flags: pydantic is absent on the GPU image
-    p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    p = argparse.ArgumentParser(description=" ".join(__doc__.split("\n\n")[0].split()))
     p.add_argument("--models", nargs="+", choices=list(SHAPES), default=list(SHAPES))
     p.add_argument("--lengths", type=int, nargs="+", default=[8192, 16384, 32768, 65536])
     p.add_argument("--loss-lengths", type=int, nargs="+", default=[16384],

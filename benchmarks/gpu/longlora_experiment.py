@@ -289,7 +289,8 @@ def train(model, chunks, steps: int, args, device, plan: Plan, arm_index: int) -
     del optimizer
     return {"steps": step, "tokens": step * args.length, "train_s": round(sum(times), 1),
             "step_s": round(sum(times[1:]) / (len(times) - 1), 3) if len(times) > 1 else round(times[0], 3),
-            "first_loss": round(losses[0], 4) if losses else None, "last_loss": round(losses[-1], 4) if losses else None,
+            "first_loss": round(losses[0], 4) if losses else None,
+            "last_loss": round(losses[-1], 4) if losses else None,
             "cut_at": cut}
 
 

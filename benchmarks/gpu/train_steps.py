@@ -319,7 +319,8 @@ def longest_section(best: dict | None, args, device: str) -> str:
     if not cap:
         return ""
     lines = ["", "## Longest sample on one device (context parallelism P = 1)", "",
-             f"S2-Attn, {'activation checkpointing' if args.gradient_checkpointing else 'no activation checkpointing'}; "
+             "S2-Attn, "
+             f"{'activation checkpointing' if args.gradient_checkpointing else 'no activation checkpointing'}; "
              f"lengths doubled from {2 * max(args.lengths)} up to {cap} until a step runs out of memory. "
              "`torchrun --nproc-per-node P -m sft.run --context-parallel P` splits each sample over P GPUs "
              "(`sft/context_parallel.py`).", ""]

@@ -2,8 +2,9 @@
 
 A document of length L asked `n` questions is cut into `n` equal regions; slot `i` draws its passage from region `i`,
 so the questions cover the whole document, not its first pages. Two-passage kinds (`relation`, `reasoning`) add a
-passage from another region (second, after the slot's own). Kinds are drawn by weight. Every draw uses a generator seeded with (seed, document,
-slot), so the plan of one document does not depend on the others or on the order in which answers come back.
+passage from another region (second, after the slot's own). Kinds are drawn by weight. Every draw uses a generator
+seeded with (seed, document, slot), so the plan of one document does not depend on the others or on the order in which
+answers come back.
 """
 from __future__ import annotations
 

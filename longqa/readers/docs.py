@@ -2,9 +2,10 @@
 
 `doc` names a file in the folder by its relative path, or is a list of names (several documents for one question).
 The QA file is `spec.qa_file`, by default PATH/qa.jsonl; its rows go through the generic field mapping
-(`mapped_record`), which may rename its columns (the key 'document' renames `doc`). Each document is read once as UTF-8 (a small LRU cache serves the questions that follow) and titled
-with its relative path. A named document that does not exist or lies outside the folder is rejected
-('missing_document', field = the doc column); origins are lines of the QA file.
+(`mapped_record`), which may rename its columns (the key 'document' renames `doc`). Each document is read once as UTF-8
+(a small LRU cache serves the questions that follow) and titled with its relative path. A named document that does not
+exist or lies outside the folder is rejected ('missing_document', field = the doc column); origins are lines of the QA
+file.
 """
 from __future__ import annotations
 

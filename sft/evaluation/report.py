@@ -158,7 +158,8 @@ def _comparison(results: dict[str, Any], names: list[str]) -> str:
         if "qa" in results and all("evidence" in results["qa"][n] for n in (first, other)):
             from sft.evaluation.evidence import paired as paired_by_evidence
 
-            for label, d in paired_by_evidence(results["qa"][first]["evidence"], results["qa"][other]["evidence"]).items():
+            for label, d in paired_by_evidence(results["qa"][first]["evidence"],
+                                               results["qa"][other]["evidence"]).items():
                 rows.append([f"qa F1 by evidence {label}, {other} − {first}, paired over {d['n']} questions",
                              with_ci(d["difference"], d["ci"]), f"{other} higher on {d['higher']}, lower on "
                              f"{d['lower']}", paired_verdict_zero(d["ci"])])

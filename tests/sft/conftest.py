@@ -74,7 +74,8 @@ def write_tokenized(folder, lengths: list[int], *, split: str = "train") -> str:
 
 def launch_env() -> dict:
     """The test's environment, one thread a process (two processes share the cores), the checkout importable."""
-    return {**os.environ, "OMP_NUM_THREADS": "1", "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
+    return {**os.environ, "OMP_NUM_THREADS": "1",
+            "PYTHONPATH": str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""),
             "TOKENIZERS_PARALLELISM": "false"}
 
 

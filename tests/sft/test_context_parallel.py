@@ -138,7 +138,8 @@ def make_batch(case: str) -> dict[str, torch.Tensor]:
     real = torch.arange(width)[None, :] < torch.tensor(lengths)[:, None]
     prompt = torch.arange(width)[None, :] < (torch.tensor(lengths) // 3)[:, None]
     input_ids[~real] = 0
-    return {"input_ids": input_ids, "attention_mask": real.long(), "labels": input_ids.masked_fill(~real | prompt, -100),
+    return {"input_ids": input_ids, "attention_mask": real.long(),
+            "labels": input_ids.masked_fill(~real | prompt, -100),
             "position_ids": torch.arange(width).expand(len(lengths), width).clone()}
 
 
@@ -285,7 +286,8 @@ def test_launch_must_hold_whole_groups(monkeypatch):
     monkeypatch.setenv("WORLD_SIZE", "6")
     monkeypatch.setenv("RANK", "5")
     assert cp_mod.setup(3) == ContextParallel(rank=2, size=3, send_to=None, recv_from=4)
-    with pytest.raises(ConfigError, match="multiple of 4 processes .* world size of 6; e.g. torchrun --nproc-per-node 4"):
+    with pytest.raises(ConfigError,
+                       match="multiple of 4 processes .* world size of 6; e.g. torchrun --nproc-per-node 4"):
         cp_mod.setup(4)
 
 

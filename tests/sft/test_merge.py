@@ -183,8 +183,10 @@ def test_replacing_an_output_never_leaves_a_moment_without_it(tmp_path, monkeypa
     (out / "config.json").write_text("old")
     present = []
     real_rename, real_rmtree = Path.rename, shutil.rmtree
-    monkeypatch.setattr(Path, "rename", lambda self, target: (present.append(out.is_dir()), real_rename(self, target))[1])
-    monkeypatch.setattr(atomic.shutil, "rmtree", lambda path, **kw: (present.append(out.is_dir()), real_rmtree(path, **kw)))
+    monkeypatch.setattr(Path, "rename",
+                        lambda self, target: (present.append(out.is_dir()), real_rename(self, target))[1])
+    monkeypatch.setattr(atomic.shutil, "rmtree",
+                        lambda path, **kw: (present.append(out.is_dir()), real_rmtree(path, **kw)))
 
     _write_atomically(out, lambda tmp: (tmp / "config.json").write_text("new"))
     assert (out / "config.json").read_text() == "new" and present and all(present)

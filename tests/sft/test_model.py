@@ -255,7 +255,8 @@ def test_a_lora_target_the_model_lacks_is_a_user_error_naming_its_layers():
     from sft.model import check_target_modules
 
     model = nn.ModuleDict({"q_proj": nn.Linear(2, 2), "mlp": nn.ModuleDict({"up": nn.Linear(2, 2)})})
-    with pytest.raises(AdapterSetupError, match=r"no module named \['c_attn'\]; its linear layers are \['q_proj', 'up'\]"):
+    with pytest.raises(AdapterSetupError,
+                       match=r"no module named \['c_attn'\]; its linear layers are \['q_proj', 'up'\]"):
         check_target_modules(model, ["q_proj", "c_attn"])
     check_target_modules(model, ["q_proj", "mlp.up"])
     assert issubclass(AdapterSetupError, UserError)

@@ -62,7 +62,8 @@ def test_render_cuts_the_raw_user_turn_before_the_template(tiny_tokenizer):
     assert not full.truncated
     for truncation, cut in (("longbench_v1", longbench_v1_cut), ("longbench_v2", longbench_v2_cut)):
         got = render(example, tiny_tokenizer, 10_000, truncation=truncation, max_length=60)
-        text = tiny_tokenizer.apply_chat_template([{"role": "user", "content": cut(tiny_tokenizer, document + "Where?", 60)}],
+        text = tiny_tokenizer.apply_chat_template([{"role": "user",
+                                                    "content": cut(tiny_tokenizer, document + "Where?", 60)}],
                                                   tokenize=False, add_generation_prompt=True)
         assert got.ids == tiny_tokenizer(text, add_special_tokens=False)["input_ids"]
         assert got.truncated and got.n_tokens == full.n_tokens
