@@ -25,6 +25,9 @@ Contract (DESIGN.md, "S2-Attn (shifted sparse attention) — the contract"):
 - Context parallelism (``sft.context_parallel``, issue 14): an attention layer that carries a ``context_parallel``
   place holds one of P slices of every row; ``N`` is then the global length ``P * n`` and the slice is attended
   locally, plus the left neighbour's last half-group of shifted keys/values (a differentiable exchange).
+- The model's own score rules apply inside every segment (:class:`ScoreRules`): Gemma2's soft-capping (the eager
+  formula) and sliding windows (S2 with ``G <= W`` is exactly S2, with ``G > W`` S2 intersected with the window), in
+  training, packed rows and eval. Attention sinks (``s_aux``) and, in training, ``position_bias`` are refused.
 - Segments never cross a sample boundary: every row is split into samples (maximal runs of real tokens whose
   ``position_ids`` increase by one, or whose mask links them, see :func:`row_samples`) and the segment rule restarts
   at each sample start. Padding tokens take part in nothing and get a zero output and zero gradients.
@@ -62,6 +65,7 @@ Cost (LongLoRA Sec. 3.2): attention FLOPs ~ ``N * G`` instead of ``N**2 / 2``, n
 from __future__ import annotations
 
 import functools
+import logging
 from collections.abc import Mapping
 from dataclasses import dataclass
 
@@ -77,6 +81,9 @@ CONFIG_ATTR = "s2_attn"
 WRAP_MODES = ("none", "roll")
 BACKENDS = ("auto", "sdpa", "flash")
 _FLASH_DTYPES = (torch.float16, torch.bfloat16)
+
+log = logging.getLogger(__name__)
+_probe_failures: set[str] = set()  # reasons already warned about (once each)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -678,9 +685,12 @@ def s2_attn_mask(
         return None
     if plain and attention_mask.ndim == 2 and attention_mask.shape[-1] == kv_length:
         return None if bool(attention_mask.all()) else attention_mask.to(torch.bool)
-    if whole and attention_mask is None and _is_packed_causal(mask_function, batch_size, q_length,
-                                                              kwargs.get("device")):
-        return None  # packed rows: the attention functions find the samples in position_ids (O(N))
+    if whole and attention_mask is None:
+        try:
+            if _is_packed_causal(mask_function, batch_size, q_length, kwargs.get("device")):
+                return None  # packed rows: the attention functions find the samples in position_ids (O(N))
+        except (IndexError, RuntimeError, TypeError) as e:  # a mask function that does not take index tensors
+            _warn_dense_mask(f"{type(e).__name__}: {e}", batch_size, q_length, kv_length)
     return ALL_MASK_ATTENTION_FUNCTIONS["sdpa"](
         batch_size=batch_size, q_length=q_length, kv_length=kv_length, q_offset=q_offset, kv_offset=kv_offset,
         mask_function=mask_function, attention_mask=attention_mask, **kwargs)
@@ -696,12 +706,20 @@ def _is_packed_causal(mask_function, batch_size: int, length: int, device) -> bo
     b = torch.arange(batch_size, device=device)[:, None]
     i = torch.arange(length - 1, device=device)[None, :]
     head = torch.zeros((), dtype=torch.long, device=device)
-    try:
-        sees_self = torch.as_tensor(mask_function(b, head, i, i))
-        sees_next = torch.as_tensor(mask_function(b, head, i, i + 1))
-    except (IndexError, RuntimeError, TypeError):  # a mask function that does not take index tensors
-        return False
+    sees_self = torch.as_tensor(mask_function(b, head, i, i))  # a mask function that takes no index tensors raises
+    sees_next = torch.as_tensor(mask_function(b, head, i, i + 1))
     return bool(sees_self.all()) and not bool(sees_next.any())
+
+
+def _warn_dense_mask(reason: str, batch_size: int, q_length: int, kv_length: int) -> None:
+    """Say once per reason that the probe failed and what the fallback costs: transformers' dense boolean mask."""
+    if reason in _probe_failures:
+        return
+    _probe_failures.add(reason)
+    gib = batch_size * q_length * kv_length / 2 ** 30
+    log.warning("s2_attn mask: the packed-sample probe of the mask function failed (%s); falling back to "
+                "transformers' dense boolean mask (%d x 1 x %d x %d, %.2f GiB at this size)",
+                reason, batch_size, q_length, kv_length, gib)
 
 
 def register() -> None:
