@@ -76,7 +76,7 @@ def model_card(kind: str, repo_id: str, train: dict, rope: dict | None, base_ref
         m = json.loads(manifest.read_text())
         dataset = f"{m['name']} (`{data}`, {m['counts']['by_split'].get(train.get('split', 'train'), 0)} samples)"
     lora = {"r": train.get("lora_r"), "alpha": train.get("lora_alpha"), "dropout": train.get("lora_dropout"),
-            "target_modules": train.get("lora_target_modules", [])}
+            "target_modules": train.get("lora_target_modules") or ["the attention projections (the family's default)"]}
     template = resources.files("data_cards").joinpath("model_card.md.j2").read_text(encoding="utf-8")
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
