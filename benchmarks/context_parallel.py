@@ -219,8 +219,9 @@ def main(argv=None) -> int:
             r = rows[-1]
             print(f"N={n} P={size}: peak {r['peak'] / 2**30:.2f} GiB, step memory {r['step_mem'] / 2**30:.2f} GiB, "
                   f"sent {r['bytes']} B, step {r['time']:.2f} s", flush=True)
-    command = "python benchmarks/context_parallel.py " + " ".join(sys.argv[1:] if argv is None else argv)
-    text = report(rows, args, command.strip())
+    from sft.evaluation.provenance import command_line
+
+    text = report(rows, args, command_line(argv))
     from sft.evaluation.provenance import emit_result
 
     emit_result(text, args.out)

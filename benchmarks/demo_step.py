@@ -45,7 +45,7 @@ def measure(args) -> dict:
     from schemas.train import TrainConfig
     from sft.loss import loss_parts, output_head
     from sft.train import load_data, load_eval_data, setup_model
-    
+
     cfg = TrainConfig(data=args.data)
     dataset, _ = load_data(cfg)
     sample = dataset[max(range(len(dataset)), key=lambda i: dataset[i]["length"])]  # the longest that fits
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     if args.child is not None:
         print("RESULT " + json.dumps(measure(args)), flush=True)
         return 0
-    from sft.evaluation.provenance import device_name
+    from sft.evaluation.provenance import command_line, device_name
 
     results = {}
     for label, isa in ISAS.items():
@@ -120,10 +120,9 @@ def main(argv=None) -> int:
         results[label] = json.loads(next(line for line in done.stdout.splitlines() if line.startswith("RESULT "))[7:])
         print(label, results[label], flush=True)
     first = next(iter(results.values()))
-    lines = [f"# The README demo's step on CPU: dtype, gradient checkpointing, ISA", "",
+    lines = ["# The README demo's step on CPU: dtype, gradient checkpointing, ISA", "",
              f"Machine: {device_name('cpu')}, {first['threads']} torch threads. Command: "
-             f"`nice -n 5 flock /work/heavy.lock python benchmarks/demo_step.py --repeats {args.repeats}"
-             f"{f' --tokens {args.tokens}' if args.tokens else ''}`. "
+             f"`{command_line()}`. "
              f"Train step: {first['train_tokens']} tokens (of the longest default-build sample within max_length 4096), "
              f"SmolLM2-135M LoRA+, S2-Attn, chunked loss, AdamW; eval: one held-out sample of {first['eval_tokens']} "
              "tokens, dense attention, no gradient. Median seconds.", "",

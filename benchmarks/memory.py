@@ -131,13 +131,11 @@ def run_probe(kind: str, n: int, args) -> dict | None:
 
 
 def report(rows: list[dict], args) -> str:
-    from sft.evaluation.provenance import device_name
+    from sft.evaluation.provenance import command_line, device_name
 
     unit = "peak resident memory (VmHWM)" if args.device == "cpu" else "torch.cuda.max_memory_allocated"
     lines = ["# Peak memory of one SmolLM2 LoRA+ training step: plain vs chunked loss", "",
-             f"Machine: {device_name(args.device)}. Command: `nice -n 5 flock /work/heavy.lock python "
-             f"benchmarks/memory.py --lengths {' '.join(map(str, args.lengths))} --device {args.device}"
-             f"{'' if args.bf16 else ' --no-bf16'}{f' --layers {args.layers}' if args.layers else ''}`. "
+             f"Machine: {device_name(args.device)}. Command: `{command_line()}`. "
              f"SmolLM2-135M-Instruct{f' cut to its first {args.layers} of 30 layers' if args.layers else ''}, LoRA r=8 on q/k/v/o + embeddings and "
              f"norms, S2-Attn, gradient checkpointing, {'bf16 autocast' if args.bf16 else 'float32'}, AdamW, batch 1, "
              f"every position supervised (extend mode); {unit}, MiB, of one step after AdamW's states exist (one fresh "

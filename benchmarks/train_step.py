@@ -28,7 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # run from a check
 
 import transformers  # noqa: E402
 
-from sft.evaluation.provenance import device_name, emit_result  # noqa: E402
+from sft.evaluation.provenance import command_line, device_name, emit_result  # noqa: E402
 
 KINDS = ("full", "s2")  # full: attn_implementation "sdpa"; s2: "s2_attn" (sft/s2attn.py) over the same SDPA
 
@@ -163,8 +163,7 @@ def report(rows: list[dict], args) -> str:
     lines = [
         "# Training step: S2-Attn vs full attention (CPU)",
         "",
-        f"`python benchmarks/train_step.py {' '.join(sys.argv[1:])}`".replace("`python benchmarks/train_step.py `",
-                                                                             "`python benchmarks/train_step.py`"),
+        f"`{command_line()}`",
         "",
         f"- CPU: {cpu}, {torch.get_num_threads()} torch threads; torch {torch.__version__}, transformers "
         f"{transformers.__version__}, Python {platform.python_version()}",

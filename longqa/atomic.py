@@ -1,7 +1,8 @@
 """Atomic outputs: a folder or a file appears complete or not at all, and replacing one never leaves a moment without
 it. The one rule for every artifact the project writes (built datasets, merged models, adapters, eval reports).
 
-Imports only the standard library, so any module (and the GPU scripts) can use it.
+Imports only the standard library (and, when a command's output rule applies, :mod:`schemas.outdir`), so any module
+(and the GPU scripts) can use it.
 """
 from __future__ import annotations
 
@@ -23,12 +24,14 @@ def _pid_alive(pid: int) -> bool:
 
 
 @contextlib.contextmanager
-def atomic_output(out: Path) -> Iterator[Path]:
+def atomic_output(out: Path, command: str | None = None) -> Iterator[Path]:
     """Yield a temporary folder beside `out`; on success it replaces `out`, on failure it is removed.
 
+    With `command`, the new folder carries that command's marker (:func:`schemas.outdir.mark`); the caller has
+    checked the output-folder rule (:func:`schemas.outdir.guard`) before its work began.
     Leftovers of killed builds (their process gone) are removed first, so a rerun succeeds.
     """
-    out = out.resolve()
+    out = Path(out).resolve()
     out.parent.mkdir(parents=True, exist_ok=True)
     for stale in out.parent.glob(f".{out.name}.partial-*"):
         pid = stale.name.rsplit("-", 1)[-1]
@@ -42,6 +45,10 @@ def atomic_output(out: Path) -> Iterator[Path]:
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+    if command is not None:
+        from schemas.outdir import mark
+
+        mark(tmp, command)
     replace_dir(tmp, out)
 
 

@@ -25,6 +25,7 @@ from pathlib import Path
 
 from longqa.split import unit_hash
 from schemas.corpus import RESTRICTED, SOURCES, CorpusConfig
+from schemas.outdir import out_problems
 
 log = logging.getLogger(__name__)
 
@@ -141,15 +142,17 @@ def split_of(doc_id: str, cfg: CorpusConfig) -> str:
 
 def config_key(cfg: CorpusConfig) -> dict:
     """What decides the corpus content (not where it is written)."""
-    return cfg.model_dump(mode="json", exclude={"out"})
+    return cfg.model_dump(mode="json", exclude={"out", "overwrite"})
 
 
 def build_corpus(cfg: CorpusConfig) -> dict:
     """Write the corpus to ``cfg.out`` and return its manifest. A finished corpus of the same configuration and
     Python version is kept as it is."""
     from longqa.atomic import atomic_output
+    from schemas.outdir import guard
 
     out = Path(cfg.out)
+    guard(out, "longqa.corpus", inputs=[cfg.squad_path, cfg.paul_graham_path], overwrite=cfg.overwrite)
     existing = read_manifest(out)
     if existing and existing["config"] == config_key(cfg) and existing["python"] == _python():
         log.info("corpus: %s is complete for this configuration; kept", out)
@@ -157,7 +160,7 @@ def build_corpus(cfg: CorpusConfig) -> dict:
     count = token_counter(cfg.tokenizer)
     manifest = {"kind": KIND, "config": config_key(cfg), "python": _python(), "sources": {}, "splits": {},
                 "documents": []}
-    with atomic_output(out) as tmp:
+    with atomic_output(out, "longqa.corpus") as tmp:
         for split in SPLITS:
             (tmp / split).mkdir()
         for name in cfg.sources:
@@ -309,7 +312,8 @@ def corpus_problems(cfg: CorpusConfig) -> list[str]:
                 continue
             if not path.is_file():
                 problems.append(f"{field}: {path} does not exist")
-    return problems
+    return problems + out_problems("out", cfg.out, "longqa.corpus", inputs=[cfg.squad_path, cfg.paul_graham_path],
+                                   overwrite=cfg.overwrite is True)
 
 
 if __name__ == "__main__":

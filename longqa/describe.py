@@ -46,7 +46,8 @@ def mix_table(mix: list[dict], counts: dict) -> dict:
 
 
 def describe(out: Path, cfg: BuildConfig, tally: Tally, *, tokenizer=None, tokenizer_meta: dict | None = None,
-             seconds: float | None = None, parts: list[str] | None = None, mix: list[dict] | None = None) -> dict:
+             seconds: float | None = None, parts: list[str] | None = None, mix: list[dict] | None = None,
+             distractors: dict | None = None) -> dict:
     tokenized = datasets.load_from_disk(str(out / "tokenized"))
     text = datasets.load_from_disk(str(out / "text"))
     lengths = {split: np.asarray(table_of(ds).column("length").to_numpy(), dtype=np.int64)
@@ -61,7 +62,7 @@ def describe(out: Path, cfg: BuildConfig, tally: Tally, *, tokenizer=None, token
     manifest = {
         "name": cfg.name,
         "created_by": f"longqa {longqa.__version__}",
-        "config": cfg.model_dump(mode="json"),
+        "config": cfg.recorded(),
         "inputs": describe_inputs(cfg.inputs),
         "versions": library_versions(),
         "tokenizer": tokenizer_info(tokenizer, cfg.tokenizer) if tokenizer is not None else tokenizer_meta,
@@ -79,6 +80,10 @@ def describe(out: Path, cfg: BuildConfig, tally: Tally, *, tokenizer=None, token
                  for task, weight in spec.synthetic.tasks.items() if weight > 0}
     if synthetic:  # the card says which evaluation tasks these resemble
         manifest["synthetic_tasks"] = synthetic
+    if distractors is not None:  # longqa.distract: samples composed per split, and the evidence found
+        manifest["distractors"] = {"inputs": {spec.path: spec.distractors.model_dump(mode="json")
+                                              for spec in cfg.inputs if spec.distractors},
+                                   "by_split": distractors}
     if seconds is not None:
         manifest["build_seconds"] = round(seconds, 2)
     if parts is not None:

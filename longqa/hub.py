@@ -51,10 +51,26 @@ def check_reachable(endpoint: str, timeout: float = CONNECT_TIMEOUT_S) -> None:
                        "HF_ENDPOINT and the network") from None
 
 
+OFFLINE_MESSAGE = ("the Hub client is in offline mode (HF_HUB_OFFLINE or TRANSFORMERS_OFFLINE is set): publishing "
+                   "needs the hub; unset them for this command (env -u HF_HUB_OFFLINE -u TRANSFORMERS_OFFLINE python "
+                   "-m …), or stage without uploading with --dry-run FOLDER")
+
+
+def offline() -> bool:
+    """huggingface_hub's offline mode, as the variables say now or as the library read them when imported (either
+    way it would make no request)."""
+    from huggingface_hub import constants
+
+    value = os.environ.get("HF_HUB_OFFLINE") or os.environ.get("TRANSFORMERS_OFFLINE")  # the library's own rule
+    return (value or "").upper() in constants.ENV_VARS_TRUE_VALUES or constants.is_offline_mode()
+
+
 def preflight(endpoint: str | None) -> tuple[str, str]:
     """(endpoint, token) once the hub is known reachable and a token exists: call before any slow staging."""
     from huggingface_hub import get_token
 
+    if offline():
+        raise HubError(OFFLINE_MESSAGE)
     endpoint = resolve_endpoint(endpoint)
     check_reachable(endpoint)
     token = get_token()
@@ -76,6 +92,7 @@ def upload(folder: Path, repo_id: str, *, repo_type: str, private: bool = False,
            endpoint: str | None = None, commit_message: str = "Upload with longqa") -> str:
     """Create the repo if missing and upload `folder` as one commit; returns the repo URL."""
     from huggingface_hub import HfApi
+    from huggingface_hub.errors import OfflineModeIsEnabled
 
     endpoint, token = preflight(endpoint)
     api = HfApi(endpoint=endpoint, token=token)
@@ -88,6 +105,8 @@ def upload(folder: Path, repo_id: str, *, repo_type: str, private: bool = False,
                               commit_message=commit_message)
             break
         except Exception as e:  # noqa: BLE001 - classified below; the message never holds the token
+            if isinstance(e, OfflineModeIsEnabled):  # a ConnectionError that no retry can help
+                raise HubError(OFFLINE_MESSAGE) from None
             if attempt == TRIES or not _transient(e):
                 raise HubError(f"upload to {endpoint} failed: {str(e).replace(token, '***')}") from None
             log.warning("transient error (%s), retrying (%d/%d)", e.__class__.__name__, attempt, TRIES)
@@ -102,17 +121,24 @@ def publish(cfg: HubOptions, repo_type: str, prepare: Callable[[Path], str]) -> 
 
     The hub is checked before any staging, so an unreachable endpoint or a missing token fails at once.
     """
-    staged = Path(cfg.dry_run) if cfg.dry_run else Path(tempfile.mkdtemp(prefix="longqa-publish-")) / "repo"
+    if cfg.dry_run:  # staged beside the folder and renamed into place: the output-folder rule (issue 24)
+        from longqa.atomic import atomic_output
+        from schemas.outdir import guard
+
+        command = "longqa.publish" if repo_type == "dataset" else "sft.publish"
+        source = getattr(cfg, "dataset_dir", None) or getattr(cfg, "source", None)
+        guard(cfg.dry_run, command, inputs=(source,), overwrite=cfg.overwrite)
+        with atomic_output(Path(cfg.dry_run), command) as tmp:
+            prepare(tmp)
+        log.info("staged and verified %s/", cfg.dry_run)
+        return None
+    staged = Path(tempfile.mkdtemp(prefix="longqa-publish-")) / "repo"
     try:
-        if not cfg.dry_run:
-            preflight(cfg.endpoint)
+        preflight(cfg.endpoint)
         message = prepare(staged)
-        if cfg.dry_run:
-            return None
         url = upload(staged, cfg.repo_id, repo_type=repo_type, private=cfg.private, revision=cfg.revision,
                      endpoint=cfg.endpoint, commit_message=message)
     finally:
-        if not cfg.dry_run:
-            shutil.rmtree(staged.parent, ignore_errors=True)
+        shutil.rmtree(staged.parent, ignore_errors=True)
     log.info(url)
     return url

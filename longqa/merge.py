@@ -15,6 +15,7 @@ import datasets
 from longqa.describe import describe
 from longqa.manifest import Tally
 from longqa.atomic import atomic_output
+from schemas.outdir import guard
 from longqa.write import DATASETS, save_dict
 from schemas import BuildConfig
 from schemas.cli import Command, Options
@@ -24,7 +25,7 @@ from schemas.paths import shard_merge_problems
 
 log = logging.getLogger(__name__)
 
-_PER_PART = ("shard_index", "out")
+_PER_PART = ("shard_index", "out", "overwrite")
 
 
 class MergeError(ConfigError):
@@ -53,10 +54,11 @@ def load_parts(parts: list[Path]) -> list[dict]:
     return manifests
 
 
-def merge(parts: list[Path], out: Path) -> dict:
+def merge(parts: list[Path], out: Path, overwrite: bool = False) -> dict:
+    guard(out, "longqa.merge", inputs=parts, overwrite=overwrite)
     manifests = load_parts(parts)
     cfg = BuildConfig.model_validate({**manifests[0]["config"], "shard_index": 0, "num_shards": 1, "out": str(out)})
-    with atomic_output(out) as tmp:
+    with atomic_output(out, "longqa.merge") as tmp:
         for name in DATASETS:
             loaded = [datasets.load_from_disk(str(p / name)) for p in parts]
             merged = datasets.DatasetDict({split: datasets.concatenate_datasets([d[split] for d in loaded]).sort("seq")
@@ -70,7 +72,7 @@ def merge(parts: list[Path], out: Path) -> dict:
 
 
 def merge_parts(cfg: ShardMergeConfig, options: Options) -> None:
-    manifest = merge([Path(p) for p in cfg.parts], Path(cfg.out))
+    manifest = merge([Path(p) for p in cfg.parts], Path(cfg.out), cfg.overwrite)
     c = manifest["counts"]
     log.info("merged %d parts into %s/: read %d = written %d + rejected %d", len(cfg.parts), cfg.out, c["read"],
              c["written"], c["rejected"])

@@ -15,6 +15,7 @@ from typing import Iterable, Iterator
 from tqdm.auto import tqdm
 
 from longqa.describe import describe
+from longqa.distract import Distract, Located
 from longqa.manifest import Tally
 from longqa.mix import MixLog, sampled
 from longqa.paths import hub_errors, resolve_source
@@ -26,6 +27,7 @@ from longqa.stages import Prepared, prepare
 from longqa.tokenize import Encoded, OverBudget
 from longqa.validate import reject_record
 from longqa.atomic import atomic_output
+from schemas.outdir import guard
 from longqa.write import DATASETS, StreamWriter, list_array, save_datasets
 from schemas import BuildConfig, Record, Reject
 from schemas.errors import ConfigError
@@ -49,9 +51,11 @@ def numbered(cfg: BuildConfig, mix: MixLog | None = None) -> Iterator[Record | R
     """All inputs in order, drawn as their `sample` asks (`mix` counts it), each item numbered with its global read
     position `seq`."""
     seq, mix = 0, MixLog() if mix is None else mix
-    for spec in cfg.inputs:
+    for index, spec in enumerate(cfg.inputs):
         for item in sampled(spec, functools.partial(read_input, spec, cfg), cfg.seed, mix):
             item.seq = seq
+            if isinstance(item, Record):
+                item.input = index
             seq += 1
             yield item
 
@@ -62,10 +66,23 @@ def batched(items: Iterable, size: int) -> Iterator[list]:
         yield batch
 
 
-def text_columns(batch: list[Prepared]) -> dict[str, list]:
+def evidence_columns(batch: list[Prepared], located: list[Located | None]) -> dict[str, list]:
+    """The evidence columns (schemas.arrow): null for a sample without distractors."""
+    return {"evidence_start": [x.start if x else None for x in located],
+            "evidence_end": [x.end if x else None for x in located],
+            "answer_position": [x.answer if x else None for x in located],
+            "depth": [p.evidence.depth if p.evidence else None for p in batch]}
+
+
+def gold_doc_id(p: Prepared) -> str:
+    """The sample's own document: with distractors, the gold one (`doc_id` keys the composed material)."""
+    return p.evidence.gold_doc_id if p.evidence else p.doc_id
+
+
+def text_columns(batch: list[Prepared], located: list[Located | None]) -> dict[str, list]:
     return {
         "id": [p.record.id for p in batch],
-        "doc_id": [p.doc_id for p in batch],
+        "doc_id": [gold_doc_id(p) for p in batch],
         "messages": [p.rendered.messages for p in batch],
         "question": [p.record.question.strip() for p in batch],
         "answers": [[a.strip() for a in p.record.answers] for p in batch],
@@ -76,19 +93,21 @@ def text_columns(batch: list[Prepared]) -> dict[str, list]:
         "seq": [p.record.seq for p in batch],
         "n_doc_chars": [len(p.rendered.material) for p in batch],
         "n_doc_words": [len(p.rendered.material.split()) for p in batch],
+        **evidence_columns(batch, located),
     }
 
 
-def token_columns(batch: list[Prepared], encoded: list[Encoded]) -> dict[str, list]:
+def token_columns(batch: list[Prepared], encoded: list[Encoded], located: list[Located | None]) -> dict[str, list]:
     return {
         "id": [p.record.id for p in batch],
-        "doc_id": [p.doc_id for p in batch],
+        "doc_id": [gold_doc_id(p) for p in batch],
         "input_ids": list_array([e.input_ids for e in encoded]),
         "labels": list_array([e.labels for e in encoded]),
         "length": [len(e.input_ids) for e in encoded],
         "n_doc_tokens": [e.n_doc_tokens for e in encoded],
         "n_doc_tokens_dropped": [e.n_doc_tokens_dropped for e in encoded],
         "seq": [p.record.seq for p in batch],
+        **evidence_columns(batch, located),
     }
 
 
@@ -96,36 +115,48 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
     """Build the dataset described by `cfg` into `cfg.out`; returns the manifest."""
     from longqa.encode_pool import encode_batches  # tokenizer machinery loads only when a build runs
 
+    guard(cfg.out, "longqa.build", inputs=[spec.path for spec in cfg.inputs], overwrite=cfg.overwrite)  # before the tokenizer loads (issue 24)
     started = time.time()
     tokenizer = load_tokenizer(cfg.tokenizer)
     renderer = Renderer(cfg, tokenizer)
     tally = Tally()
-    with atomic_output(Path(cfg.out)) as tmp:
+    with atomic_output(Path(cfg.out), "longqa.build") as tmp:
         rejects = RejectLog(tmp / "rejects.jsonl", tally, cfg.strict)
         streams = {name: {split: StreamWriter(tmp / f"{name}-{split}.arrow", features) for split in SPLITS}
                    for name, features in DATASETS.items()}
         mix = MixLog()
         reading = tqdm(numbered(cfg, mix), desc="read", unit=" rec", disable=not progress)
-        batches = batched(prepare(cfg, reading, renderer, tally, rejects), cfg.batch_size)
+        distract = Distract(cfg, renderer, tokenizer, tally, rejects) \
+            if any(spec.distractors for spec in cfg.inputs) else None
+        batches = batched(prepare(cfg, reading, renderer, tally, rejects, distract), cfg.batch_size)
         tokenizing = tqdm(desc="tokenize", unit=" sample", disable=not progress)
         for batch, encoded in encode_batches(batches, tokenizer, cfg):
             tokenizing.update(len(batch))
+            located = [distract.locate(p, e) if distract and p.evidence and isinstance(e, Encoded) else None
+                       for p, e in zip(batch, encoded)]
             for split in SPLITS:
-                kept = [(p, e) for p, e in zip(batch, encoded) if p.split == split and isinstance(e, Encoded)]
+                kept = [(p, e, x) for p, e, x in zip(batch, encoded, located)
+                        if p.split == split and isinstance(e, Encoded) and (x is not None or p.evidence is None)]
                 if kept:
-                    streams["text"][split].write(text_columns([p for p, _ in kept]))
-                    streams["tokenized"][split].write(token_columns(*map(list, zip(*kept))))
-                    for p, _ in kept:
+                    ps, es, xs = map(list, zip(*kept))
+                    streams["text"][split].write(text_columns(ps, xs))
+                    streams["tokenized"][split].write(token_columns(ps, es, xs))
+                    for p in ps:
                         tally.written[p.record.source][split] += 1
                     tally.kept["tokenize"] += len(kept)
-            for p, e in zip(batch, encoded):
+            for p, e, x in zip(batch, encoded, located):
                 if isinstance(e, OverBudget):
                     tally.dropped["tokenize"]["over_budget"] += 1
                     rejects.add(reject_record(p.record, "over_budget", "question", e.message))
+                elif p.evidence is not None and x is None:  # a tokenizer that merges across the document boundary
+                    tally.dropped["tokenize"]["evidence_not_located"] += 1
+                    rejects.add(reject_record(p.record, "evidence_not_located", "documents", "the gold document's "
+                                              "tokens do not occur as one run in the sample's tokens"))
         reading.close()
         tokenizing.close()
         rejects.close()
         save_datasets(tmp, streams, cfg.max_shard_size)
-        manifest = describe(tmp, cfg, tally, tokenizer=tokenizer, seconds=time.time() - started, mix=mix.as_list())
+        manifest = describe(tmp, cfg, tally, tokenizer=tokenizer, seconds=time.time() - started, mix=mix.as_list(),
+                            distractors=distract.stats.as_dict() if distract else None)
     log.info("built %s in %.1fs", cfg.out, time.time() - started)
     return manifest

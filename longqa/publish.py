@@ -60,14 +60,12 @@ def _dataset_info(built: dict[str, datasets.DatasetDict], staged: Path) -> dict:
 
 
 def stage(dataset_dir: Path, out: Path, repo_id: str) -> dict:
-    """Write the Hub tree of `dataset_dir` into `out` (emptied first); returns the manifest."""
+    """Write the Hub tree of `dataset_dir` into `out` (a new or empty folder); returns the manifest."""
     manifest_file = dataset_dir / "manifest.json"
     if not manifest_file.is_file():
         raise PublishError(f"{dataset_dir}: no manifest.json — not a finished `python -m longqa.build` output")
     manifest = json.loads(manifest_file.read_text(encoding="utf-8"))
-    if out.exists():
-        shutil.rmtree(out)
-    out.mkdir(parents=True)
+    out.mkdir(parents=True, exist_ok=True)
     built = {name: datasets.load_from_disk(str(dataset_dir / name)) for name, _ in LAYOUT.values()}
     data_files = {}
     with quiet_datasets():
@@ -104,7 +102,7 @@ def publish_dataset(cfg: DatasetPublishConfig, options: Options) -> None:
     def prepare(staged: Path) -> str:
         manifest = stage(Path(cfg.dataset_dir), staged, cfg.repo_id)
         verify(staged, manifest)
-        log.info("staged and verified %s/ (%d parquet shards)", staged, sum(1 for _ in staged.rglob("*.parquet")))
+        log.info("%d parquet shards staged and verified", sum(1 for _ in staged.rglob("*.parquet")))
         return f"Upload {manifest['name']} with longqa"
 
     publish(cfg, "dataset", prepare)

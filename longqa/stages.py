@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 from longqa.manifest import Tally
 from longqa.rejects import RejectLog
@@ -31,6 +32,7 @@ class Prepared:
     doc_id: str
     split: str | None = None
     rendered: Rendered | None = None
+    evidence: Any = None  # longqa.distract.Evidence: where the gold document is, for a sample with distractors
 
 
 class Stage:
@@ -146,10 +148,11 @@ class Render(Stage):
 
 
 def prepare(cfg: BuildConfig, items: Iterable[Record | Reject], renderer: Renderer, tally: Tally,
-            rejects: RejectLog) -> Iterator[Prepared]:
-    """The stages chained: shard → validate → split → dedup → render."""
+            rejects: RejectLog, distract: Stage | None = None) -> Iterator[Prepared]:
+    """The stages chained: shard → validate → split → dedup → [distract] → render (`distract`:
+    `longqa.distract.Distract`, when an input has `distractors`)."""
     stages = (Validate(cfg, tally, rejects), Split(cfg, tally, rejects), Dedup(tally, rejects),
-              Render(renderer, tally, rejects))
+              *([distract] if distract is not None else []), Render(renderer, tally, rejects))
     prepared = Shard(cfg, tally, rejects)(items)
     for stage in stages:
         prepared = stage(prepared)

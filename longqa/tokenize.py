@@ -1,9 +1,21 @@
 """Tokenize rendered samples with label masks and document-only truncation.
 
-Each segment of a `Rendered` sample is tokenized on its own (batched, fast tokenizer, all cores) and the ids are
-concatenated, so the token span of the material is known exactly: truncation removes material tokens only (middle,
-head or tail), and labels are -100 everywhere except the answer and its end-of-turn token. A document shared by many
-questions (SQuAD: dozens per article) is tokenized once and reused.
+A sample is tokenized as its whole rendered text, once (batched, fast tokenizer, all cores), so its ids are the ones
+the model sees at inference: a SentencePiece-style tokenizer (Metaspace, as Llama-2, Mistral and Gemma use) puts no
+extra ``▁`` at segment joins, a byte-level one merges across them as it would in the whole text. The character
+offsets of the tokens then give the document's token span and the answer's: labels are -100 everywhere except the
+tokens that overlap the answer and its end of turn, and truncation removes a part of the document's token span only
+(middle, head or tail). The cut is the only place the ids may differ from a tokenization of the text as it reads
+after the cut; every removed token is counted.
+
+A document shared by many questions (SQuAD: dozens per article) is tokenized once and reused: a sample's ids are
+then the tokens of its head (template + the document's first characters) and tail (the document's last characters +
+question + answer), each tokenized in place, joined to the cached document tokens where both tokenizations agree on
+every token of a long overlap; where they do not, the sample is tokenized whole. Either way the ids equal a whole-text
+tokenization (tests/longqa/test_tokenize.py checks three kinds of tokenizer).
+
+Control-token text inside a document or an answer (a literal ``<|im_end|>``) stays text: such samples are tokenized in
+pieces at those strings, the strings by a copy of the tokenizer that treats control tokens as text.
 """
 from __future__ import annotations
 
@@ -54,21 +66,74 @@ def keep_indices(n: int, budget: int, policy: str) -> slice | tuple[slice, slice
     return slice(0, head), slice(n - tail, n)
 
 
-def truncate(ids: np.ndarray, budget: int, policy: str) -> np.ndarray:
-    kept = keep_indices(len(ids), budget, policy)
-    if isinstance(kept, slice):
-        return ids[kept]
-    return np.concatenate([ids[kept[0]], ids[kept[1]]])
+@dataclass
+class Tokens:
+    """Token ids and their character spans in the text they were made from (int arrays)."""
+
+    ids: np.ndarray
+    starts: np.ndarray
+    ends: np.ndarray
+
+    @classmethod
+    def of(cls, encoding, shift: int = 0) -> "Tokens":
+        offsets = np.asarray(encoding.offsets, dtype=np.int64).reshape(-1, 2)
+        return cls(np.asarray(encoding.ids, dtype=np.int32), offsets[:, 0] + shift, offsets[:, 1] + shift)
+
+    @classmethod
+    def join(cls, parts: list["Tokens"]) -> "Tokens":
+        return cls(*(np.concatenate([getattr(t, f) for t in parts]) for f in ("ids", "starts", "ends")))
+
+    def cut(self, lo: int, hi: int) -> "Tokens":
+        return Tokens(self.ids[lo:hi], self.starts[lo:hi], self.ends[lo:hi])
+
+    def shifted(self, shift: int) -> "Tokens":
+        return Tokens(self.ids, self.starts + shift, self.ends + shift)
+
+
+#: characters of the document tokenized in place at each end of a sample that reuses the cached document tokens
+WINDOW = 512
+#: characters at the edges of a window whose tokens may depend on what lies beyond it (never joined there)
+EDGE = 64
+#: documents shorter than this many characters are always tokenized with their sample
+MIN_CACHED_CHARS = 4 * WINDOW
+
+
+def _agree(a: Tokens, i: int, b: Tokens, j: int, limit: int) -> bool:
+    """`a` from token i and `b` from token j are the same tokens at the same characters, up to character `limit`
+    (at least 4 tokens)."""
+    n = min(len(a.ids) - i, len(b.ids) - j)
+    if n <= 0:
+        return False
+    upto = int(np.searchsorted(a.ends[i:i + n], limit, side="right"))
+    if upto < 4:
+        return False
+    return (np.array_equal(a.ids[i:i + upto], b.ids[j:j + upto])
+            and np.array_equal(a.starts[i:i + upto], b.starts[j:j + upto]))
+
+
+def _sync(a: Tokens, b: Tokens, lo: int, hi: int) -> tuple[int, int] | None:
+    """The first token i of `a` starting in [lo, hi) where `b` has a token j at the same character and both agree up
+    to character `hi`: (i, j), else None."""
+    for i in range(int(np.searchsorted(a.starts, lo)), len(a.ids)):
+        start = a.starts[i]
+        if start >= hi:
+            return None
+        j = int(np.searchsorted(b.starts, start))
+        if j < len(b.ids) and b.starts[j] == start and _agree(a, i, b, j, hi):
+            return i, j
+    return None
 
 
 class Encoder:
     """Encodes batches of rendered samples. `doc_keys` identify materials for the token cache (doc ids).
 
-    It calls the Rust tokenizer behind the transformers tokenizer directly (`encode_batch_fast`, which releases the
-    GIL and uses every core); a second copy of it treats control-token text in documents and answers as plain text.
+    It calls the Rust tokenizer behind the transformers tokenizer directly (`encode_batch`, which releases the GIL and
+    uses every core); a second copy of it treats control-token text in documents and answers as plain text.
     """
 
     def __init__(self, tokenizer, max_length: int, truncation: str, cache_size: int = 64):
+        import re
+
         from tokenizers import Tokenizer
 
         backend = tokenizer.backend_tokenizer
@@ -76,55 +141,126 @@ class Encoder:
         self._content = Tokenizer.from_str(backend.to_str())
         # Content (documents, answers) never turns literal "<|im_end|>" text into a control token.
         self._content.encode_special_tokens = True
+        specials = sorted({t.content for t in backend.get_added_tokens_decoder().values() if t.special}, key=len,
+                          reverse=True)
+        self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
         self.max_length = max_length
         self.truncation = truncation
-        self._doc_cache: OrderedDict[str, np.ndarray] = OrderedDict()
+        self._doc_cache: OrderedDict[str, tuple[str, Tokens]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
 
-    def _ids(self, texts: list[str], *, content: bool) -> list[np.ndarray]:
+    def _tokens(self, texts: list[str], tokenizer=None) -> list[Tokens]:
         if not texts:
             return []
-        encodings = (self._content if content else self._template).encode_batch_fast(texts, add_special_tokens=False)
-        return [np.asarray(e.ids, dtype=np.int32) for e in encodings]
+        encodings = (tokenizer or self._template).encode_batch(texts, add_special_tokens=False)
+        return [Tokens.of(e) for e in encodings]
 
-    def _materials(self, samples: list[Rendered], doc_keys: list[str]) -> list[np.ndarray]:
+    def _protected(self, text: str, spans: list[tuple[int, int]]) -> Tokens:
+        """`text` tokenized in pieces at the control-token strings inside `spans` (content), those strings as text."""
+        cuts = [(m.start(), m.end()) for lo, hi in spans for m in self._specials.finditer(text, lo, hi)]
+        parts, at = [], 0
+        for lo, hi in sorted(cuts):
+            if lo > at:
+                parts.append((at, self._template, text[at:lo]))
+            parts.append((lo, self._content, text[lo:hi]))
+            at = hi
+        if at < len(text):
+            parts.append((at, self._template, text[at:]))
+        return Tokens.join([Tokens.of(tok.encode(piece, add_special_tokens=False), shift)
+                            for shift, tok, piece in parts])
+
+    def _documents(self, samples: list[Rendered], doc_keys: list[str]) -> dict[str, tuple[str, Tokens]]:
+        """The cached tokens of every long document shared by two or more samples (this batch or earlier ones)."""
         with self._lock:
-            cached = {key: self._doc_cache[key] for key in doc_keys if key in self._doc_cache}
+            cached = {key: self._doc_cache[key] for key in set(doc_keys) if key in self._doc_cache}
+        seen: dict[str, int] = {}
+        for key in doc_keys:
+            seen[key] = seen.get(key, 0) + 1
         missing: dict[str, str] = {}
         for sample, key in zip(samples, doc_keys):
-            if key not in cached and key not in missing:
+            if key in cached and cached[key][0] != sample.material:
+                continue  # the same key, another text: this sample is tokenized whole
+            if (key not in cached and key not in missing and seen[key] > 1
+                    and len(sample.material) >= MIN_CACHED_CHARS):
                 missing[key] = sample.material
-        cached.update(zip(missing, self._ids(list(missing.values()), content=True)))
+        cached.update((key, (text, tokens)) for (key, text), tokens in
+                      zip(missing.items(), self._tokens(list(missing.values()))))
         with self._lock:
-            for key in doc_keys:
+            for key in dict.fromkeys(k for k in doc_keys if k in cached):
                 self._doc_cache[key] = cached[key]
                 self._doc_cache.move_to_end(key)
             while len(self._doc_cache) > self._cache_size:
                 self._doc_cache.popitem(last=False)
-        return [cached[key] for key in doc_keys]
+        return cached
 
-    def _template_ids(self, texts: list[str]) -> dict[str, np.ndarray]:
-        unique = list(dict.fromkeys(texts))
-        return dict(zip(unique, self._ids(unique, content=False)))
+    def _whole(self, samples: list[Rendered], doc_keys: list[str]) -> list[Tokens]:
+        """Every sample's whole text as tokens (the cached document joined in where it may be)."""
+        documents = self._documents(samples, doc_keys)
+        out: list[Tokens | None] = [None] * len(samples)
+        plain: list[int] = []
+        stitched: list[tuple[int, Tokens, int, int]] = []  # (sample, document tokens, document start, end)
+        for i, (sample, key) in enumerate(zip(samples, doc_keys)):
+            a = len(sample.prefix)
+            b = a + len(sample.material)
+            content = [(a, b), (b + len(sample.middle), b + len(sample.middle) + len(sample.answer))]
+            if self._specials is not None and any(self._specials.search(sample.text, lo, hi) for lo, hi in content):
+                out[i] = self._protected(sample.text, content)
+            elif key in documents and documents[key][0] == sample.material:
+                stitched.append((i, documents[key][1], a, b))
+            else:
+                plain.append(i)
+        texts = [samples[i].text for i in plain]
+        for i, _, a, b in stitched:
+            texts += [samples[i].text[:a + WINDOW], samples[i].text[b - WINDOW:]]
+        tokens = self._tokens(texts)
+        for i, t in zip(plain, tokens):
+            out[i] = t
+        fallback = []
+        for k, (i, doc, a, b) in enumerate(stitched):
+            head, tail = tokens[len(plain) + 2 * k], tokens[len(plain) + 2 * k + 1].shifted(b - WINDOW)
+            joined = self._join(head, doc.shifted(a), tail, a, b)
+            if joined is None:
+                fallback.append(i)
+            else:
+                out[i] = joined
+        for i, t in zip(fallback, self._tokens([samples[i].text for i in fallback])):
+            out[i] = t
+        return out
+
+    @staticmethod
+    def _join(head: Tokens, doc: Tokens, tail: Tokens, a: int, b: int) -> Tokens | None:
+        front = _sync(head, doc, a + EDGE, a + WINDOW - EDGE)
+        back = _sync(tail, doc, b - WINDOW + EDGE, b - EDGE)
+        if front is None or back is None or front[1] > back[1]:
+            return None
+        (p, m), (r, n) = front, back
+        return Tokens.join([head.cut(0, p), doc.cut(m, n), tail.cut(r, len(tail.ids))])
 
     def encode(self, samples: list[Rendered], doc_keys: list[str]) -> list[Encoded | OverBudget]:
-        materials = self._materials(samples, doc_keys)
-        template = self._template_ids([t for s in samples for t in (s.prefix, s.middle, s.end, s.tail)])
-        answers = self._ids([s.answer for s in samples], content=True)
         out: list[Encoded | OverBudget] = []
-        for sample, material, answer in zip(samples, materials, answers):
-            prefix, middle = template[sample.prefix], template[sample.middle]
-            end, tail = template[sample.end], template[sample.tail]
-            n_fixed = len(prefix) + len(middle) + len(answer) + len(end) + len(tail)
+        for sample, tokens in zip(samples, self._whole(samples, doc_keys)):
+            a = len(sample.prefix)
+            b = a + len(sample.material)
+            c = b + len(sample.middle)
+            d = c + len(sample.answer) + len(sample.end)
+            starts, ends = tokens.starts, np.maximum(tokens.ends, tokens.starts + 1)  # an empty span is a point
+            d0, d1 = int(np.searchsorted(starts, a)), int(np.searchsorted(starts, b))
+            labeled = (starts < d) & (ends > c)
+            labeled[d0:d1] = False  # a token of the document is never trained on
+            n_doc = d1 - d0
+            n_fixed = len(tokens.ids) - n_doc
             budget = self.max_length - n_fixed
             if budget <= 0:
                 out.append(OverBudget(n_fixed, self.max_length))
                 continue
-            kept = truncate(material, budget, self.truncation)
-            input_ids = np.concatenate([prefix, kept, middle, answer, end, tail])
-            labels = np.full(len(input_ids), IGNORE_INDEX, dtype=np.int32)
-            start = len(prefix) + len(kept) + len(middle)
-            labels[start:start + len(answer) + len(end)] = input_ids[start:start + len(answer) + len(end)]
-            out.append(Encoded(input_ids, labels, len(material), len(material) - len(kept)))
+            kept = keep_indices(n_doc, budget, self.truncation)
+            keep = np.ones(len(tokens.ids), dtype=bool)
+            if not (isinstance(kept, slice) and kept == slice(0, n_doc)):
+                keep[d0:d1] = False
+                for part in (kept,) if isinstance(kept, slice) else kept:
+                    keep[d0 + part.start:d0 + part.stop] = True
+            input_ids = tokens.ids[keep]
+            labels = np.where(labeled, tokens.ids, IGNORE_INDEX).astype(np.int32)[keep]
+            out.append(Encoded(input_ids, labels, n_doc, n_doc - int(keep[d0:d1].sum())))
         return out

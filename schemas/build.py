@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from schemas.outdir import OVERWRITE
 
 #: Roles of an input in a mix: long-document QA, or short samples mixed in to keep short-context skill.
 ROLES = ("long", "short")
@@ -68,6 +69,27 @@ class SyntheticSpec(BaseModel):
         return self
 
 
+class DistractorSpec(BaseModel):
+    """`distractors`: long QA at a target length from any QA set, as RULER's qa tasks and LongAlign's data do: each
+    sample's own (gold) document is placed at a seeded depth among other documents of the same split (held-out samples
+    only ever get held-out documents), filled to `length` tokens of the build's tokenizer (`longqa.distract`)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    length: int = Field(16384, ge=64, description="target sample length in tokens (template, question and answer "
+                        "included); at most the build's max_length")
+    depths: list[float] = Field(default_factory=lambda: [0.0, 0.25, 0.5, 0.75, 1.0], description="where the gold "
+                                "document starts, as a share of the distractor material before it (0: first, 1: "
+                                "last); each sample draws one, seeded")
+    seed: int | None = Field(None, description="seed of the depth and distractor draws; null: the build's `seed`")
+
+    @model_validator(mode="after")
+    def _check(self) -> "DistractorSpec":
+        if not self.depths or not all(0.0 <= d <= 1.0 for d in self.depths):
+            raise ValueError(f"distractors.depths: at least one depth, each in [0, 1] (got {self.depths})")
+        return self
+
+
 class InputSpec(BaseModel):
     """One input source."""
 
@@ -94,6 +116,10 @@ class InputSpec(BaseModel):
     # synthetic: tasks over real haystack text (longqa.readers.synthetic)
     synthetic: SyntheticSpec | None = Field(None, description="format synthetic: the tasks, lengths and depths "
                                             "(defaults when omitted)")
+
+    # long QA at a target length (longqa.distract)
+    distractors: DistractorSpec | None = Field(None, description="place each sample's document among other "
+                                               "documents of its split, filled to a target token length")
 
     # mixing (longqa.mix): how much of this input, and its role
     role: Literal["long", "short"] = Field(
@@ -137,6 +163,7 @@ class BuildConfig(BaseModel):
     name: str = Field("longqa", description="dataset name, used in the card")
     inputs: list[InputSpec] = Field(default_factory=list, description="input sources, read in order")
     out: str = Field("out", description="output folder; written atomically (temporary folder, then rename)")
+    overwrite: bool = Field(False, description=OVERWRITE)
     license: str | None = Field(None, description="dataset license for the card; default: the inputs' license")
 
     # validate
@@ -189,8 +216,16 @@ class BuildConfig(BaseModel):
                 problems.append(f"input {spec.path}: synthetic lengths up to {max(spec.synthetic.lengths)} words "
                                 f"(~{round(max(spec.synthetic.lengths) * TOKENS_PER_WORD)} tokens) exceed max_length "
                                 f"({self.max_length}): truncation could cut the hidden facts out; lower the lengths")
+        for spec in self.inputs:
+            if spec.distractors is not None and spec.distractors.length > self.max_length:
+                problems.append(f"input {spec.path}: distractors.length {spec.distractors.length} exceeds max_length "
+                                f"({self.max_length}): raise max_length or lower the length")
         if self.max_doc_chars is not None and self.max_doc_chars < self.min_doc_chars:
             problems.append(f"max_doc_chars: {self.max_doc_chars} is below min_doc_chars ({self.min_doc_chars})")
         if problems:
             raise ValueError("; ".join(problems))
         return self
+
+    def recorded(self) -> dict:
+        """The configuration as the manifest records it: what the build is, not how it was allowed to be written."""
+        return self.model_dump(mode="json", exclude={"overwrite"})

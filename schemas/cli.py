@@ -4,7 +4,7 @@ Flags (the litgpt habit: the typed config *is* the command line):
 
 - every field is a flag named after it: ``max_length`` → ``--max-length``; a section's fields are dotted:
   ``--qa.limit 200``, ``--qa.max-new-tokens 16``; the help is the field's description, with its default;
-- ``Literal`` fields list their choices; booleans are ``--x/--no-x``; optional fields accept ``null``;
+- ``Literal`` fields list their choices; booleans are ``--x/--no-x`` (a boolean-or-choice field also ``--x CHOICE``); optional fields accept ``null``;
 - lists are comma lists (``--tasks qa,passkey``; a repeated flag adds to the list), mappings are ``NAME=VALUE``
   items (``--models base=A tuned=B``), ``str | list[str]`` fields take one value or a repeated flag;
 - a list of sections (``inputs: list[InputSpec]``): ``--inputs.path P`` (repeatable) makes one item per path and the
@@ -61,7 +61,7 @@ class Flag:
     """One generated flag: the dotted field it sets, how its values are read, and its option strings."""
 
     key: str
-    kind: str  # scalar | switch | list | one_or_many | mapping | items (the key field of a list of sections)
+    kind: str  # scalar | switch | switch_or_choice | list | one_or_many | mapping | items (the key field of a list of sections)
     options: list[str]
     nullable: bool = False
 
@@ -83,6 +83,9 @@ def _kind(annotation: Any) -> str:
     origin, args = typing.get_origin(annotation), typing.get_args(annotation)
     if annotation is bool:
         return "switch"
+    if origin in (typing.Union, getattr(__import__("types"), "UnionType")) and bool in args and all(
+            a is bool or typing.get_origin(a) is Literal for a in args):
+        return "switch_or_choice"  # e.g. packing: true/false/tree: --packing, --packing tree, --no-packing
     if origin is list:
         return "list"
     if origin is dict:
@@ -258,6 +261,14 @@ class Command:
         if kind == "switch":
             group.add_argument(*options, dest=key, action=argparse.BooleanOptionalAction, help=help_text)
             flag.options += ["--no-" + o[2:] for o in options]
+        elif kind == "switch_or_choice":
+            choices = [c for a in typing.get_args(annotation) if a is not bool for c in typing.get_args(a)]
+            group.add_argument(*options, dest=key, action=_Scalar, nargs="?", const=True,
+                               metavar="{" + ",".join(map(str, choices)) + "}", help=help_text + " (alone: true)")
+            negatives = ["--no-" + o[2:] for o in options if o.startswith("--")]
+            group.add_argument(*negatives, dest=key, action="store_const", const=False, help=f"same as {options[0]} "
+                               "false")
+            flag.options += negatives
         elif kind == "list":
             group.add_argument(*options, dest=key, action=_List, metavar=_metavar(annotation), help=help_text)
         elif kind in ("one_or_many", "items"):

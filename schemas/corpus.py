@@ -7,6 +7,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
+from schemas.outdir import OVERWRITE
 
 from schemas.build import DEFAULT_TOKENIZER, split_commas
 
@@ -30,6 +31,7 @@ class CorpusConfig(BaseModel):
 
     out: str = Field("data/long-text", description="output folder: train/ and heldout/ (one .jsonl per source, "
                      "a 'text' field a line), manifest.json, README.md (the corpus card)")
+    overwrite: bool = Field(False, description=OVERWRITE)
     sources: list[Literal["stdlib", "squad", "paul_graham"]] = Field(
         ["stdlib", "squad", "paul_graham"], min_length=1, description="'stdlib': this Python's standard library "
         "source files (PSF); 'squad': the whole Wikipedia articles of SQuAD v2 dev (CC BY-SA 4.0); 'paul_graham': "

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from schemas.outdir import OVERWRITE
 
 from schemas.build import DEFAULT_TOKENIZER, split_commas
 
@@ -56,6 +57,10 @@ class QAConfig(_Section):
                                     "(1 - this) of its longest")
     length_buckets: list[int] = Field([2048, 4096, 8192], description="ascending bucket edges in prompt tokens: "
                                       "0-2k, 2k-4k, 4k-8k, 8k+")
+    evidence_buckets: list[int] = Field([4096, 8192, 12288, 16384], description="ascending bucket edges of the "
+                                        "evidence's token position (datasets built with distractors): 0-4k, 4k-8k, "
+                                        "8k-12k, 12k-16k, 16k+; the buckets beyond the model's native window are "
+                                        "marked")
 
     # --- truncation protocol (issue 9; docs/evaluation.md) ---
     truncation: Literal["template", "longbench_v1", "longbench_v2"] = Field(
@@ -68,7 +73,7 @@ class QAConfig(_Section):
         None, ge=2, description="longbench_v1/v2: the raw prompt's token budget (LongBench's model2maxlen, e.g. 3500 "
         "for a 4k model); null: window - max_new_tokens - the tokens the chat template adds")
 
-    @field_validator("length_buckets")
+    @field_validator("length_buckets", "evidence_buckets")
     @classmethod
     def _ascending(cls, value: list[int]) -> list[int]:
         if not value or any(b <= a for a, b in zip(value, value[1:])) or value[0] <= 0:
@@ -239,6 +244,7 @@ class EvalConfig(BaseModel):
         "'ruler:vt,cwe' picks RULER tasks). A "
         "comma-separated string is accepted")
     out: str = Field("runs/eval", description="report folder: report.json, report.md, *.png, predictions/")
+    overwrite: bool = Field(False, description=OVERWRITE)
     dtype: Literal["float32", "bfloat16"] = Field("float32", description="weights dtype at inference")
     device: Literal["auto", "cpu", "cuda"] = Field("auto", description="'auto': the first CUDA device when there is "
                                                    "one, else the CPU")

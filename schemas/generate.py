@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, model_validator
+from schemas.outdir import OVERWRITE
 
 #: Question kinds, as LongAlpaca's LongQA and LongAlign's Self-Instruct data use them.
 KINDS = ("summary", "detail", "relation", "reasoning", "entities")
@@ -25,6 +26,7 @@ class GenerateConfig(BaseModel):
     docs: str = Field(description="folder of .txt/.md documents (the builder's `docs` layout; subfolders included)")
     out: str | None = Field(None, description="folder for qa.jsonl, rejects.jsonl and generate.json; default: the "
                             "documents folder itself, where `--format docs` looks for qa.jsonl")
+    overwrite: bool = Field(False, description=OVERWRITE)
 
     # the server
     endpoint: str = Field("http://127.0.0.1:8000/v1", description="base URL of an OpenAI-compatible server (vLLM, "

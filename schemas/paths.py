@@ -15,6 +15,8 @@ import re
 from pathlib import Path
 from typing import Any
 
+from schemas.outdir import out_problems
+
 GGUF_SUFFIX = ".gguf"
 #: ORG/NAME: what a Hub model id looks like (a path with one slash whose first part is no local folder).
 HUB_ID = re.compile(r"[A-Za-z0-9][\w.-]*/[\w.-]+")
@@ -148,7 +150,9 @@ def build_problems(cfg) -> list[str]:
         problems.extend(input_problems(spec, f"inputs.{i}.path"))
     problems.extend(_present(file_problem("deny_docs", cfg.deny_docs) if cfg.deny_docs else None,
                              model_problem("tokenizer", cfg.tokenizer, tokenizer=True)))
-    return problems
+    inputs = [getattr(spec, "path", None) for spec in (cfg.inputs if isinstance(cfg.inputs, list) else [])]
+    return problems + out_problems("out", cfg.out, "longqa.build", inputs=[*inputs, cfg.deny_docs, cfg.tokenizer],
+                                   overwrite=cfg.overwrite is True)
 
 
 def train_problems(cfg) -> list[str]:
@@ -184,6 +188,8 @@ def train_problems(cfg) -> list[str]:
         problems.append(f"deepspeed: {cfg.deepspeed} is not a file (shipped: configs/deepspeed/zero2.json, zero3.json)")
     # the launch (torchrun/accelerate set WORLD_SIZE): whole context-parallel groups (issue 14)
     problems += context_parallel_launch_problems(cfg.context_parallel, int(os.environ.get("WORLD_SIZE", "1")))
+    problems += out_problems("output_dir", cfg.output_dir, "sft.run", inputs=[cfg.model, *refs],
+                             overwrite=cfg.overwrite is True, replaces=False)
     if isinstance(cfg.output_dir, str):
         output_dir = Path(cfg.output_dir)
         checkpoints = sorted(output_dir.glob("checkpoint-*")) if output_dir.is_dir() else []
@@ -227,7 +233,10 @@ def eval_problems(cfg) -> list[str]:
     filler = getattr(getattr(cfg, "passkey", None), "filler", None)
     if "passkey" in tasks and isinstance(filler, str) and not Path(filler).exists():
         problems.append(f"passkey.filler: {filler} does not exist (held-out documents: python -m longqa.corpus)")
-    return problems
+    models = list(cfg.models.values()) if isinstance(cfg.models, dict) else []
+    data = [getattr(getattr(cfg, task, None), "data", None) for task in tasks]
+    return problems + out_problems("out", cfg.out, "sft.eval", inputs=[*models, *data, filler],
+                                   overwrite=cfg.overwrite is True, replaces=False)
 
 
 def _text_folder(path: Path) -> bool:
@@ -250,14 +259,16 @@ def built_dataset_problem(field: str, ref: Any) -> str | None:
 def shard_merge_problems(cfg) -> list[str]:
     """longqa.merge: every part is a finished build."""
     parts = cfg.parts if isinstance(cfg.parts, list) else []
-    return _present(*(built_dataset_problem(f"parts.{i}", part) for i, part in enumerate(parts)))
+    return _present(*(built_dataset_problem(f"parts.{i}", part) for i, part in enumerate(parts))) + \
+        out_problems("out", cfg.out, "longqa.merge", inputs=parts, overwrite=cfg.overwrite is True)
 
 
 def dataset_publish_problems(cfg) -> list[str]:
     """longqa.publish: the dataset is a finished build (a long-text corpus is not, and one holding sources that may
     not be redistributed says so)."""
     corpus = corpus_publish_problem("dataset_dir", cfg.dataset_dir)
-    return _present(corpus or built_dataset_problem("dataset_dir", cfg.dataset_dir))
+    return _present(corpus or built_dataset_problem("dataset_dir", cfg.dataset_dir)) + \
+        out_problems("dry_run", cfg.dry_run, "longqa.publish", inputs=[cfg.dataset_dir], overwrite=cfg.overwrite is True)
 
 
 def corpus_publish_problem(field: str, ref: Any) -> str | None:
@@ -292,10 +303,9 @@ def adapter_merge_problems(cfg) -> list[str]:
         elif not (path / "model_config" / "config.json").is_file():
             problems.append(f"adapter_dir: {cfg.adapter_dir} holds no model_config/config.json (not saved by "
                             "python -m sft.run / sft.merge.save_adapter)")
-        if isinstance(cfg.out, str) and Path(cfg.out).resolve() == path.resolve():
-            problems.append(f"out: {cfg.out} is the adapter folder; the merged model must not replace it")
     problems.extend(_present(model_problem("base", cfg.base) if cfg.base else None))
-    return problems
+    return problems + out_problems("out", cfg.out, "sft.merge", inputs=[cfg.adapter_dir, cfg.base],
+                                   overwrite=cfg.overwrite is True)
 
 
 def model_publish_problems(cfg) -> list[str]:
@@ -308,4 +318,5 @@ def model_publish_problems(cfg) -> list[str]:
     problems = []
     if cfg.base:
         problems.extend(_present(model_problem("base", cfg.base)))
-    return problems
+    return problems + out_problems("dry_run", cfg.dry_run, "sft.publish", inputs=[cfg.source, cfg.base],
+                                   overwrite=cfg.overwrite is True)

@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field
+from schemas.outdir import OVERWRITE
 
 
 class HubOptions(BaseModel):
@@ -19,6 +20,7 @@ class HubOptions(BaseModel):
     private: bool = Field(False, description="create the repo private")
     revision: str | None = Field(None, description="branch to commit to (created if missing); null: main")
     dry_run: str | None = Field(None, description="stage and verify into this folder; upload nothing")
+    overwrite: bool = Field(False, description=OVERWRITE)
     endpoint: str | None = Field(None, description="Hub URL; null: HF_ENDPOINT or https://huggingface.co")
 
 

@@ -52,6 +52,7 @@ class Record(BaseModel):
     seq: int = Field(0, description="global position in read order (input index, record index); merge sorts by it")
     role: str = Field("long", description="the input's role in a mix: long or short")
     train_only: bool = Field(False, description="always in the train split (short samples, synthetic tasks)")
+    input: int = Field(0, description="index of the input (BuildConfig.inputs) it was read from")
     repeat: int = Field(0, description="k-th repeat of a record drawn with replacement (repeats skip deduplication)")
 
     def doc_id(self) -> str:

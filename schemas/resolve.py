@@ -9,6 +9,11 @@ Problems come in three kinds and are all collected into one :class:`~schemas.err
    ``--max-steps 0 --warmup-steps 5`` reports both the bound and the warm-up;
 3. path problems (files and folders that must exist), from the command's checker, on that same copy.
 
+Only the errors a user's input causes become problems: a validator's ValueError, and from a path checker the
+project's errors (:class:`~schemas.errors.UserError`), an OSError on a path the user named and pydantic's
+ValidationError. A TypeError, AttributeError or ValueError from a check is let through as a bug, unless the lenient
+copy holds a value that is not of its field's type (or a required field is missing) — that field's error is reported.
+
 Never imports torch or transformers.
 """
 from __future__ import annotations
@@ -21,7 +26,7 @@ from typing import Any, TypeVar
 import yaml
 from pydantic import BaseModel, TypeAdapter, ValidationError
 
-from schemas.errors import ConfigError
+from schemas.errors import ConfigError, UserError
 
 Config = TypeVar("Config", bound=BaseModel)
 PathCheck = Callable[[Any], list[str]]
@@ -96,20 +101,29 @@ def report(origin: str, problems: list[str]) -> str:
 
 def check(model: type[Config], data: dict[str, Any], path_problems: PathCheck | None = None) -> tuple[Any, list[str]]:
     """``(config, problems)``: the validated model (or, when a field fails, the lenient copy) and every problem."""
+    untyped: set[str] = set()
     try:
         cfg, problems = model.model_validate(data), []
     except ValidationError as e:
         problems = [p for err in e.errors() for p in _describe(err)]
-        cfg, fell_back = lenient(model, data)
-        for problem in cross_problems(cfg):
+        cfg, fell_back, untyped = lenient(model, data)
+        for problem in cross_problems(cfg, untyped):
             # a check on a field that fell back to its default would judge the default, not what the user gave
             if problem not in problems and not any(name in problem for name in fell_back):
                 problems.append(problem)
     if path_problems is not None:
         try:
             problems.extend(path_problems(cfg))
-        except (TypeError, AttributeError, ValueError):  # an invalid value the checker cannot read: named already
-            pass
+        except UserError as e:
+            problems.extend(line for line in str(e).splitlines() if line.strip())
+        except ValidationError as e:
+            problems.extend(p for err in e.errors() for p in _describe(err))
+        except OSError as e:  # a path the user named that cannot be read
+            problems.append(f"{e.filename}: {e.strerror}" if e.filename and e.strerror else str(e))
+        except (TypeError, AttributeError, ValueError):
+            if not untyped:  # every value has its type: the checker has a bug
+                raise
+            # else a value of the wrong type (or a missing one) that the checker cannot read: its error is reported
     return cfg, problems
 
 
@@ -129,14 +143,20 @@ def _describe(err: dict) -> list[str]:
     return [(f"{where}: " if where else "") + m for line in message.splitlines() for m in line.split("; ") if m]
 
 
-def cross_problems(cfg: BaseModel) -> list[str]:
-    """What the ``mode="after"`` validators of `cfg` and of its sections say, one problem an item."""
+def cross_problems(cfg: BaseModel, untyped: set[str] = frozenset(), prefix: str = "") -> list[str]:
+    """What the ``mode="after"`` validators of `cfg` and of its sections say, one problem an item. `untyped` names
+    (dotted, from `prefix`) the fields of the lenient copy that hold no value of their type: a TypeError or
+    AttributeError of a validator whose model holds one is that value's (already reported); elsewhere it is a bug."""
     found: list[str] = []
     for name, value in cfg.__dict__.items():
-        items = value if isinstance(value, list) else [value]
-        for item in items:
+        if isinstance(value, list):
+            sections = [(f"{prefix}{name}.{i}.", item) for i, item in enumerate(value)]
+        else:
+            sections = [(f"{prefix}{name}.", value)]
+        for inner, item in sections:
             if isinstance(item, BaseModel):
-                found.extend(cross_problems(item))
+                found.extend(cross_problems(item, untyped, inner))
+    holds_untyped = any(name.startswith(prefix) for name in untyped)
     for decorator in type(cfg).__pydantic_decorators__.model_validators.values():
         if decorator.info.mode != "after":
             continue
@@ -144,37 +164,47 @@ def cross_problems(cfg: BaseModel) -> list[str]:
             decorator.func(cfg)
         except ValueError as e:
             found.extend(m for line in str(e).splitlines() for m in line.split("; ") if m)
-        except Exception:  # noqa: BLE001 - a lenient value the check cannot handle; its field error is reported
-            pass
+        except (TypeError, AttributeError):
+            if not holds_untyped:
+                raise
     return found
 
 
-def lenient(model: type[Config], data: Any) -> tuple[Config, set[str]]:
+def lenient(model: type[Config], data: Any, prefix: str = "") -> tuple[Config, set[str], set[str]]:
     """A copy of `model` built without bounds: each field coerced to its type (``"0"`` → 0, even below a minimum),
-    else its default, else the raw value. Also returns the names of the fields that fell back to their default."""
+    else its default, else the raw value. Also returns the names of the fields that fell back to their default, and
+    the dotted names (from `prefix`) of those holding no value of their type (the raw value, or missing)."""
     data = data if isinstance(data, dict) else {}
-    values, fell_back = {}, set()
+    values, fell_back, untyped = {}, set(), set()
     for name, field in model.model_fields.items():
         if name not in data:
-            if not field.is_required():
+            if field.is_required():
+                untyped.add(prefix + name)
+            else:
                 values[name] = field.get_default(call_default_factory=True)
             continue
         raw, sub = data[name], _section_model(field.annotation)
         if sub is not None and _is_list(field.annotation) and isinstance(raw, list):
-            values[name] = [lenient(sub, item)[0] for item in raw]
+            values[name] = []
+            for i, item in enumerate(raw):
+                copy, _, inner = lenient(sub, item, f"{prefix}{name}.{i}.")
+                values[name].append(copy)
+                untyped |= inner
         elif sub is not None and isinstance(raw, dict):
-            values[name], inner = lenient(sub, raw)
+            values[name], inner, inner_untyped = lenient(sub, raw, f"{prefix}{name}.")
             fell_back |= {f"{name}.{n}" for n in inner}
+            untyped |= inner_untyped
         else:
             try:
                 values[name] = TypeAdapter(field.annotation).validate_python(raw)
             except ValidationError:
                 if field.is_required():
                     values[name] = raw
+                    untyped.add(prefix + name)
                 else:
                     values[name] = field.get_default(call_default_factory=True)
                     fell_back.add(name)
-    return model.model_construct(**values), fell_back
+    return model.model_construct(**values), fell_back, untyped
 
 
 def _section_model(annotation: Any) -> type[BaseModel] | None:

@@ -14,6 +14,7 @@ from __future__ import annotations
 from typing import Literal
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
+from schemas.outdir import OVERWRITE
 
 from schemas.build import DEFAULT_TOKENIZER, split_commas
 
@@ -83,21 +84,29 @@ class TrainConfig(BaseModel):
         "default (4k tokens fit in memory, 1.8x faster)")
     bf16: bool | None = Field(
         None, description="bfloat16 mixed precision (autocast; trainable weights and optimizer stay float32). null "
-        "(default): on where the hardware computes bf16 natively (a CUDA GPU that supports it; a CPU whose "
-        "/proc/cpuinfo lists avx512_bf16 or amx_bf16), float32 elsewhere: on CPUs without those units bf16 is "
-        "emulated and slower than float32 (benchmarks/results/demo_step_cpu.md)")
+        "(default): on a CUDA GPU that supports it; on a CPU where a probe of the model's own step measures bf16 "
+        "faster than float32 (cached per machine, sft/precision.py: the CPU flags do not predict it), float32 "
+        "elsewhere")
     model_dtype: Literal["float32", "bfloat16"] = Field(
         "float32", description="dtype the frozen base weights are loaded in; trainable ones are always float32")
     seed: int = Field(42, description="seed of the data order, LoRA initialisation and dropout")
 
     # packing and batching (issue 13; sft.packing). `group_by_length: true/false` of older recipes is read as
     # `batching: grouped/random` (_legacy_group_by_length)
-    packing: bool = Field(
+    packing: bool | Literal["tree"] = Field(
         False, description="pack several samples into each row of at most max_length tokens (first-fit-decreasing, "
         "rows in a seeded shuffled order); position_ids restart at every sample and attention never crosses one "
         "(S2-Attn segments restart per sample; with s2_attn: false, full attention inside each sample). "
         "per_device_batch_size then counts rows. sft: a sample is never split across rows; extend: each document is "
-        "a sample, cut into max_length pieces")
+        "a sample, cut into max_length pieces. 'tree' (sft, issue 22; sft.tree): the samples of one doc_id share "
+        "their longest common token prefix once, each sample's rest is a branch that attends to the prefix and to "
+        "itself (same loss and gradients as alone); trees and other samples are packed as with true")
+    tree_min_prefix: int = Field(
+        256, ge=1, description="packing: tree: samples of a doc_id whose shared prefix (before the first supervised "
+        "token) is shorter than this stay separate samples")
+    tree_max_branches: int = Field(
+        64, ge=1, description="packing: tree: at most this many samples (branches) a tree; a document with more "
+        "questions, or more than fit max_length, becomes several trees, each holding the prefix again")
     batching: Literal["random", "grouped", "sorted"] = Field(
         "grouped", description="how unpacked samples form batches: 'random'; 'grouped' (the Trainer's length-grouped "
         "sampler: similar lengths in random mega-batches); 'sorted' (LongAlign's sorted batching: all samples sorted "
@@ -158,6 +167,7 @@ class TrainConfig(BaseModel):
     # outputs
     output_dir: str = Field("runs/smollm2-squad", description="checkpoints, metrics.jsonl, train_config.yaml and the "
                             "final adapter/ (LoRA + embeddings + norms, loadable with peft)")
+    overwrite: bool = Field(False, description=OVERWRITE)
     logging_steps: int = Field(1, ge=1, description="optimizer steps between metric lines in metrics.jsonl")
     save_steps: int = Field(4, ge=1, description="optimizer steps between checkpoints")
     save_total_limit: int | None = Field(2, ge=1, description="checkpoints kept (oldest deleted); null keeps all")
@@ -213,6 +223,12 @@ class TrainConfig(BaseModel):
         if self.model_dtype == "bfloat16" and self.bf16 is False:
             problems.append("model_dtype: bfloat16 base weights need bf16: true (autocast, with float32 trainable "
                             "weights)")
+        if self.packing == "tree" and self.mode != "sft":
+            problems.append("packing: tree groups the samples of a built dataset by doc_id (mode: sft); in extend mode "
+                            "use packing: true")
+        if self.packing == "tree" and self.s2_attn and self.wrap != "none":
+            problems.append("packing: tree needs wrap: none (with roll the first tokens of a sample see its last "
+                            "ones, so no prefix is shared)")
         if self.packing and self.batching == "sorted":
             problems.append("batching: sorted is the alternative to packing (rows are packed, then shuffled); set "
                             "packing: false or batching: grouped")
@@ -283,7 +299,10 @@ def context_parallel_problems(cfg: TrainConfig) -> list[str]:
         lengths = ", ".join(map(str, cp_working_lengths(cfg.max_length, size, cfg.group_size_ratio))) or "none nearby"
         problems.append(f"context_parallel: max_length {cfg.max_length} / {size} is not a whole number of S2-Attn "
                         f"groups (G = {group_size_text(cfg)} = {group}); max_length values that work: {lengths}")
-    if cfg.packing:
+    if cfg.packing == "tree":
+        problems.append(f"context_parallel: {size} does not support packing: tree (a tree's branches would have to "
+                        "live on the rank of its prefix's end); set packing: true or false, or context_parallel: 1")
+    elif cfg.packing:
         problems.append(f"context_parallel: {size} needs unpacked rows (packing: false): a packed sample may start "
                         "anywhere in a slice, so its S2-Attn segments would not line up with the slice boundaries")
     if cfg.loss_reduction != "token":

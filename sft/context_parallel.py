@@ -28,7 +28,8 @@ Pieces:
   :meth:`ContextParallel.attention` with G computed from the global length ``P * n``.
 - :func:`slice_batch`: a padded batch of whole samples -> this rank's slice, labels shifted *before* slicing
   (``shift_labels``) so the last token of a slice predicts the first token of the next.
-- :func:`padded_length`: the row length a batch is padded to so that ``N / P`` is a multiple of G.
+- :func:`padded_length`: the row length a batch is padded to so that ``N / P`` is a multiple of G (G the run's,
+  from ``max_length``, so one process and P processes group alike at any padding).
 - :func:`config_problems`: what ``context_parallel: P`` needs (checked before the model loads).
 
 Supported: rows of one sample each, right-padded (``attention_mask``), ``wrap: none``, the SDPA backend (CPU or GPU).
@@ -45,7 +46,7 @@ import torch
 import torch.distributed as dist
 
 from schemas.errors import ConfigError
-from schemas.train import context_parallel_launch_problems, cp_length_works
+from schemas.train import context_parallel_launch_problems
 from sft import s2attn
 from schemas.labels import IGNORE_INDEX
 
@@ -254,14 +255,16 @@ def _halo_segment(q_head, k_t, v_t, split: int, n_rep: int, halo: int, cp: Conte
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def padded_length(longest: int, size: int, group_size_ratio: float, max_length: int) -> int:
+def padded_length(longest: int, size: int, group_size: int, max_length: int) -> int:
     """The shortest row length ``>= longest`` (and ``<= max_length``) cut into ``size`` slices of whole S2-Attn
-    groups (:func:`schemas.train.cp_length_works`)."""
-    for length in range(max(longest, 1), max_length + 1):
-        if cp_length_works(length, size, group_size_ratio):
-            return length
-    raise ValueError(f"no row length between {longest} and max_length {max_length} can be cut into {size} slices of "
-                     f"whole S2-Attn groups (group_size_ratio {group_size_ratio})")
+    groups of ``group_size`` tokens: the next multiple of ``size x G``. G is the run's (from ``max_length``), so
+    padding changes nothing of what the real tokens attend to."""
+    step = size * group_size
+    length = -(-max(longest, 1) // step) * step
+    if length > max_length:
+        raise ValueError(f"no row length between {longest} and max_length {max_length} can be cut into {size} slices "
+                         f"of whole S2-Attn groups of {group_size} tokens")
+    return length
 
 
 def shift_labels(labels: torch.Tensor) -> torch.Tensor:
@@ -337,12 +340,12 @@ class ContextParallelCollator:
     collator: object
     pad_id: int
     size: int
-    group_size_ratio: float
+    group_size: int
     max_length: int
 
     def __call__(self, samples):
         batch = self.collator(samples)
-        width = padded_length(batch["input_ids"].shape[1], self.size, self.group_size_ratio, self.max_length)
+        width = padded_length(batch["input_ids"].shape[1], self.size, self.group_size, self.max_length)
         return pad_batch_to(batch, width, self.pad_id)
 
 
@@ -434,10 +437,10 @@ def trainer_class(base: type) -> type:
 
 
 def for_training(cp: ContextParallel, model: torch.nn.Module, collator, trainer_base: type, *, pad_id: int,
-                 group_size_ratio: float, max_length: int) -> tuple[object, type, dict]:
+                 group_size: int, max_length: int) -> tuple[object, type, dict]:
     """What ``sft.train`` changes for ``context_parallel: P``: the model's attention layers learn their place, rows
     are padded to whole groups per slice, and the Trainer slices batches. Returns ``(collator, trainer class, its
     extra keyword arguments)``."""
     attach(model, cp)
-    collator = ContextParallelCollator(collator, pad_id, cp.size, group_size_ratio, max_length)
+    collator = ContextParallelCollator(collator, pad_id, cp.size, group_size, max_length)
     return collator, trainer_class(trainer_base), {"context_parallel": cp}

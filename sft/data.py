@@ -63,9 +63,10 @@ def tokenized_folder(path: str | Path) -> Path:
     return folder / "tokenized" if (folder / "tokenized").is_dir() else folder
 
 
-def load_sft_dataset(path: str | Path, split: str, max_length: int, too_long: str = "drop"
-                     ) -> tuple[datasets.Dataset, DataStats]:
-    """``split`` of the tokenized dataset at ``path``, keeping only :data:`TRAIN_COLUMNS`.
+def load_sft_dataset(path: str | Path, split: str, max_length: int, too_long: str = "drop",
+                     extra_columns: Sequence[str] = ()) -> tuple[datasets.Dataset, DataStats]:
+    """``split`` of the tokenized dataset at ``path``, keeping only :data:`TRAIN_COLUMNS` (and ``extra_columns``
+    where the dataset has them: ``doc_id`` for ``packing: tree``).
 
     Samples with ``length > max_length`` are dropped and counted (``too_long="drop"``) or raise :class:`DataError`
     (``"error"``). Nothing is written next to the dataset (selection happens in memory).
@@ -81,7 +82,7 @@ def load_sft_dataset(path: str | Path, split: str, max_length: int, too_long: st
         raise DataError(f"{folder}: not a tokenized dataset, missing column(s) {missing}")
     if "length" not in loaded.column_names:
         loaded = loaded.map(lambda ids: {"length": len(ids)}, input_columns="input_ids", keep_in_memory=True)
-    loaded = loaded.select_columns(list(TRAIN_COLUMNS))
+    loaded = loaded.select_columns(list(TRAIN_COLUMNS) + [c for c in extra_columns if c in loaded.column_names])
     lengths = list(loaded["length"])
     if not lengths:
         raise DataError(f"{folder} [{split}]: the split holds no samples")

@@ -115,8 +115,13 @@ def model_window(model, max_context: int | None) -> int:
 def evaluate(cfg: EvalConfig, *, command: str = "python -m sft.eval", progress: bool = True,
              say: Callable[[str], None] = logger.info) -> dict[str, Any]:
     """Evaluate every model of `cfg` on its tasks, one model in memory at a time, and write the report to
-    ``cfg.out``. Returns the report dict (as written to report.json)."""
+    ``cfg.out`` (a new or empty folder, or an earlier report: :func:`schemas.outdir.claim`, before any model loads).
+    Returns the report dict (as written to report.json)."""
     import torch
+
+    from schemas.outdir import claim
+
+    claim(cfg.out, "sft.eval", inputs=[*cfg.models.values()], overwrite=cfg.overwrite)
 
     threads = torch.get_num_threads()
     if cfg.threads:
@@ -129,7 +134,7 @@ def evaluate(cfg: EvalConfig, *, command: str = "python -m sft.eval", progress: 
 
 def _evaluate(cfg: EvalConfig, *, command: str, progress: bool, say: Callable[[str], None]) -> dict[str, Any]:
     from sft.evaluation.provenance import environment, model_fingerprint
-    from sft.evaluation.report import write_report
+    from sft.evaluation.report import paired_lines, paired_qa, write_report
     from sft.evaluation.tasks import TaskContext, get_task
 
     out = Path(cfg.out)
@@ -160,7 +165,10 @@ def _evaluate(cfg: EvalConfig, *, command: str, progress: bool, say: Callable[[s
     report["data"] = {task: found for task in cfg.tasks if hasattr(get_task(task), "data_provenance")
                       and (found := get_task(task).data_provenance(getattr(cfg, task), cache))}
     report["seconds"] = round(time.perf_counter() - started, 2)
+    report["paired"] = paired_qa(report["results"], list(report["models"]))
     paths = write_report(report, out)
+    for line in paired_lines(report):
+        say(line)
     say(f"report: {paths['markdown']} (and {paths['json'].name}, "
         f"{', '.join(p.name for k, p in paths.items() if k not in ('markdown', 'json')) or 'no plots'}) "
         f"in {report['seconds']:.0f} s")

@@ -1,4 +1,4 @@
-"""python -m sft.experiment configs/experiments/EXPERIMENT.yaml [--out DIR] [--only arm1,arm2] [--print-config]
+"""python -m sft.experiment configs/experiments/EXPERIMENT.yaml [--out DIR] [--only arm1,arm2] [--print-config] [--plan]
 
 Run an ablation (issue 10): every arm of the experiment is either trained (the experiment's train config plus the
 arm's overrides: same data, seed and steps, so the same tokens) or untrained (the base model with only a RoPE change),
@@ -6,12 +6,20 @@ then evaluated by ``sft.eval`` with one evaluation config. After every arm the c
 run still reports what finished): ``OUT/report/`` (report.md/json and plots, models as columns) and ``OUT/results.md``
 / ``results.json`` (one row per arm: training steps, tokens and time, passkey accuracy and perplexity by length).
 
-Reruns skip what is finished: a trained arm whose ``OUT/arms/ARM/adapter`` exists with the same train config, an
-evaluation whose ``OUT/eval/ARM/report.json`` has the same evaluation config. Every configuration problem (the
-experiment's, each arm's train config, the evaluation config) is reported at once, before any model loads (exit 2).
+A staged arm (``from: ARM``) trains from another trained arm's model: that arm's adapter merged once
+(``sft.merge``) into ``OUT/merged/ARM``, reused by every arm that starts from it; the arms run in an order where each
+comes after the arm it starts from (``--only`` trains, but does not evaluate, the arms an arm needs).
+
+Reruns skip what is finished: a trained arm whose ``OUT/arms/ARM/adapter`` exists with the same train config (and, for
+a staged arm, the same starting model), a merge whose ``OUT/merged/ARM/source.json`` names the adapter's current
+weights (a cut merge leaves no such folder and is redone), an evaluation whose ``OUT/eval/ARM/report.json`` has the
+same evaluation config. Every configuration problem (the experiment's, each arm's train config, the evaluation config)
+is reported at once, before any model loads (exit 2). ``--plan`` prints the arms in the order they run, with what each
+trains from, and exits.
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -25,7 +33,8 @@ import yaml
 
 from schemas.errors import ConfigError
 from schemas.eval import EvalConfig
-from schemas.experiment import Arm, ExperimentConfig
+from schemas.experiment import Arm, ExperimentConfig, ancestors, stage_order
+from schemas.outdir import claim, out_problems
 from schemas.resolve import load_recipe
 from schemas.resolve import resolve as resolve_config
 from schemas.train import TrainConfig
@@ -33,6 +42,9 @@ from schemas.train import TrainConfig
 log = logging.getLogger(__name__)
 
 BASE_DIR = "base-model"
+MERGED_DIR = "merged"
+SOURCE_FILE = "source.json"  # in a merged stage model: the adapter weights it was merged from
+STARTED_FROM_FILE = "started_from.json"  # in a staged arm's training folder: the merged model it started from
 RESULTS = "results"
 
 
@@ -63,12 +75,25 @@ def arm_configs(cfg: ExperimentConfig, *, check_paths: bool = True) -> tuple[dic
             continue
         data = merged(merged(recipe, cfg.train_overrides), arm.overrides)
         data.update(output_dir=str(out / "arms" / arm.name), resume=False)
+        paths = train_paths
+        if arm.from_ is not None:  # the merged model of the arm it starts from is made by the experiment
+            data["model"] = str(stage_model_dir(out, arm.from_))
+            paths = train_paths and (lambda c: [p for p in train_paths(c) if not p.startswith("model:")])
         try:
-            trains[arm.name] = resolve_config(TrainConfig, data, {}, f"arm {arm.name}", train_paths)
+            trains[arm.name] = resolve_config(TrainConfig, data, {}, f"arm {arm.name}", paths)
         except ConfigError as e:
             problems.append(str(e))
-    # the arms' models do not exist before the experiment makes them: only the data are checked
-    eval_paths = (lambda c: [p for p in eval_problems(c) if not p.startswith("models.")]) if check_paths else None
+    by_name = {a.name: a for a in cfg.arms}
+    for name, train in trains.items():
+        parent = trains.get(by_name[name].from_ or "")
+        if parent is not None and train.rope_scaling != parent.rope_scaling:
+            problems.append(f"arm {name}: rope_scaling {train.rope_scaling}: it starts from "
+                            f"{by_name[name].from_}, whose merged model carries {parent.rope_scaling} RoPE scaling (to {parent.max_length} "
+                            f"tokens); set rope_scaling: {parent.rope_scaling}")
+    # the arms' models do not exist before the experiment makes them: only the data are checked (each arm's report
+    # goes to OUT/eval/NAME, inside the experiment's own folder, whose rule is the experiment's)
+    eval_paths = (lambda c: [p for p in eval_problems(c) if not p.startswith(("models.", "out:"))]) \
+        if check_paths else None
     evaluation = None
     try:
         evaluation = resolve_config(EvalConfig, {**cfg.eval, "models": {a.name: a.name for a in cfg.arms},
@@ -84,6 +109,10 @@ def experiment_problems(cfg: ExperimentConfig) -> list[str]:
     """For the command line's checks: the train config file, and every problem of the arms and the evaluation."""
     if not Path(cfg.train).is_file():
         return [f"train: {cfg.train} is not a file (a train config, e.g. configs/train/extend_smollm2_16k.yaml)"]
+    problems = out_problems("out", cfg.out, "sft.experiment", inputs=[cfg.train], overwrite=cfg.overwrite is True,
+                            replaces=False)
+    if problems:  # the arms' checks would judge a folder that is not the experiment's
+        return problems
     try:
         arm_configs(cfg)
     except ConfigError as e:
@@ -123,15 +152,16 @@ def untrained_model(arm: Arm, base: Path, target: int, out: Path) -> Path:
     """``out/model``: the base folder's files (linked) with a config whose RoPE covers `target` tokens.
 
     ``rope_scaling: null`` opens the window to `target` with unchanged RoPE (positions beyond the pretraining context
-    extrapolate: the "no scaling" baseline); otherwise :func:`sft.model.apply_rope_scaling` with `arm.rope_scaling`
-    (``factor``: target = context x factor)."""
+    extrapolate: the "no scaling" baseline), or with ``window: native`` keeps the model's window; otherwise
+    :func:`sft.model.apply_rope_scaling` with `arm.rope_scaling` (``factor``: target = context x factor)."""
     from sft.model import apply_rope_scaling, context_length, load_config
 
     folder = out / "model"
     config = load_config(str(base))
     context = context_length(config)
     if arm.rope_scaling is None:
-        config.max_position_embeddings = max(target, config.max_position_embeddings)
+        if arm.window == "target":
+            config.max_position_embeddings = max(target, config.max_position_embeddings)
     else:
         apply_rope_scaling(config, round(context * arm.factor) if arm.factor else target, kind=arm.rope_scaling)
     if folder.exists():
@@ -149,28 +179,36 @@ def untrained_model(arm: Arm, base: Path, target: int, out: Path) -> Path:
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-def trained_already(train: TrainConfig) -> bool:
-    """The arm's adapter exists and was trained with exactly this configuration."""
+def trained_already(train: TrainConfig, started_from: dict[str, str] | None = None) -> bool:
+    """The arm's adapter exists and was trained with exactly this configuration (and, for a staged arm, from the
+    model `started_from` identifies)."""
     from sft.train import ADAPTER_DIR, CONFIG_FILE
 
     out = Path(train.output_dir)
     if not (out / ADAPTER_DIR / "adapter_config.json").is_file() or not (out / CONFIG_FILE).is_file():
         return False
+    if read_json(out / STARTED_FROM_FILE) != started_from:
+        return False
     saved = yaml.safe_load((out / CONFIG_FILE).read_text(encoding="utf-8"))
     return {**saved, "resume": False} == {**train.model_dump(mode="json"), "resume": False}
 
 
-def train_arm(train: TrainConfig, progress: bool = True) -> dict[str, Any]:
-    """Train one arm (continuing from its last checkpoint when an earlier run was cut) unless it is finished; return
-    what the results table shows about its training."""
+def train_arm(train: TrainConfig, progress: bool = True, started_from: dict[str, str] | None = None
+              ) -> dict[str, Any]:
+    """Train one arm (continuing from its last checkpoint when an earlier run was cut, unless a staged arm's starting
+    model changed since) unless it is finished; return what the results table shows about its training."""
     from sft.train import ADAPTER_DIR, last_complete_checkpoint, run
 
     out = Path(train.output_dir)
-    if not trained_already(train):
-        if out.is_dir() and last_complete_checkpoint(out) is not None:
+    if not trained_already(train, started_from):
+        same_start = read_json(out / STARTED_FROM_FILE) == started_from
+        if out.is_dir() and same_start and last_complete_checkpoint(out) is not None:
             train = train.model_copy(update={"resume": True})
         elif out.is_dir():
             shutil.rmtree(out)
+        if started_from is not None:
+            claim(out, "sft.run")  # the arm's training folder, marked before the run writes into it
+            (out / STARTED_FROM_FILE).write_text(json.dumps(started_from, indent=1) + "\n", encoding="utf-8")
         run(train, progress=progress)
     return {"adapter": str(out / ADAPTER_DIR), **training_summary(out, train)}
 
@@ -205,6 +243,63 @@ def train_seconds(lines: list[dict]) -> float | None:
             share = line["window_seconds"] / line["window_steps"]
             per_step.update({step: share for step in range(line["step"] - line["window_steps"] + 1, line["step"] + 1)})
     return round(sum(per_step.values()), 1) if per_step else None
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Staged arms: a trained arm's model, merged once, as the starting model of the arms with `from`
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+def stage_model_dir(out: Path, name: str) -> Path:
+    return Path(out) / MERGED_DIR / name
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def adapter_source(train: TrainConfig) -> dict[str, str]:
+    """What identifies a finished arm's trained model: its adapter folder and the hash of its weights."""
+    from sft.merge import ADAPTER_WEIGHTS
+    from sft.train import ADAPTER_DIR
+
+    adapter = Path(train.output_dir) / ADAPTER_DIR
+    return {"adapter": str(adapter), "sha256": file_sha256(adapter / ADAPTER_WEIGHTS)}
+
+
+def read_json(path: Path) -> Any:
+    return json.loads(path.read_text(encoding="utf-8")) if path.is_file() else None
+
+
+def stage_model(name: str, train: TrainConfig, out: Path) -> Path:
+    """``OUT/merged/NAME``: arm `name`'s adapter (trained already) merged into its base by :func:`sft.merge.merge_adapter`,
+    once: kept while its ``source.json`` names the adapter's current weights. The merge writes to a temporary folder
+    renamed into place when complete and ``source.json`` comes last, so a killed merge is redone."""
+    from sft.merge import merge_adapter
+
+    folder, source = stage_model_dir(out, name), adapter_source(train)
+    if read_json(folder / SOURCE_FILE) == source and (folder / "config.json").is_file():
+        log.info("experiment: %s's merged model in %s; kept", name, folder)
+        return folder
+    log.info("experiment: merging %s's adapter into %s", name, folder)
+    merge_adapter(source["adapter"], folder)
+    (folder / SOURCE_FILE).write_text(json.dumps(source, indent=1) + "\n", encoding="utf-8")
+    return folder
+
+
+def prepare_stages(cfg: ExperimentConfig, arm: Arm, trains: dict[str, TrainConfig], progress: bool
+                   ) -> dict[str, str] | None:
+    """Before a staged arm trains: every arm it starts from trained (kept when finished) and merged, nearest last.
+    Returns what identifies its starting model (None for an arm without ``from``)."""
+    started_from = None
+    for name in reversed(ancestors(cfg.arms, arm.name)):  # the first stage first
+        train_arm(trains[name], progress, started_from)
+        started_from = read_json(stage_model(name, trains[name], Path(cfg.out)) / SOURCE_FILE)
+    return started_from
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -329,14 +424,13 @@ def run_experiment(cfg: ExperimentConfig, trains: dict[str, TrainConfig], evalua
                    progress: bool = True) -> dict[str, Any]:
     """Every arm in order: prepare (untrained) or train, evaluate, rewrite the results. Returns the results rows.
     ``progress=False`` hides the training progress bars."""
-    out = Path(cfg.out)
-    out.mkdir(parents=True, exist_ok=True)
+    out = claim(cfg.out, "sft.experiment", inputs=[cfg.train], overwrite=cfg.overwrite)  # issue 24
     (out / "experiment.yaml").write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
     recipe = load_recipe(cfg.train)
     target = target_length(cfg, recipe)
     rows: dict[str, dict[str, Any]] = {}
     reports: dict[str, dict[str, Any]] = {}
-    for arm in cfg.arms:
+    for arm in stage_order(cfg.arms):
         if cfg.only and arm.name not in cfg.only:
             done = out / "eval" / arm.name / "report.json"
             if done.is_file():  # finished by an earlier run: still a column of the report
@@ -347,17 +441,19 @@ def run_experiment(cfg: ExperimentConfig, trains: dict[str, TrainConfig], evalua
             continue
         started = time.perf_counter()
         if arm.train:
-            fresh = not trained_already(trains[arm.name])
+            started_from = prepare_stages(cfg, arm, trains, progress)
+            fresh = not trained_already(trains[arm.name], started_from)
             log.info("experiment: arm %s: %s", arm.name, "training" if fresh else "trained already; kept")
-            training = train_arm(trains[arm.name], progress)
-            ref, row = training["adapter"], {"kind": "trained", "training": training,
-                                             "overrides": arm.overrides}
+            training = train_arm(trains[arm.name], progress, started_from)
+            ref, row = training["adapter"], {"kind": "trained" + (f" from {arm.from_}" if arm.from_ else ""),
+                                             "training": training, "overrides": arm.overrides}
         else:
             base_ref = merged(recipe, cfg.train_overrides).get("model", TrainConfig.model_fields["model"].default)
             ref = str(untrained_model(arm, base_model_folder(base_ref, out), target, out / "arms" / arm.name))
             fresh = False
             row = {"kind": f"untrained, RoPE {arm.rope_scaling or 'unchanged'}"
-                   + (f" x{arm.factor}" if arm.factor else ""), "training": None}
+                   + (f" x{arm.factor}" if arm.factor else "") + (", native window" if arm.window == "native" else ""),
+                   "training": None}
         log.info("experiment: arm %s: evaluating %s", arm.name, ref)
         report = evaluate_arm(arm.name, ref, evaluation, out / "eval" / arm.name, fresh=fresh)
         reports[arm.name] = report
@@ -368,6 +464,24 @@ def run_experiment(cfg: ExperimentConfig, trains: dict[str, TrainConfig], evalua
         path = write_results(cfg, rows, reports)
         log.info("experiment: arm %s done in %.0f s; results so far: %s", arm.name, row["seconds"], path)
     return rows
+
+
+def plan(cfg: ExperimentConfig) -> str:
+    """The arms in the order they run: what each starts from and trains on, or its RoPE change."""
+    trains, _ = arm_configs(cfg, check_paths=False)
+    lines = [f"{cfg.name}: {len(cfg.arms)} arm(s) in this order (out: {cfg.out})"]
+    for i, arm in enumerate(stage_order(cfg.arms), 1):
+        if not arm.train:
+            lines.append(f"{i}. {arm.name}: untrained, RoPE {arm.rope_scaling or 'unchanged'}"
+                         + (f" x{arm.factor}" if arm.factor else "")
+                         + (", native window" if arm.window == "native" else ""))
+            continue
+        t = trains[arm.name]
+        start = f"from {arm.from_} (merged into {t.model})" if arm.from_ else f"from {t.model}"
+        budget = f"{t.max_steps} steps" + (f" or {t.max_train_seconds:g} s" if t.max_train_seconds else "")
+        lines.append(f"{i}. {arm.name}: trained {start}; {t.mode} on {t.data}, {t.max_length} tokens, RoPE "
+                     f"{t.rope_scaling}, {'S2-Attn' if t.s2_attn else 'full attention'}, {budget}")
+    return "\n".join(lines)
 
 
 def experiment(cfg: ExperimentConfig, options) -> None:
@@ -382,6 +496,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv and not argv[0].startswith("-"):  # python -m sft.experiment EXPERIMENT.yaml ... = --config EXPERIMENT.yaml
         argv = ["--config", *argv]
     command = Command("python -m sft.experiment", __doc__, ExperimentConfig, paths=experiment_problems)
+    if "--plan" in argv:  # the command's own option, not a field of the configuration
+        argv.remove("--plan")
+        return command.main(argv, lambda cfg, options: print(plan(cfg), flush=True))
     return command.main(argv, experiment)
 
 

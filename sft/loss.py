@@ -14,8 +14,9 @@ tied to the input embedding) gets its gradient through ordinary autograd, into t
 float32 before the softmax and the loss is accumulated in float32, as transformers' ``ForCausalLMLoss`` does, so the
 loss and every gradient equal the plain path (``chunk_size=None``: one head call over all positions).
 
-**Samples and sums.** Samples are the runs of a row that start where ``position_ids == 0`` (the training batch
-contract: packed rows restart positions at every sample; padded rows count 0..len-1); the first column of every row
+**Samples and sums.** Samples are the runs of a row that start where ``position_ids == 0`` or do not continue the
+previous position (the training batch contract: packed rows restart positions at every sample, a prefix tree's
+branches continue their prefix's; padded rows count 0..len-1); the first column of every row
 starts a sample too (a context-parallel slice may begin inside one). Predictions are attributed to the sample of
 their input token; in a packed row the first token of a sample has label -100, so no prediction crosses a boundary.
 :class:`LossParts` holds, per sample, the summed float32 token losses (differentiable) and the supervised-token count.
@@ -80,15 +81,17 @@ def shift_labels_of(labels: torch.Tensor) -> torch.Tensor:
 def sample_ids(position_ids: torch.Tensor | None, shape: tuple[int, int], device=None) -> torch.Tensor:
     """``(B, N)`` int64 sample index of every token, numbered 0.. across the rows in order.
 
-    A sample starts at every ``position_ids == 0`` and at the first column of every row; without ``position_ids``
-    every row is one sample.
+    A sample starts at every ``position_ids == 0``, wherever a position does not continue the previous one (a branch
+    of a prefix tree, ``sft.tree``, continues its prefix's positions) and at the first column of every row; without
+    ``position_ids`` every row is one sample.
     """
     batch, seq_len = shape
     if position_ids is None:
         starts = torch.zeros(shape, dtype=torch.bool, device=device)
     else:
         pos = position_ids[0] if position_ids.ndim == 3 else position_ids  # (k, B, N) multimodal RoPE: the first
-        starts = (pos == 0).expand(shape).clone().to(device)
+        jumps = F.pad(torch.diff(pos, dim=-1) != 1, (1, 0), value=True)
+        starts = ((pos == 0) | jumps).expand(shape).clone().to(device)
     starts[:, 0] = True
     return starts.reshape(-1).cumsum(0).sub_(1).view(batch, seq_len)
 

@@ -45,13 +45,13 @@ ADAPTER_WEIGHTS = "adapter_model.safetensors"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
-def _write_atomically(out_dir: str | Path, write: Callable[[Path], None]) -> Path:
+def _write_atomically(out_dir: str | Path, write: Callable[[Path], None], command: str | None = None) -> Path:
     """Run `write(tmp)` on a temporary sibling folder, then put it in the place of `out_dir` (the old one is removed
-    only once the new one is in place: :func:`longqa.atomic.atomic_output`)."""
+    only once the new one is in place: :func:`longqa.atomic.atomic_output`; with `command`, its marker)."""
     from longqa.atomic import atomic_output
 
     out = Path(out_dir)
-    with atomic_output(out) as tmp:
+    with atomic_output(out, command) as tmp:
         write(tmp)
     return out
 
@@ -120,12 +120,17 @@ def check_adapter_loaded(peft_model, adapter_dir: str | Path) -> None:
 
 
 def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, base: str | None = None,
-                  dtype: torch.dtype = torch.float32) -> Path:
+                  dtype: torch.dtype = torch.float32, command: str | None = None, overwrite: bool = False) -> Path:
     """Merge the adapter in `adapter_dir` into its base and save a plain model + tokenizer to `out_dir`.
 
-    The merge runs in float32 (``W + B @ A * alpha / r``); the merged weights are then cast to `dtype`."""
+    The merge runs in float32 (``W + B @ A * alpha / r``); the merged weights are then cast to `dtype`. With
+    `command`, `out_dir` follows that command's output-folder rule (:mod:`schemas.outdir`), checked before loading."""
     if Path(out_dir).resolve() == Path(adapter_dir).resolve():
         raise ValueError(f"{out_dir}: the merged model must not replace its adapter folder")
+    if command is not None:
+        from schemas.outdir import guard
+
+        guard(out_dir, command, inputs=[adapter_dir, base], overwrite=overwrite)
     peft_model, tokenizer = load_adapter(adapter_dir, base=base, dtype=torch.float32)
     tied = embeddings_tied(peft_model)
     merged = peft_model.merge_and_unload().to(dtype)
@@ -138,7 +143,7 @@ def merge_adapter(adapter_dir: str | Path, out_dir: str | Path, *, base: str | N
         merged.save_pretrained(str(tmp))  # safetensors, config (RoPE scaling), generation config
         tokenizer.save_pretrained(str(tmp))  # tokenizer + chat template
 
-    out = _write_atomically(out_dir, write)
+    out = _write_atomically(out_dir, write, command)
     logger.info("merged model written to %s (context %d, RoPE %s)", out, context_length(merged.config),
                 merged.config.rope_parameters)
     return out
@@ -158,7 +163,8 @@ def published_config(config, *, keep_s2_attn: bool = False):
 
 
 def merge_command(cfg: AdapterMergeConfig, options: Options) -> None:
-    merge_adapter(cfg.adapter_dir, cfg.out, base=cfg.base, dtype=DTYPES[cfg.dtype])
+    merge_adapter(cfg.adapter_dir, cfg.out, base=cfg.base, dtype=DTYPES[cfg.dtype], command="sft.merge",
+                  overwrite=cfg.overwrite)
 
 
 COMMAND = Command("python -m sft.merge", __doc__, AdapterMergeConfig, paths=adapter_merge_problems,

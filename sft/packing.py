@@ -124,7 +124,8 @@ class PackedRows(torch.utils.data.Dataset):
 
 
 def pack_samples(samples: Sequence[dict]) -> dict:
-    """One packed row from ``samples`` (see :class:`PackedRows`)."""
+    """One packed row from ``samples`` (see :class:`PackedRows`). A sample with ``position_offset`` p (a branch of a
+    prefix tree, ``sft.tree``) counts its positions from p instead of 0."""
     input_ids, labels, position_ids = [], [], []
     for sample in samples:
         ids = list(sample["input_ids"])
@@ -132,7 +133,8 @@ def pack_samples(samples: Sequence[dict]) -> dict:
         input_ids.extend(ids)
         labels.append(IGNORE_INDEX)  # never predicted from the previous sample (the batch contract above)
         labels.extend((ids if own is None else own)[1:])
-        position_ids.extend(range(len(ids)))
+        offset = sample.get("position_offset", 0)
+        position_ids.extend(range(offset, offset + len(ids)))
     return {"input_ids": input_ids, "labels": labels, "position_ids": position_ids, "length": len(input_ids),
             "samples": len(samples)}
 
@@ -244,14 +246,20 @@ def pack_dataset(dataset, lengths: Sequence[int], max_length: int, batch_size: i
     return PackedRows(dataset, rows), layout_stats("packed", rows, lengths, max_length, batch_size, ordered=True)
 
 
-def arrange(dataset, lengths: Sequence[int], *, packing: bool, batching: str, max_length: int, batch_size: int,
-            seed: int):
+def arrange(dataset, lengths: Sequence[int], *, packing: bool | str, batching: str, max_length: int, batch_size: int,
+            seed: int, tree_max_branches: int = 64, tree_min_prefix: int = 256):
     """The training set in the layout ``packing``/``batching`` ask for, and its :class:`LayoutStats`.
 
+    - ``packing="tree"``: prefix-tree rows (``sft.tree.tree_layout``; read in order);
     - packing: :func:`pack_dataset` (the Trainer reads the rows in order);
     - ``batching="sorted"``: the samples reordered by :func:`sorted_batch_order` (read in order);
     - otherwise ``dataset`` unchanged (the Trainer draws the order: ``random`` or ``grouped`` by length).
     """
+    if packing == "tree":
+        from sft.tree import tree_layout
+
+        return tree_layout(dataset, lengths, max_length=max_length, batch_size=batch_size, seed=seed,
+                           max_branches=tree_max_branches, min_prefix=tree_min_prefix)
     if packing:
         return pack_dataset(dataset, lengths, max_length, batch_size, seed)
     if not len(lengths):

@@ -92,16 +92,14 @@ def stage(source: Path, out: Path, repo_id: str, kind: str | None, base_id: str 
     kind = kind or ("merged" if parts["merged"] else "adapter")
     if kind == "adapter" and not parts["adapter"]:
         raise PublishError(f"{source}: no adapter folder to publish (it has a merged model: use --merged)")
-    if out.exists():
-        shutil.rmtree(out)
-    if kind == "merged" and parts["merged"]:
-        shutil.copytree(parts["merged"], out)
+    if kind == "merged" and parts["merged"]:  # `out`: a new or empty folder (the dry run's rule: issue 24)
+        shutil.copytree(parts["merged"], out, dirs_exist_ok=True)
     elif kind == "merged":
         from sft.merge import merge_adapter
 
         merge_adapter(parts["adapter"], out)
     else:
-        shutil.copytree(parts["adapter"], out)
+        shutil.copytree(parts["adapter"], out, dirs_exist_ok=True)
     train = yaml.safe_load(parts["config"].read_text()) if parts["config"] else {}
     if parts["config"]:
         shutil.copy2(parts["config"], out / TRAIN_CONFIG)

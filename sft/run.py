@@ -36,7 +36,19 @@ def train(cfg: TrainConfig, options: Options) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    return COMMAND.main(argv, train)
+    try:
+        return COMMAND.main(argv, train)
+    finally:
+        close_process_group()
+
+
+def close_process_group() -> None:
+    """Under torchrun: leave the process group before the interpreter exits (a group left open can abort a rank at
+    exit with "terminate called without an active exception", failing a finished run)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
 
 
 if __name__ == "__main__":

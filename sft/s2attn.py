@@ -14,8 +14,9 @@ Contract (DESIGN.md, "S2-Attn (shifted sparse attention) — the contract"):
   (transformers' ``sdpa_attention_forward``; inside each sample for packed rows), so weights and evaluation are
   unchanged.
 - Inputs are query/key/value *after* RoPE, so every token keeps its global position.
-- Group size ``G`` = ``round(group_size_ratio * N)`` (at least 1), ``N`` the padded length of the batch, or
-  ``group_size`` tokens. ``s = G // 2`` is the shift.
+- Group size ``G`` = ``group_size`` tokens, or ``round(group_size_ratio * N)`` (at least 1), ``N`` the padded length
+  of the batch. ``sft.run`` always sets ``group_size`` = ``round(group_size_ratio * max_length)``, so in training a
+  sample's segments do not depend on how its row is padded, packed or sliced. ``s = G // 2`` is the shift.
 - Query heads ``h < H // 2`` attend causally inside segments ``[0, G), [G, 2G), ...``; heads ``h >= H // 2`` inside
   ``[0, s), [s, s + G), [s + G, s + 2G), ...``, the last segment cut at the end of the sample. The rule is per
   *query* head, so with grouped-query attention one key/value head may serve shifted and unshifted query heads.
@@ -46,6 +47,12 @@ Full attention over packed rows (``s2_attn: false`` with packing, and S2's eval 
 :func:`packed_causal_forward`, registered as ``"packed_causal"``: causal attention inside each sample (S2 with one
 segment per sample), on gathered samples (SDPA) or back to back in one flash varlen call (``cu_seqlens`` = sample
 boundaries); rows that are not packed go to transformers' SDPA attention unchanged.
+
+Prefix-tree rows (``packing: tree``, ``sft.tree``, issue 22): a span whose positions start at ``p > 0`` right after a
+root span that started at 0 is a branch of that root (:func:`tree_spans`). Roots and ordinary samples take the routes
+below; every branch is one SDPA call per head half over the root's first ``p`` keys (from the earliest S2 segment its
+queries can reach) and its own, with an explicit boolean mask (:func:`branch_mask`: causal, inside the segments the
+sample has alone), on every backend (flash-attn's varlen call cannot express a prefix shared by several segments).
 
 Cost (LongLoRA Sec. 3.2): attention FLOPs ~ ``N * G`` instead of ``N**2 / 2``, never an N x N mask.
 
@@ -145,7 +152,7 @@ class S2AttnSettings:
         """G for a batch of padded length ``seq_len``: ``group_size``, else ``round(ratio * seq_len)``, at least 1."""
         if self.group_size is not None:
             return self.group_size
-        return max(1, round(self.group_size_ratio * seq_len))
+        return max(1, round(self.group_size_ratio * seq_len))  # schemas.train.s2_group_size (no pydantic here)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -238,6 +245,111 @@ def row_samples(attention_mask: torch.Tensor | None, position_ids: torch.Tensor 
     for row, start, end in zip(start_rows.tolist(), start_cols.tolist(), end_cols.tolist()):
         rows[row].append((start, end + 1))
     return tuple(tuple(spans) for spans in rows)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Prefix trees (issue 22; sft.tree): branches that attend to a shared prefix and to themselves
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class TreeSpans:
+    """The samples of a batch that hold prefix trees (``sft.tree``), split into what is attended as ordinary samples
+    and the branches.
+
+    ``kept``: per row, the spans attended as samples (ordinary samples, and every tree's root: its prefix and first
+    branch, which is exactly that sample alone). ``branches``: ``(row, start, end, root, prefix)`` for every other
+    branch: row columns ``[start, end)`` hold the sample's tokens at positions ``prefix, prefix + 1, ...``, and its
+    first ``prefix`` tokens are the root's columns ``[root, root + prefix)``."""
+
+    kept: tuple
+    branches: tuple
+
+
+def tree_spans(samples: tuple, position_ids: torch.Tensor | None) -> TreeSpans | None:
+    """Find the prefix trees of a batch in its ``position_ids`` (O(spans), one host sync), or ``None`` if none.
+
+    A tree row lays out a root sample (positions ``0..L-1``) and then branches whose positions continue the shared
+    prefix (``p, p + 1, ...`` with ``0 < p < L``): a span (see :func:`row_samples`) that starts at a position
+    ``p > 0`` right after a root that started at position 0 (further branches of the same tree in between) is a
+    branch of that root. Nothing else lays out such spans (packed samples and padding samples start at 0), except a
+    left-padded row, whose first span has no root and stays an ordinary sample."""
+    if position_ids is None or not any(spans for spans in samples):
+        return None
+    pos = position_ids[0] if position_ids.ndim == 3 else position_ids
+    rows = torch.tensor([r if pos.shape[0] > 1 else 0 for r, spans in enumerate(samples) for _ in spans])
+    cols = torch.tensor([start for spans in samples for start, _ in spans])
+    firsts = iter(pos[rows.to(pos.device), cols.to(pos.device)].tolist())
+    kept, branches = [], []
+    for row, spans in enumerate(samples):
+        own, root = [], None
+        for start, end in spans:
+            first = next(firsts)
+            if first == 0:
+                root = (start, end)
+            elif root is not None and first < root[1] - root[0]:
+                branches.append((row, start, end, root[0], first))
+                continue
+            else:
+                root = None
+            own.append((start, end))
+        kept.append(tuple(own))
+    return TreeSpans(tuple(kept), tuple(branches)) if branches else None
+
+
+def branch_key_columns(root: int, first: int, prefix: int, start: int, end: int) -> torch.Tensor:
+    """Row columns of a branch's keys: the root's columns of positions ``first..prefix-1`` (``first``: the earliest
+    position any of its queries may see), then the branch itself. Never another branch."""
+    return torch.cat([torch.arange(root + first, root + prefix), torch.arange(start, end)])
+
+
+def branch_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, group_size: int | None, shifted: bool) -> torch.Tensor:
+    """``(b, m)`` boolean: may the query at position ``q_pos[i]`` see the key at ``k_pos[j]``? Causal by position;
+    with a ``group_size`` G also inside the same S2 segment (``wrap="none"``): unshifted ``[0, G), [G, 2G), ...``,
+    shifted ``[0, G/2), [G/2, G/2 + G), ...``, as :func:`segment_spans` cuts the sample alone."""
+    mask = k_pos[None, :] <= q_pos[:, None]
+    if group_size is None:
+        return mask
+    shift = group_size // 2 if shifted else 0
+    segment = lambda p: torch.div(p - shift, group_size, rounding_mode="floor")  # noqa: E731
+    return mask & (segment(k_pos)[None, :] == segment(q_pos)[:, None])
+
+
+def _first_visible(prefix: int, group_size: int | None) -> int:
+    """The earliest position a branch starting at ``prefix`` may see in any head half (0 for full attention)."""
+    if group_size is None:
+        return 0
+    shift = group_size // 2
+    shifted = 0 if prefix < shift else shift + (prefix - shift) // group_size * group_size
+    return min(prefix // group_size * group_size, shifted)
+
+
+def _attend_branches(out: torch.Tensor, q_t, k_t, v_t, position_ids: torch.Tensor, branches: tuple,
+                     group_size: int | None, dropout: float, scaling: float | None) -> torch.Tensor:
+    """``out (B, N, H, D)`` with the branch tokens' attention written in: each branch's queries over its keys
+    (:func:`branch_key_columns`) with an explicit boolean mask (:func:`branch_mask`; SDPA, any device; per head half
+    for S2). ``group_size=None``: full causal attention."""
+    batch, seq_len, num_heads, _ = q_t.shape
+    n_rep = num_heads // k_t.shape[2]
+    pos = position_ids[0] if position_ids.ndim == 3 else position_ids
+    halves = ([(slice(0, num_heads // 2), False), (slice(num_heads // 2, num_heads), True)]
+              if group_size is not None else [(slice(0, num_heads), False)])
+    index, parts = [], []
+    for row, start, end, root, prefix in branches:
+        cols = branch_key_columns(root, _first_visible(prefix, group_size), prefix, start, end).to(q_t.device)
+        row_pos = pos[row if pos.shape[0] > 1 else 0]
+        q_pos, k_pos = row_pos[start:end], row_pos[cols]
+        q = q_t[row, start:end].transpose(0, 1)  # (H, b, D)
+        k, v = (x[row, cols].repeat_interleave(n_rep, dim=1).transpose(0, 1) for x in (k_t, v_t))  # (H, m, D)
+        heads = [F.scaled_dot_product_attention(q[h], k[h], v[h], attn_mask=branch_mask(q_pos, k_pos, group_size,
+                                                                                         shifted),
+                                                dropout_p=dropout, scale=scaling)
+                 for h, shifted in halves if h.stop > h.start]
+        parts.append(torch.cat(heads).transpose(0, 1) if len(heads) > 1 else heads[0].transpose(0, 1))  # (b, H, D)
+        index.append(torch.arange(row * seq_len + start, row * seq_len + end))
+    flat = out.reshape(batch * seq_len, *out.shape[2:])
+    values = torch.cat(parts).to(flat.dtype)
+    return flat.index_put((torch.cat(index).to(flat.device),), values).view(out.shape)
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -494,6 +606,14 @@ def s2_attention_forward(
     cp = getattr(module, "context_parallel", None)
     group_size = settings.group_size_for(seq_len * (cp.size if cp is not None else 1))
     samples = row_samples(attention_mask, kwargs.get("position_ids"), batch, seq_len)
+    tree = tree_spans(samples, kwargs.get("position_ids"))  # prefix trees (sft.tree): roots as samples, then branches
+    if tree is not None:
+        if cp is not None:
+            raise NotImplementedError("prefix-tree rows (packing: tree) are not supported with context parallelism")
+        if settings.wrap != "none":
+            raise NotImplementedError("prefix-tree rows (packing: tree) need wrap: none (with roll a prefix token "
+                                      "sees the end of each sample)")
+        samples = tree.kept
     backend = select_backend(settings.backend, query)
 
     # Token-major views (B, N, H, D): the layout the projections produced.
@@ -507,6 +627,9 @@ def s2_attention_forward(
             q, k, v, (((0, q.shape[1]),),), group_size, settings.wrap, dropout, scaling))
     else:
         out = _gathered_attention(q_t, k_t, v_t, samples, group_size, settings.wrap, backend, dropout, scaling)
+    if tree is not None:  # branches: SDPA with their S2 masks, whatever the backend
+        out = _attend_branches(out, q_t, k_t, v_t, kwargs["position_ids"], tree.branches, group_size, dropout,
+                               scaling)
     return out.contiguous(), None
 
 
@@ -636,12 +759,17 @@ def packed_causal_forward(
     backend = select_backend(settings.backend, query)
     q_t, k_t, v_t = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
     dropout = dropout if module.training else 0.0
+    tree = tree_spans(samples, kwargs.get("position_ids"))  # prefix trees (sft.tree): roots as samples, then branches
+    if tree is not None:
+        samples = tree.kept
     if backend == "sdpa" and _few_samples(samples):  # one causal SDPA call per sample, all heads
         gqa = query.shape[1] != key.shape[1]
         out = _per_sample_attention(q_t, k_t, v_t, samples, lambda q, k, v: _grouped_causal(
             q, k, v, q.shape[1], dropout, scaling, gqa))
     else:  # S2 with one segment per sample (a group of 2 N tokens)
         out = _gathered_attention(q_t, k_t, v_t, samples, 2 * query.shape[2], "none", backend, dropout, scaling)
+    if tree is not None:  # branches: SDPA with a causal mask over the prefix and themselves, whatever the backend
+        out = _attend_branches(out, q_t, k_t, v_t, kwargs["position_ids"], tree.branches, None, dropout, scaling)
     return out.contiguous(), None
 
 
@@ -712,13 +840,14 @@ def _is_packed_causal(mask_function, batch_size: int, length: int, device) -> bo
 
 
 def _warn_dense_mask(reason: str, batch_size: int, q_length: int, kv_length: int) -> None:
-    """Say once per reason that the probe failed and what the fallback costs: transformers' dense boolean mask."""
+    """Say once per reason that the probe failed and what the fallback can cost: transformers' dense N x N mask."""
     if reason in _probe_failures:
         return
     _probe_failures.add(reason)
     gib = batch_size * q_length * kv_length / 2 ** 30
     log.warning("s2_attn mask: the packed-sample probe of the mask function failed (%s); falling back to "
-                "transformers' dense boolean mask (%d x 1 x %d x %d, %.2f GiB at this size)",
+                "transformers' sdpa mask, a dense boolean mask where it cannot skip it (%d x 1 x %d x %d, %.2f GiB "
+                "at this size)",
                 reason, batch_size, q_length, kv_length, gib)
 
 

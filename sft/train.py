@@ -33,10 +33,12 @@ from transformers import Trainer, TrainerCallback, TrainingArguments, set_seed
 from transformers.trainer_utils import get_last_checkpoint
 
 from schemas.errors import UserError
-from schemas.train import TrainConfig
+from schemas.outdir import claim
+from schemas.train import TrainConfig, s2_group_size
 from sft import context_parallel
 from sft.data import DataStats, PadCollator, load_extend_dataset, load_sft_dataset, pad_token_id
 from sft.evaluation.in_training import add_long_context_eval
+from sft.precision import Precision, choose_bf16, has_accelerator
 from sft.trainer import LongLoRATrainer
 
 log = logging.getLogger(__name__)
@@ -88,12 +90,15 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = (), progre
     output_dir = Path(cfg.output_dir)
     cp = context_parallel.setup(cfg.context_parallel)  # issue 14; None unless context_parallel > 1
     checkpoint = resume_checkpoint(cfg)
+    if is_main_process():  # a new or empty folder, or this command's earlier run (issue 24), before the data builds
+        claim(output_dir, "sft.run", inputs=[cfg.model], overwrite=cfg.overwrite)
     cfg = build_on_the_fly(cfg)
 
     # 1. setup: the data first (a data problem should not wait for the model to load), then the model
     dataset, stats = load_data(cfg)
     log.info(f"data: {stats.summary()}")
     model, tokenizer, rope = setup_model(cfg)
+    precision = choose_precision(cfg, model.config)  # before the Trainer: its arguments fix the precision
     trainable, total = count_parameters(model)
     log.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%): LoRA r={cfg.lora_r} on "
         f"{','.join(sorted(model.peft_config[model.active_adapter].target_modules))} + "
@@ -109,10 +114,10 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = (), progre
     if cp is not None:  # each rank trains one slice of every sample of its group (sft.context_parallel)
         data_collator, trainer_class, extra = context_parallel.for_training(
             cp, model, data_collator, trainer_class, pad_id=pad_token_id(tokenizer),
-            group_size_ratio=cfg.group_size_ratio, max_length=cfg.max_length)
+            group_size=s2_group_size(cfg.max_length, cfg.group_size_ratio), max_length=cfg.max_length)
     trainer = trainer_class(
         loss_reduction=cfg.loss_reduction, chunked_loss=cfg.chunked_loss, loss_chunk_size=cfg.loss_chunk_size,
-        model=model, args=training_arguments(cfg, progress), train_dataset=dataset, eval_dataset=eval_dataset,
+        model=model, args=training_arguments(cfg, progress, bf16=precision.bf16), train_dataset=dataset, eval_dataset=eval_dataset,
         processing_class=tokenizer, data_collator=data_collator,
         callbacks=[StopOnNonFiniteLoss(output_dir), MetricsJsonl(output_dir / METRICS_FILE),
                    *([StopAfterSeconds(cfg.max_train_seconds)] if cfg.max_train_seconds else []), *callbacks],
@@ -123,12 +128,8 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = (), progre
     replicas = args.world_size // cfg.context_parallel
     split = (f"; context parallel: every sample cut into {cfg.context_parallel} slices, {replicas} data-parallel "
              "replica(s)" if cp is not None else "")
-    precision = "bf16 autocast" if args.bf16 else "float32"
-    why = "" if cfg.bf16 is not None else " (bf16: null: " + (
-        "bf16 units found)" if args.bf16 else
-        "no usable bf16 units (avx512_bf16/amx_bf16, ONEDNN_MAX_CPU_ISA) or bf16 GPU: float32 is faster)")
     loss = f"{'chunked' if cfg.chunked_loss else 'plain'}, {cfg.loss_reduction} mean"
-    log.info(f"precision: {precision}{why}; loss: {loss}")
+    log.info(f"precision: {precision.describe()}; loss: {loss}")
     log.info(f"world size {args.world_size}{ddp}, global batch "
              f"{replicas * cfg.per_device_batch_size * cfg.gradient_accumulation_steps} samples{split}")
     if checkpoint is not None:
@@ -176,9 +177,9 @@ def setup_model(cfg: TrainConfig):
     config = load_config(cfg.model)
     rope = apply_rope_scaling(config, cfg.max_length, kind=cfg.rope_scaling)
     if cfg.s2_attn:  # read by the attention function at every call (sft.s2attn.S2AttnSettings)
-        config.s2_attn = {"group_size_ratio": cfg.group_size_ratio, "wrap": cfg.wrap}
-        if cfg.packing:  # G from the training length, not from the length of each packed row (sft.packing)
-            config.s2_attn = {"group_size": max(1, round(cfg.group_size_ratio * cfg.max_length)), "wrap": cfg.wrap}
+        # G from max_length in every layout (unpacked, packed, tree rows, context parallelism), never from a row's
+        # padded width: a sample is attended alike however it is batched, padded or sliced
+        config.s2_attn = {"group_size": s2_group_size(cfg.max_length, cfg.group_size_ratio), "wrap": cfg.wrap}
     model, tokenizer = load_model(cfg.model, dtype=DTYPES[cfg.model_dtype], config=config,
                                   attn_implementation=attention_implementation(cfg))
     model = add_lora_plus(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
@@ -230,7 +231,7 @@ def build_on_the_fly(cfg: TrainConfig) -> TrainConfig:
     manifest = out / "manifest.json"
 
     def current() -> bool:
-        return manifest.is_file() and json.loads(manifest.read_text())["config"] == build_cfg.model_dump(mode="json")
+        return manifest.is_file() and json.loads(manifest.read_text())["config"] == build_cfg.recorded()
 
     if is_main_process() and not current():
         log.info(f"data: building {ref} into {out}")
@@ -250,9 +251,11 @@ def load_data(cfg: TrainConfig):
 
         dataset, stats = load_extend_dataset(cfg.data_paths, load_tokenizer(cfg.model), cfg.max_length, cfg.packing)
     else:
-        dataset, stats = load_sft_dataset(cfg.data_paths[0], cfg.split, cfg.max_length, cfg.too_long)
+        dataset, stats = load_sft_dataset(cfg.data_paths[0], cfg.split, cfg.max_length, cfg.too_long,
+                                          extra_columns=("doc_id",) if cfg.packing == "tree" else ())
     dataset, stats.layout = arrange(dataset, list(dataset["length"]), packing=cfg.packing, batching=cfg.batching,
-                                    max_length=cfg.max_length, batch_size=cfg.per_device_batch_size, seed=cfg.seed)
+                                    max_length=cfg.max_length, batch_size=cfg.per_device_batch_size, seed=cfg.seed,
+                                    tree_max_branches=cfg.tree_max_branches, tree_min_prefix=cfg.tree_min_prefix)
     return dataset, stats
 
 
@@ -322,8 +325,9 @@ def resume_checkpoint(cfg: TrainConfig) -> Path | None:
     return complete
 
 
-def training_arguments(cfg: TrainConfig, progress: bool = True) -> TrainingArguments:
-    """The Trainer's arguments, all from ``cfg`` (nothing else is set here but plumbing, and the progress bar)."""
+def training_arguments(cfg: TrainConfig, progress: bool = True, *, bf16: bool | None = None) -> TrainingArguments:
+    """The Trainer's arguments, all from ``cfg`` (nothing else is set here but plumbing, the progress bar and `bf16`,
+    the precision :func:`choose_precision` picked; None: ``cfg.bf16``, float32 when that is null)."""
     return TrainingArguments(
         output_dir=cfg.output_dir,
         max_steps=cfg.max_steps,
@@ -334,7 +338,7 @@ def training_arguments(cfg: TrainConfig, progress: bool = True) -> TrainingArgum
         lr_scheduler_type=cfg.lr_scheduler,
         warmup_steps=cfg.warmup_steps,
         max_grad_norm=cfg.max_grad_norm,
-        bf16=use_bf16(cfg),
+        bf16=bool(cfg.bf16 or cfg.model_dtype == "bfloat16") if bf16 is None else bf16,
         use_cpu=not has_accelerator(),  # also lets bf16 autocast run on CPUs
         ddp_backend=ddp_backend(),
         deepspeed=cfg.deepspeed,
@@ -363,46 +367,11 @@ def ddp_backend() -> str | None:
     return "gloo" if launched and not has_accelerator() else None
 
 
-def use_bf16(cfg: TrainConfig) -> bool:
-    """``cfg.bf16``, or when it is null: bf16 autocast where the hardware has bf16 units (and for a bfloat16 base)."""
-    if cfg.bf16 is not None:
-        return cfg.bf16
-    return cfg.model_dtype == "bfloat16" or has_bf16_units()
-
-
-def has_bf16_units() -> bool:
-    """A CUDA GPU with bf16 support, or (no accelerator) a CPU that lists avx512_bf16 or amx_bf16 in /proc/cpuinfo and
-    whose bf16 instructions oneDNN may use (``ONEDNN_MAX_CPU_ISA`` not capped below them). Without those units oneDNN
-    emulates bf16 matmuls and a step is ~2x slower than in float32 (issue 13)."""
-    if has_accelerator():
-        return torch.cuda.is_available() and torch.cuda.is_bf16_supported()
-    return bool(cpu_flags() & CPU_BF16_FLAGS) and not isa_capped_below_bf16()
-
-
-CPU_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
-
-
-def isa_capped_below_bf16(env: dict | None = None) -> bool:
-    """True when ``ONEDNN_MAX_CPU_ISA`` (or its old name ``DNNL_MAX_CPU_ISA``) caps oneDNN below the bf16 ISAs
-    (e.g. ``AVX512_CORE`` or ``AVX2``; ``AVX512_CORE_BF16``, the ``AMX`` ones, ``ALL`` and ``DEFAULT`` keep them)."""
-    env = os.environ if env is None else env
-    cap = (env.get("ONEDNN_MAX_CPU_ISA") or env.get("DNNL_MAX_CPU_ISA") or "").strip().upper()
-    return bool(cap) and cap not in ("ALL", "DEFAULT") and "BF16" not in cap and "AMX" not in cap
-
-
-def cpu_flags(cpuinfo: str = "/proc/cpuinfo") -> set[str]:
-    """The CPU feature flags of the first processor in ``cpuinfo`` (empty where there is no such file)."""
-    try:
-        text = Path(cpuinfo).read_text(encoding="utf-8", errors="replace")
-    except OSError:
-        return set()
-    line = next((x for x in text.splitlines() if x.startswith(("flags", "Features"))), "")
-    return set(line.partition(":")[2].split())
-
-
-def has_accelerator() -> bool:
-    probe = getattr(torch, "accelerator", None)
-    return probe.is_available() if probe is not None else torch.cuda.is_available()
+def choose_precision(cfg: TrainConfig, model_config) -> Precision:
+    """bf16 autocast or float32 for this run: ``cfg.bf16`` when set, else by hardware and, on a CPU, by a cached
+    measurement of the model's own step in both precisions (:mod:`sft.precision`)."""
+    return choose_bf16(model_config, requested=cfg.bf16, model_dtype=cfg.model_dtype,
+                       attn_implementation=attention_implementation(cfg))
 
 
 def sampling_arguments(order: str) -> dict:

@@ -32,6 +32,17 @@ def make_tokenizer(path):
     return str(path)
 
 
+@pytest.fixture
+def hub_online(monkeypatch):
+    """huggingface_hub online for one test whatever the environment (HF_HUB_OFFLINE=1 exported, as on an air-gapped
+    machine): the variables cleared, and the library's copy of them, which it reads once when imported."""
+    from huggingface_hub import constants
+
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.delenv("TRANSFORMERS_OFFLINE", raising=False)
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", False)
+
+
 @pytest.fixture(scope="session")
 def tiny_tokenizer_path(tmp_path_factory):
     """A folder holding a tiny fast tokenizer with a ChatML template (vocabulary of 400)."""
@@ -61,3 +72,14 @@ def default_build(tmp_path_factory):
                           capture_output=True, text=True, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     return out, done.stdout
+
+
+@pytest.fixture(autouse=True)
+def _precision_without_probe(monkeypatch, tmp_path_factory):
+    """`bf16: null` in-process: float32, without timing a probe (a timing would make a test's precision depend on
+    the machine's load). tests/sft/test_precision.py tests the probe itself; subprocesses (the slow tests) run it,
+    with their cache in a temporary folder rather than the user's."""
+    import sft.precision
+
+    monkeypatch.setenv("LONGQA_CACHE", str(tmp_path_factory.getbasetemp() / "longqa-cache"))
+    monkeypatch.setattr(sft.precision, "probe_seconds", lambda *a, **k: {"float32": 1.0, "bf16": 1.0})

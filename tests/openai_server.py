@@ -5,7 +5,9 @@ asked to answer, it quotes those words back (they are in the document), so every
 that by queueing faults (served in order, one a request): an HTTP status (`429`, `500`), `"hang"` (never answers
 until the server closes), `"broken_body"` (200 with a body that is not JSON), or a callable `body -> content` whose
 string becomes the model's reply. `hold_after=N` makes every request after the N-th answer wait until `release` is
-set; `held` is set when one does (a test waits on it, never on the clock).
+set; `held` is set when one does (a test waits on it, never on the clock). `refuse_json_schema=True` answers every
+request with `response_format: json_schema` HTTP 400, as some TGI and llama.cpp builds do. A path outside `/v1/` is
+HTTP 404.
 """
 from __future__ import annotations
 
@@ -40,8 +42,9 @@ def is_answer_request(body: dict) -> bool:
 
 class FakeOpenAI:
     def __init__(self, faults: list[Fault] | None = None, content: Callable[[dict], str] = default_content,
-                 hold_after: int | None = None):
+                 hold_after: int | None = None, refuse_json_schema: bool = False):
         self.faults, self.content, self.hold_after = list(faults or []), content, hold_after
+        self.refuse_json_schema = refuse_json_schema
         self.requests: list[dict[str, Any]] = []
         self.answers_served = 0
         self.held, self.release, self._closing = threading.Event(), threading.Event(), threading.Event()
@@ -63,6 +66,8 @@ class FakeOpenAI:
 
             def do_POST(self) -> None:
                 raw = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+                if not self.path.startswith("/v1/"):  # as vLLM and llama.cpp's server answer an unknown path
+                    return self._send(404, json.dumps({"detail": "Not Found"}).encode())
                 body = json.loads(raw)
                 with server._lock:
                     server.requests.append({"path": self.path, "authorization": self.headers.get("Authorization"),
@@ -80,6 +85,9 @@ class FakeOpenAI:
                 if fault == "hang":
                     server._closing.wait()
                     return
+                if server.refuse_json_schema and body.get("response_format", {}).get("type") == "json_schema":
+                    return self._send(400, json.dumps({"error": {"message": "response_format json_schema is not "
+                                                                            "supported"}}).encode())
                 if isinstance(fault, int):
                     return self._send(fault, json.dumps({"error": {"message": f"fake {fault}"}}).encode(),
                                       {"retry-after-ms": "1"})

@@ -26,7 +26,9 @@ def generate_problems(cfg) -> list[str]:
     if not folder.is_dir():
         return [f"docs: {docs} " + ("is not a folder" if folder.exists() else "does not exist") +
                 " (a folder of .txt/.md documents)"]
-    return []
+    from longqa.generate.run import out_files_problems
+
+    return out_files_problems(cfg)
 
 
 COMMAND = Command("python -m longqa.generate", __doc__, GenerateConfig, paths=generate_problems)
@@ -37,7 +39,8 @@ def summary_lines(s: dict) -> str:
     rejected = ", ".join(f"{k} {v}" for k, v in s["rejected"].items()) or "none"
     failed = ", ".join(f"{k} {v}" for k, v in s["failed"].items()) or "none"
     return "\n".join([
-        f"this run: {s['written']} pairs written, rejected: {rejected}; failed after retries: {failed}",
+        f"this run: {s['written']} pairs written, rejected: {rejected}; failed: {failed}"
+        + (f" ({s['not_retried']} refused by the server, not retried)" if s["not_retried"] else ""),
         f"requests: {r['calls']} calls, {r['http_attempts']} HTTP attempts (statuses {r['statuses']}, "
         f"{r['no_reply']} without reply), tokens in {r['tokens_in']} / out {r['tokens_out']}, {s['seconds']} s",
         f"{s['out']}: {t['pairs']} pairs in qa.jsonl, {sum(t['rejected'].values())} in rejects.jsonl, "
@@ -49,10 +52,14 @@ def generate(cfg: GenerateConfig, options: Options) -> int:
 
     summary = run(cfg, progress=options.progress)
     log.info(summary_lines(summary))
-    if summary["failed"]:
-        log.error("some requests failed after their retries; rerun the same command to ask them again")
-        return 1
-    return 0
+    failed = sum(summary["failed"].values())
+    if summary["not_retried"]:
+        log.error("the server refused %d requests with a 4xx that is not retried (the warnings above say why): "
+                  "a rerun asks them again and is refused alike until that is fixed", summary["not_retried"])
+    if failed > summary["not_retried"]:
+        log.error("%d requests failed after their retries; rerun the same command to ask them again",
+                  failed - summary["not_retried"])
+    return 1 if failed else 0
 
 
 def main(argv: list[str] | None = None) -> int:

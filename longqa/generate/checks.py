@@ -1,7 +1,7 @@
 """Checks of a generated pair: grounding (its quotes occur in the document) and near-duplicate questions.
 
 Each check returns None (ok) or a message; the caller rejects the pair with the check's reason code
-(`unsupported`, `duplicate_question`).
+(`unsupported`, `duplicate_question`); a kept quote is stored as the document writes it.
 """
 from __future__ import annotations
 
@@ -19,22 +19,39 @@ def normalize_ws(text: str) -> str:
     return " ".join(text.split())
 
 
-def unsupported(quotes: list, document: str, min_chars: int) -> str | None:
-    """Why `quotes` do not support the answer, or None: at least one quote of `min_chars` or more characters, and
-    every quote (quotation marks and trailing ellipses aside) found in the whitespace-normalised `document`."""
-    kept = []
+def find_quote(quote: str, document: str) -> str | None:
+    """The passage of `document` that `quote` cites, as the document writes it (its own whitespace), or None.
+
+    Quotation marks and trailing ellipses around the quote are not part of it; whitespace may differ, nothing else."""
+    words = quote.split()
+    while words and not words[0].strip(_QUOTE_EDGES):
+        words.pop(0)
+    while words and not words[-1].strip(_QUOTE_EDGES):
+        words.pop()
+    if not words:
+        return None
+    words[0], words[-1] = words[0].lstrip(_QUOTE_EDGES), words[-1].rstrip(_QUOTE_EDGES)
+    found = re.search(r"\s+".join(map(re.escape, words)), document)
+    return found.group(0) if found else None
+
+
+def supporting_quotes(quotes: list, document: str, min_chars: int) -> list[str] | str:
+    """The quotes as `document` writes them, or why they do not support the answer: every quote must occur in the
+    document (whitespace, quotation marks and trailing ellipses aside), and one at least must have `min_chars`
+    characters; a short quote that is found is kept but does not count as support on its own."""
+    found = []
     for quote in quotes:
         if not isinstance(quote, str):
             return f"quote {quote!r} is not text"
-        text = normalize_ws(quote).strip(_QUOTE_EDGES)
-        if len(text) >= min_chars:
-            kept.append(text)
-    if not kept:
+        if not quote.strip(_QUOTE_EDGES + "\n\t\r"):
+            continue
+        text = find_quote(quote, document)
+        if text is None:
+            return f"quote not in the document: {normalize_ws(quote)[:160]!r}"
+        found.append(text)
+    if not any(len(normalize_ws(text)) >= min_chars for text in found):
         return f"no supporting quote of at least {min_chars} characters"
-    for text in kept:
-        if text not in document:
-            return f"quote not in the document: {text[:160]!r}"
-    return None
+    return found
 
 
 def words(text: str) -> frozenset[str]:

@@ -68,26 +68,50 @@ def response_format(mode: str, name: str, schema: dict) -> dict | None:
 
 _FENCE = re.compile(r"^```(?:json)?\s*|\s*```$")
 
+#: Reasoning blocks that thinking models write before their answer (DeepSeek-R1, Qwen3, QwQ: `<think>`; others
+#: `<thinking>`, `<reasoning>`), removed as vLLM's and SGLang's reasoning parsers do. A reply whose block was opened by
+#: the chat template (only `</think>` in the text) keeps what follows the last closing tag.
+_REASONING = re.compile(r"<(think|thinking|reasoning)>.*?</\1>", re.S | re.I)
+_REASONING_END = re.compile(r"</(?:think|thinking|reasoning)>", re.I)
+
+
+def strip_reasoning(text: str) -> str:
+    """`text` without its reasoning blocks."""
+    text = _REASONING.sub("", text)
+    ends = list(_REASONING_END.finditer(text))
+    return text[ends[-1].end():] if ends else text
+
+
+def _objects(body: str):
+    """Each JSON object that parses in `body`, in order, tried from every `{`."""
+    decoder, start = json.JSONDecoder(), body.find("{")
+    while start >= 0:
+        try:
+            obj, end = decoder.raw_decode(body, start)
+        except json.JSONDecodeError:
+            start = body.find("{", start + 1)
+            continue
+        if isinstance(obj, dict):
+            yield obj
+        start = body.find("{", end)
+
 
 def parse_reply(text: str | None, required: dict[str, type]) -> dict[str, Any] | str:
     """The JSON object of a reply, or a message saying why it is unusable.
 
-    Tolerates a code fence and text around one object (small models add them); the `required` keys must be there
-    with the given types.
+    Tolerates reasoning blocks, a code fence and text around the object (small models add them): the first object
+    that parses and has the `required` keys with the given types is the reply.
     """
     if not text or not text.strip():
         return "empty reply"
-    body = _FENCE.sub("", text.strip())
-    try:
-        obj = json.loads(body)
-    except json.JSONDecodeError:
-        start, end = body.find("{"), body.rfind("}")
-        try:
-            obj = json.loads(body[start:end + 1]) if 0 <= start < end else None
-        except json.JSONDecodeError:
-            obj = None
-    if not isinstance(obj, dict):
+    body = _FENCE.sub("", strip_reasoning(text).strip())
+    objects = list(_objects(body))
+    if not objects:
         return f"reply is not a JSON object: {text[:120]!r}"
+    for obj in objects:
+        if all(isinstance(obj.get(key), kind) for key, kind in required.items()):
+            return obj
+    obj = objects[0]
     for key, kind in required.items():
         if not isinstance(obj.get(key), kind):
             return f"reply has no {kind.__name__} '{key}': {text[:120]!r}"

@@ -19,16 +19,17 @@ from pathlib import Path
 
 from tqdm.auto import tqdm
 
-from longqa.generate.checks import QuestionIndex, normalize_ws, unsupported
+from longqa.generate.checks import QuestionIndex, supporting_quotes
 from longqa.generate.client import ChatClient, MalformedReply, RequestFailed, Unreachable
 from longqa.generate.plan import Slot, list_documents, plan_document
-from longqa.generate.prompts import (ANSWER_SCHEMA, QUESTION_SCHEMA, answer_messages, parse_reply,
-                                     question_messages, response_format)
+from longqa.generate.prompts import ANSWER_SCHEMA, QUESTION_SCHEMA, answer_messages, parse_reply, question_messages
+from longqa.atomic import write_text
 from longqa.manifest import Tally
 from longqa.rejects import RejectLog
 from longqa.validate import reject_record
 from schemas.errors import ConfigError, DataError, UserError
 from schemas.generate import GenerateConfig
+from schemas.outdir import files_problems
 from schemas.records import Document, Origin, Record
 
 log = logging.getLogger(__name__)
@@ -45,7 +46,6 @@ class Loaded:
 
     name: str
     text: str
-    normalized: str  # whitespace-normalised, for the quote check
 
 
 @dataclass
@@ -55,6 +55,7 @@ class Outcome:
     written: int = 0
     rejected: Counter = field(default_factory=Counter)
     failed: Counter = field(default_factory=Counter)  # not journaled: the next run asks again
+    not_retried: int = 0  # of the failed: refused by a 4xx the client does not retry
     answered_from: Counter = field(default_factory=Counter)
 
 
@@ -125,16 +126,19 @@ def check_plan(out: Path, cfg: GenerateConfig) -> dict:
 
 
 def write_summary(out: Path, summary: dict) -> None:
-    tmp = out / (SUMMARY_FILE + ".tmp")
-    tmp.write_text(json.dumps(summary, indent=2, ensure_ascii=False) + "\n", encoding="utf-8")
-    tmp.replace(out / SUMMARY_FILE)
+    write_text(out / SUMMARY_FILE, json.dumps(summary, indent=2, ensure_ascii=False) + "\n")
+
+
+def sentence(text: str) -> str:
+    """`text` ending as a sentence does (one full stop added unless it ends in . ? or !)."""
+    return text if text.endswith((".", "?", "!")) else text + "."
 
 
 class Generator:
     """The per-slot work: ask, check, journal. One instance per run; its state lives on one event loop."""
 
-    def __init__(self, cfg: GenerateConfig, client: ChatClient, journal: Journal):
-        self.cfg, self.client, self.journal = cfg, client, journal
+    def __init__(self, cfg: GenerateConfig, client: ChatClient, journal: Journal, record=lambda: None):
+        self.cfg, self.client, self.journal, self.record = cfg, client, journal, record
         self.outcome = Outcome()
         self.questions = QuestionIndex(cfg.duplicate_similarity)
         for doc, key, question in journal.kept:
@@ -155,7 +159,7 @@ class Generator:
         try:
             reply = await self.client.chat(question_messages(doc.name, passages, slot.kind),
                                            max_tokens=cfg.max_question_tokens, temperature=cfg.temperature,
-                                           response_format=response_format(cfg.json_mode, "question", QUESTION_SCHEMA),
+                                           schema=("question", QUESTION_SCHEMA),
                                            seed=seed)
         except MalformedReply as e:
             return self.reject(slot, doc, "malformed_reply", "question", str(e))
@@ -181,7 +185,7 @@ class Generator:
         try:
             reply = await self.client.chat(answer_messages(doc.name, material, question, whole),
                                            max_tokens=cfg.max_answer_tokens, temperature=cfg.temperature / 3,
-                                           response_format=response_format(cfg.json_mode, "answer", ANSWER_SCHEMA),
+                                           schema=("answer", ANSWER_SCHEMA),
                                            seed=cfg.seed * 1_000_003 + slot.index)
         except MalformedReply as e:
             return self.reject(slot, doc, "malformed_reply", "answer", str(e), question=question)
@@ -192,11 +196,12 @@ class Generator:
         if not answer:
             return self.reject(slot, doc, "empty_answer", "answer", "the generated answer is empty",
                                 question=question)
-        if (problem := unsupported(parsed["quotes"], doc.normalized, cfg.min_quote_chars)) is not None:
-            return self.reject(slot, doc, "unsupported", "quotes", problem, question=question, answer=answer)
+        quotes = supporting_quotes(parsed["quotes"], doc.text, cfg.min_quote_chars)
+        if isinstance(quotes, str):
+            return self.reject(slot, doc, "unsupported", "quotes", quotes, question=question, answer=answer)
         context = "document" if whole else "passages"
         self.journal.keep({"id": slot.id, "doc": slot.doc, "question": question, "answer": answer,
-                           "kind": slot.kind, "quotes": [normalize_ws(q) for q in parsed["quotes"]],
+                           "kind": slot.kind, "quotes": quotes,
                            "answer_context": context, "passages": [list(p) for p in slot.passages],
                            "model": cfg.model})
         self.journal.done.add(slot.id)
@@ -216,7 +221,7 @@ def load_document(folder: Path, name: str) -> Loaded | tuple[str, str]:
         return "invalid_utf8", f"document '{name}' is not valid UTF-8 ({e.reason} at byte {e.start})"
     if not text.strip():
         return "empty_document", f"document '{name}' is empty or whitespace-only"
-    return Loaded(name, text, normalize_ws(text))
+    return Loaded(name, text)
 
 
 async def _run(cfg: GenerateConfig, folder: Path, names: list[str], generator: Generator, bar: tqdm) -> None:
@@ -231,8 +236,12 @@ async def _run(cfg: GenerateConfig, folder: Path, names: list[str], generator: G
                 await generator.process(slot, doc)
             except RequestFailed as e:
                 generator.outcome.failed[e.reason] += 1
-                log.warning("%s: request failed after retries (%s): %s", slot.id, e.reason, e)
-            bar.update(1)
+                generator.outcome.not_retried += not e.retried
+                log.warning("%s: request failed (%s), %s", slot.id, e.reason, e)
+                bar.set_postfix(failed=sum(generator.outcome.failed.values()))  # open, not done: not counted
+            else:
+                bar.update(1)
+            generator.record()
 
     async def feed() -> None:
         for name in names:
@@ -259,6 +268,14 @@ async def _run(cfg: GenerateConfig, folder: Path, names: list[str], generator: G
         await asyncio.gather(*workers, return_exceptions=True)
 
 
+def out_files_problems(cfg) -> list[str]:
+    """qa.jsonl / rejects.jsonl in the output folder are appended to only when an earlier run wrote them (issue 24)."""
+    out = cfg.out if isinstance(cfg.out, str) else cfg.docs
+    field = "out" if isinstance(cfg.out, str) else "docs"
+    return files_problems(field, out, "longqa.generate", (QA_FILE, REJECTS_FILE), SUMMARY_FILE,
+                          overwrite=cfg.overwrite is True)
+
+
 def generate(cfg: GenerateConfig, progress: bool = True) -> dict:
     """Run the generation described by `cfg`; returns this run's summary (also appended to generate.json)."""
     folder = Path(cfg.docs)
@@ -268,41 +285,56 @@ def generate(cfg: GenerateConfig, progress: bool = True) -> dict:
     if not names:
         raise ConfigError(f"docs: {cfg.docs} holds no .txt or .md document")
     out = Path(cfg.out) if cfg.out else folder
+    problems = out_files_problems(cfg)  # another tool's qa.jsonl is never appended to or cut (issue 24)
+    if problems:
+        raise ConfigError("; ".join(problems))
+    if cfg.overwrite and not (out / SUMMARY_FILE).exists():
+        for name in (QA_FILE, REJECTS_FILE):
+            (out / name).unlink(missing_ok=True)
     out.mkdir(parents=True, exist_ok=True)
     summary = check_plan(out, cfg)
-    write_summary(out, summary)
+    write_summary(out, summary)  # first: it marks qa.jsonl / rejects.jsonl here as this command's own
     journal = Journal(out, source=folder.name)
     slots = len(names) * cfg.questions_per_doc
     started, began = time.time(), datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds")
     log.info("%d documents, %d questions planned, %d already done in %s", len(names), slots, len(journal.done), out)
+    summary["runs"].append({"started": began, "finished": False})
+    client = ChatClient(cfg)
+    generator = Generator(cfg, client, journal)
 
-    async def main() -> Generator:
-        client = ChatClient(cfg)
-        generator = Generator(cfg, client, journal)
+    def record(finished: bool = False) -> None:
+        """This run's entry of generate.json as it stands: written after every request and slot, so a killed run's
+        requests are there too (`finished` false)."""
+        outcome = generator.outcome
+        summary["runs"][-1] = {
+            "started": began, "finished": finished, "seconds": round(time.time() - started, 2),
+            "endpoint": cfg.endpoint, "model": cfg.model, "json_mode": client.json_mode, "documents": len(names),
+            "slots": slots, "written": outcome.written, "rejected": dict(sorted(outcome.rejected.items())),
+            "failed": dict(sorted(outcome.failed.items())), "not_retried": outcome.not_retried,
+            "answered_from": dict(outcome.answered_from), "requests": client.stats.as_dict()}
+        write_summary(out, summary)
+
+    client.on_change = generator.record = record
+    record()
+
+    async def main() -> None:
         with tqdm(total=slots, initial=len(journal.done), desc="generate", unit=" pair",
                   disable=not progress) as bar:
             try:
                 await _run(cfg, folder, names, generator, bar)
             finally:
                 await client.close()
-        return generator
 
     try:
-        generator = asyncio.run(main())
+        asyncio.run(main())
     except Unreachable as e:
-        raise UserError(f"generate: {e}. Finished pairs are kept in {out}; rerun to continue") from e
+        raise UserError(f"generate: {sentence(str(e))} Finished pairs are kept in {out}; rerun to continue") from e
     finally:
         journal.close()
-    outcome = generator.outcome
-    run = {"started": began, "seconds": round(time.time() - started, 2), "endpoint": cfg.endpoint,
-           "model": cfg.model, "documents": len(names), "slots": slots,
-           "written": outcome.written, "rejected": dict(sorted(outcome.rejected.items())),
-           "failed": dict(sorted(outcome.failed.items())), "answered_from": dict(outcome.answered_from),
-           "requests": generator.client.stats.as_dict()}
+        record()
     kept = sum(1 for _ in _json_lines(out / QA_FILE))  # the files as they are now, over every run
     rejected = Counter(row["reason"] for row in _json_lines(out / REJECTS_FILE))
-    summary["runs"].append(run)
     summary["totals"] = {"slots": slots, "pairs": kept, "rejected": dict(sorted(rejected.items())),
                          "open": slots - kept - sum(rejected.values())}
-    write_summary(out, summary)
-    return {**run, "totals": summary["totals"], "out": str(out)}
+    record(finished=True)
+    return {**summary["runs"][-1], "totals": summary["totals"], "out": str(out)}

@@ -189,3 +189,37 @@ def mean_scores(rows: Sequence[dict[str, float]]) -> dict:
                                else bootstrap_mean([r[name] for r in rows]))
                  for name in METRICS}
     return out
+
+
+def paired_difference(a: dict, b: dict, metric: str = "f1") -> dict | None:
+    """`b` minus `a` on the questions both answered (``per_question`` of two QA results, matched by id): the mean
+    difference in percent with its paired 95 % interval (the bootstrap over questions of the per-question
+    differences, which removes what the questions share: some are hard for every model), and on how many `b` scored
+    higher, lower or the same. None when they share no question or a result lacks per-question scores (older
+    reports)."""
+    if "per_question" not in a or "per_question" not in b:
+        return None
+    scores_a = dict(zip(a["per_question"]["id"], a["per_question"][metric]))
+    scores_b = dict(zip(b["per_question"]["id"], b["per_question"][metric]))
+    shared = [i for i in scores_a if i in scores_b]
+    if not shared:
+        return None
+    return {"metric": metric, **paired_summary([scores_b[i] - scores_a[i] for i in shared])}
+
+
+def paired_summary(diffs: list[float]) -> dict:
+    """Per-question differences (fractions) summarised: n, the mean in percent with its 95 % paired bootstrap
+    interval, and on how many the second model scored higher, lower or the same."""
+    from sft.evaluation.intervals import bootstrap_mean, percent
+
+    return {"n": len(diffs), "difference": round(100 * sum(diffs) / len(diffs), 2),
+            "ci": percent(bootstrap_mean(diffs)), "higher": sum(d > 0 for d in diffs),
+            "lower": sum(d < 0 for d in diffs), "same": sum(d == 0 for d in diffs)}
+
+
+def paired_verdict_zero(ci) -> str:
+    """Whether a paired difference's interval excludes 0."""
+    if ci is None:
+        return "–"
+    return "paired interval excludes 0: differ" if ci[0] > 0 or ci[1] < 0 else "paired interval includes 0: not " \
+        "established"

@@ -11,12 +11,27 @@ import hashlib
 import json
 import os
 import platform
+import shlex
+import sys
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
 EVAL_LIBRARIES = ("longqa", "torch", "transformers", "peft", "accelerate", "tokenizers", "datasets", "gguf")
 MODEL_FILES = (".safetensors", ".bin", ".gguf", ".json", ".jinja", ".model", ".txt")  # not README.md cards
+
+
+def command_line(argv: Sequence[str] | None = None) -> str:
+    """The command that is running, as a user would type it: ``python SCRIPT ARGS`` (``argv`` replaces the
+    arguments when a script's ``main`` was called with its own), the script relative to the working directory."""
+    script = Path(sys.argv[0])
+    if script.is_absolute():
+        try:
+            script = script.relative_to(Path.cwd())
+        except ValueError:
+            pass
+    args = sys.argv[1:] if argv is None else list(argv)
+    return shlex.join(["python", str(script), *args])
 
 
 def script_device(cpu_smoke: bool) -> str | None:

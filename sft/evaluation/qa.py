@@ -16,8 +16,9 @@ from schemas.errors import DataError
 from schemas.eval import QAConfig
 from longqa.atomic import write_text
 from longqa.truncation import middle_keep
+from sft.evaluation.evidence import by_evidence, evidence_lost, evidence_position, native_window
 from sft.evaluation.generate import GenerationStats, greedy_generate
-from sft.evaluation.metrics import bucket_label, bucket_labels, mean_scores, score
+from sft.evaluation.metrics import METRICS, bucket_label, bucket_labels, mean_scores, score
 
 
 @dataclass
@@ -29,6 +30,7 @@ class QAExample:
     messages: list[dict] | None = None
     prompt: str | None = None
     question: str = ""
+    evidence: int | None = None  # token position of the evidence (datasets built with distractors)
 
 
 @dataclass
@@ -81,7 +83,7 @@ def _built_examples(folder: Path, split: str) -> list[QAExample]:
         while messages and messages[-1]["role"] == "assistant":
             messages.pop()
         examples.append(QAExample(id=row["id"], answers=list(row["answers"]), messages=messages,
-                                  question=row["question"]))
+                                  question=row["question"], evidence=evidence_position(row)))
     return examples
 
 
@@ -190,7 +192,8 @@ def run(model, tokenizer, cfg: QAConfig, ctx) -> dict[str, Any]:
         ctx.cache["qa"] = load_examples(cfg.data, split=cfg.split, prompt_template=cfg.prompt_template, chat=cfg.chat,
                                         limit=cfg.limit)
     return evaluate_qa(model, tokenizer, ctx.cache["qa"], cfg, window=ctx.window,
-                       predictions_path=ctx.out / f"predictions-{ctx.model_name}.jsonl", progress=ctx.progress)
+                       predictions_path=ctx.out / f"predictions-{ctx.model_name}.jsonl", progress=ctx.progress,
+                       native=native_window(model.config))
 
 
 def summary(result: dict[str, Any]) -> str:
@@ -211,10 +214,13 @@ def data_provenance(cfg: QAConfig, cache: dict[str, Any]) -> dict[str, Any]:
 
 
 def evaluate_qa(model, tokenizer, examples: Sequence[QAExample], cfg: QAConfig, *, window: int,
-                predictions_path: Path | None = None, progress: bool = False) -> dict[str, Any]:
+                predictions_path: Path | None = None, progress: bool = False,
+                native: int | None = None) -> dict[str, Any]:
     """Answer `examples` greedily and score them. Prompts longer than ``window - cfg.max_new_tokens`` are cut in the
     middle and counted. Returns overall and per-bucket scores (percent), truncation count and timing; writes one
-    JSON line per example (id, prediction, answers, scores, prompt tokens, truncated) to `predictions_path`."""
+    JSON line per example (id, prediction, answers, scores, prompt tokens, truncated) to `predictions_path`.
+    Examples with an evidence position also get ``evidence``: scores by that position
+    (:func:`sft.evaluation.evidence.by_evidence`; `native`, the model's native window, default `window`)."""
     budget = window - cfg.max_new_tokens
     if budget < 2:
         raise DataError(f"qa: max_new_tokens {cfg.max_new_tokens} leaves no room for a prompt in the {window}-token "
@@ -231,11 +237,22 @@ def evaluate_qa(model, tokenizer, examples: Sequence[QAExample], cfg: QAConfig, 
         rows.append({"id": example.id, "question": example.question, "prediction": prediction,
                      "answers": example.answers, **score(prediction, example.answers),
                      "prompt_tokens": prompt.n_tokens, "truncated": prompt.truncated,
-                     "bucket": bucket_label(prompt.n_tokens, length_buckets)})
+                     "bucket": bucket_label(prompt.n_tokens, length_buckets),
+                     "evidence_position": example.evidence,
+                     "evidence_cut": evidence_lost(example.evidence, prompt.n_tokens, budget)})
     if predictions_path is not None:
         write_text(predictions_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     buckets = {label: mean_scores([r for r in rows if r["bucket"] == label]) for label in bucket_labels(length_buckets)}
+    evidence = by_evidence(rows, cfg.evidence_buckets, window if native is None else native)
     return {"overall": mean_scores(rows), "buckets": {k: v for k, v in buckets.items() if v["n"]},
+            **({"evidence": evidence} if evidence else {}),
             "truncated": sum(r["truncated"] for r in rows), "truncation": cfg.truncation, "window": window,
             "timing": stats.as_dict(),
+            "per_question": per_question(rows),
             "predictions": str(predictions_path) if predictions_path else None}
+
+
+def per_question(rows: Sequence[dict]) -> dict[str, list]:
+    """Each question's id and scores (fractions), in order: what a paired comparison of two models needs
+    (:func:`sft.evaluation.metrics.paired_difference`)."""
+    return {"id": [r["id"] for r in rows], **{name: [r[name] for r in rows] for name in METRICS}}

@@ -60,6 +60,9 @@ def markdown(report: dict[str, Any]) -> str:
         truncation = next(iter(results["qa"].values())).get("truncation", "template")
         parts += ["", f"## Long QA (LongBench scoring, percent; middle truncation: {truncation})", "",
                   _qa_table(results["qa"], names)]
+        if all("evidence" in results["qa"][n] for n in names):
+            parts += ["", "### Long QA by evidence position (F1, percent)", "", EVIDENCE_NOTE, "",
+                      _evidence_table(results["qa"], names)]
     if "short_qa" in results:
         parts += ["", "## Short QA: the same questions with only their own paragraph (LongBench scoring, percent)",
                   "", _qa_table(results["short_qa"], names)]
@@ -110,7 +113,8 @@ INTERVALS_NOTE = ("Scores are shown as `score [low, high]`: 95 % intervals, Wils
                   "match), the bootstrap over questions for F1 and ROUGE-L, over windows for perplexity. Overlapping "
                   "intervals mean the difference is not established at this n. Two models' perplexities on the same "
                   "windows are also compared window by window: their ratio with a paired bootstrap interval, which "
-                  "can separate models whose own intervals overlap.")
+                  "can separate models whose own intervals overlap; likewise two models' F1 on the same questions: the "
+                  "mean per-question difference with a paired bootstrap interval.")
 
 #: (label, key) of the QA metrics in the report: ROUGE-L is LongBench's (the rouge package), see metrics.py
 QA_METRICS = (("F1", "f1"), ("ROUGE-L (LongBench)", "rouge_l"), ("ROUGE-L on normalized tokens", "rouge_l_normalized"),
@@ -127,6 +131,7 @@ def with_ci(value: Any, ci: Sequence[float] | None, digits: int = 2) -> str:
 def _comparison(results: dict[str, Any], names: list[str]) -> str:
     """One row per headline score and model after the first: both values with intervals and whether they overlap."""
     from sft.evaluation.intervals import overlap
+    from sft.evaluation.metrics import paired_difference, paired_verdict_zero
     from sft.evaluation.ppl import paired_ratio
 
     first, rows = names[0], []
@@ -144,6 +149,19 @@ def _comparison(results: dict[str, Any], names: list[str]) -> str:
                 a, b = (results[task][n]["overall"] for n in (first, other))
                 add(f"{task} {label} (n={a['n']})", (a[key], a.get("ci", {}).get(key)),
                     (b[key], b.get("ci", {}).get(key)), other)
+            paired = paired_difference(results[task][first], results[task][other], "f1")
+            if paired:
+                rows.append([f"{task} F1, {other} − {first}, paired over the same {paired['n']} questions",
+                             with_ci(paired["difference"], paired["ci"]),
+                             f"{other} higher on {paired['higher']}, lower on {paired['lower']}",
+                             paired_verdict_zero(paired["ci"])])
+        if "qa" in results and all("evidence" in results["qa"][n] for n in (first, other)):
+            from sft.evaluation.evidence import paired as paired_by_evidence
+
+            for label, d in paired_by_evidence(results["qa"][first]["evidence"], results["qa"][other]["evidence"]).items():
+                rows.append([f"qa F1 by evidence {label}, {other} − {first}, paired over {d['n']} questions",
+                             with_ci(d["difference"], d["ci"]), f"{other} higher on {d['higher']}, lower on "
+                             f"{d['lower']}", paired_verdict_zero(d["ci"])])
         if "passkey" in results:
             a, b = (results["passkey"][n] for n in (first, other))
             add(f"passkey accuracy (n={a.get('n', len(a['trials']))})", (a["accuracy"], a.get("ci")),
@@ -192,6 +210,34 @@ def _qa_table(qa: dict[str, Any], names: list[str]) -> str:
     for bucket in buckets:
         rows.append([f"F1, {bucket} tokens (n)"] + [_with_n(qa[n]["buckets"].get(bucket), "f1") for n in names])
     return _table(["metric", *names], rows)
+
+
+EVIDENCE_NOTE = ("Questions bucketed by the token position of their evidence (the answer's first token in the gold "
+                 "document, else the document's start; datasets built with `distractors`). Each cell: F1 [95 % "
+                 "interval] (n; prompts cut in the middle / questions whose evidence was in the part cut). "
+                 "**beyond** marks buckets at or past the first model's native window.")
+
+
+def _evidence_table(qa: dict[str, Any], names: list[str]) -> str:
+    first = qa[names[0]]["evidence"]
+    native = first["native_window"]
+    labels = list(dict.fromkeys(b for n in names for b in qa[n]["evidence"]["buckets"]))
+
+    def cell(scores: dict | None) -> str:
+        if not scores or not scores.get("n"):
+            return "–"
+        return (f"{with_ci(scores['f1'], scores.get('ci', {}).get('f1'))} ({scores['n']}; "
+                f"{scores.get('truncated', 0)}/{scores['evidence_cut']})")
+
+    rows = []
+    for label in labels:
+        beyond = first["buckets"].get(label, {}).get("beyond_native")
+        rows.append([f"{label}" + (" **beyond**" if beyond else "")]
+                    + [cell(qa[n]["evidence"]["buckets"].get(label)) for n in names])
+    rows.append([f"evidence at or beyond {native} tokens"] + [cell(qa[n]["evidence"]["beyond_native"]) for n in names])
+    windows = ", ".join(f"{n} {qa[n]['evidence']['native_window']}" for n in names)
+    return _table(["evidence tokens", *names], rows) + f"\n\nNative windows: {windows}; evaluated windows: " + \
+        ", ".join(f"{n} {qa[n].get('window')}" for n in names) + "."
 
 
 def _with_n(scores: dict | None, key: str) -> str:
@@ -340,3 +386,32 @@ def _plot_ppl(ppl: dict[str, Any], path: Path) -> Path:
     ax.set_title(f"Perplexity ({next(iter(ppl.values()))['protocol']} windows)")
     ax.legend()
     return _save(fig, path)
+
+
+def paired_qa(results: dict[str, Any], names: list[str]) -> dict[str, dict[str, dict]]:
+    """``{task: {model: paired}}``: each model after the first against the first on the same questions
+    (:func:`sft.evaluation.metrics.paired_difference` of F1), for the QA tasks; report.json's ``paired``."""
+    from sft.evaluation.metrics import paired_difference
+
+    out: dict[str, dict[str, dict]] = {}
+    for task in ("qa", "short_qa"):
+        for other in names[1:] if task in results else ():
+            paired = paired_difference(results[task][names[0]], results[task][other], "f1")
+            if paired:
+                out.setdefault(task, {})[other] = paired
+    return out
+
+
+def paired_lines(report: dict[str, Any]) -> list[str]:
+    """One line per entry of ``report["paired"]``: a model's F1 minus the first model's, paired over the same
+    questions (what ``sft.eval`` prints last: did training change the answers?)."""
+    from sft.evaluation.metrics import paired_verdict_zero
+
+    first, lines = next(iter(report["models"]), ""), []
+    for task, by_model in report.get("paired", {}).items():
+        for other, paired in by_model.items():
+            ci = paired["ci"]
+            lines.append(f"{task} F1 {other} − {first}: {paired['difference']:+.2f} points "
+                         f"[{ci[0]:+.2f}, {ci[1]:+.2f}] paired over {paired['n']} questions ({other} higher on "
+                         f"{paired['higher']}, lower on {paired['lower']}): {paired_verdict_zero(ci)}")
+    return lines

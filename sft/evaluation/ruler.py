@@ -153,13 +153,19 @@ def postprocess(prediction: str | None) -> str:
 
 
 def string_match_all(prediction: str, references: Sequence[str]) -> float:
-    """Percent of the references found in the prediction (case-insensitive substring)."""
-    return sum(1.0 if r.lower() in prediction.lower() else 0.0 for r in references) / len(references) * 100
+    """Fraction of the references found in the prediction (case-insensitive substring)."""
+    return sum(1.0 if r.lower() in prediction.lower() else 0.0 for r in references) / len(references)
 
 
 def string_match_part(prediction: str, references: Sequence[str]) -> float:
-    """100 when any reference is found in the prediction (case-insensitive substring), else 0."""
-    return max(1.0 if r.lower() in prediction.lower() else 0.0 for r in references) * 100
+    """1 when any reference is found in the prediction (case-insensitive substring), else 0."""
+    return max(1.0 if r.lower() in prediction.lower() else 0.0 for r in references)
+
+
+def cell_score(fractions: Sequence[float]) -> float:
+    """A task's score at one length, in percent: RULER's ``round(sum(fractions) / n * 100, 2)`` over the samples'
+    metric fractions (eval/synthetic/constants.py), which at ties rounds otherwise than the mean of percentages."""
+    return round(sum(fractions) / len(fractions) * 100, 2)
 
 
 METRICS: dict[str, Callable[[str, Sequence[str]], float]] = {"string_match_all": string_match_all,
@@ -199,7 +205,12 @@ def resolve_model_template(template: str, tokenizer) -> str:
         template = "chat" if getattr(tokenizer, "chat_template", None) else "base"
     if template == "chat":
         return chat_model_template(tokenizer)
-    return MODEL_TEMPLATES.get(template, template)
+    if template in MODEL_TEMPLATES:
+        return MODEL_TEMPLATES[template]
+    if "{task_template}" not in template:
+        raise DataError(f"ruler template {template!r}: not a RULER template name ({', '.join(MODEL_TEMPLATES)}, "
+                        "chat, auto) nor a string holding {task_template}")
+    return template
 
 
 def task_template(task: str, model_template: str) -> str:
@@ -388,10 +399,10 @@ class _TooLong(Exception):
 
 
 def _fit_samples(make: Callable[[int, int], tuple[str, list[str]]], count: Callable[[str], int], *, start: int,
-                 incremental: int, num_samples: int, max_seq_length: int, tokens_to_generate: int, task: str,
-                 shrink: bool = True) -> list[Sample]:
+                 incremental: int, num_samples: int, max_seq_length: int, tokens_to_generate: int,
+                 task: str) -> list[Sample]:
     """RULER's per-sample loop: `make(index, size)` at the size found, ``incremental`` smaller until it fits.
-    (RULER retries forever on a sample that cannot fit, and vt's loop never shrinks; here that is a DataError.)"""
+    (RULER retries forever on a sample that cannot fit; here that is a DataError.)"""
     samples = []
     for index in range(num_samples):
         used = start
@@ -403,7 +414,7 @@ def _fit_samples(make: Callable[[int, int], tuple[str, list[str]]], count: Calla
                     raise _TooLong
                 break
             except (_TooLong, ValueError):
-                if shrink and used > incremental:
+                if used > incremental:
                     used -= incremental
                 else:
                     raise DataError(f"ruler {task}: no sample fits {max_seq_length} tokens (haystack {used})") \
@@ -637,14 +648,10 @@ def generate_cwe(task: str, args: dict[str, Any], template: str, count: Callable
 
 
 def zeta(alpha: float) -> float:
-    """Riemann zeta for fwe's Zipf law: the closed form at 2 (RULER's alpha), else the series with an integral
-    tail (within 1e-12)."""
-    if alpha == 2.0:
-        return math.pi ** 2 / 6
-    if alpha <= 1:
-        raise ValueError(f"zeta diverges at alpha {alpha}")
-    n = 10_000
-    return sum(k ** -alpha for k in range(1, n)) + n ** (1 - alpha) / (alpha - 1) + n ** -alpha / 2
+    """Riemann zeta for fwe's Zipf law (RULER's ``scipy.special.zeta``): the closed form at RULER's only alpha, 2."""
+    if alpha != 2.0:
+        raise ValueError(f"ruler fwe: alpha {alpha}: only RULER's alpha of 2 is ported")
+    return math.pi ** 2 / 6
 
 
 def generate_fwe(task: str, args: dict[str, Any], template: str, count: Callable[[str], int], *,
@@ -848,14 +855,15 @@ def evaluate_ruler(model, tokenizer, cfg, *, window: int, too_long: str = "skip"
                                       max_batch_tokens=cfg.max_batch_tokens, min_shared_prefix=cfg.min_shared_prefix,
                                       progress=progress, desc=f"ruler {task} {length}", stats=stats)
             metric = METRICS[family["metric"]]
-            cell = []
+            fractions, cell = [], []  # per sample: the metric's fraction, and it in percent
             for s, answer in zip(group, answers):
                 prediction = postprocess(answer)
-                cell.append(metric(prediction, s.outputs))
+                fractions.append(metric(prediction, s.outputs))
+                cell.append(fractions[-1] * 100)
                 rows.append({"task": task, "length": length, "index": s.index, "prediction": prediction,
                              "outputs": s.outputs, "score": cell[-1], "tokens": s.length})
             key = str(length)
-            scores.setdefault(task, {})[key] = round(sum(cell) / len(cell), 2)
+            scores.setdefault(task, {})[key] = cell_score(fractions)
             counts.setdefault(task, {})[key] = len(cell)
             intervals.setdefault(task, {})[key] = cell_interval(cell)
             per_length.setdefault(key, []).extend(cell)

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from longqa.generate.checks import QuestionIndex, unsupported
+from longqa.generate.checks import QuestionIndex, supporting_quotes
 from longqa.generate.plan import list_documents, plan_document
 from longqa.generate.prompts import parse_reply
 from longqa.generate.run import generate, repair_last_line
@@ -86,13 +86,24 @@ def test_list_documents_takes_txt_and_md_below_the_folder(tmp_path):
 
 
 def test_quotes_must_occur_in_the_document_after_whitespace_normalisation():
+    doc = "The harbour froze in the winter\nof 1740. Ships stayed in port."
+    assert isinstance(supporting_quotes(["the harbour froze"], doc, 5), str)  # case matters
+    assert supporting_quotes(["The  harbour froze in the winter of"], doc, 5) == ["The harbour froze in the winter\nof"]
+    # stored as the document writes it: no typographic quotation marks, no ellipsis, a literal substring
+    assert supporting_quotes(["“The harbour froze in the winter…”"], doc, 5) == ["The harbour froze in the winter"]
+    assert supporting_quotes(["‘Ships stayed in port.’"], doc, 5) == ["Ships stayed in port"]
+    assert "no supporting quote" in supporting_quotes([], doc, 5)
+    assert "no supporting quote" in supporting_quotes(["Ships"], doc, 10)  # found, but too short to count alone
+    assert "not in the document" in supporting_quotes(["The harbour froze", "Ships sailed away"], doc, 5)
+
+
+def test_a_short_quote_not_in_the_document_rejects_the_pair_too():
     doc = "The harbour froze in the winter of 1740. Ships stayed in port."
-    assert unsupported(["the harbour froze"], doc, 5) is not None  # case matters
-    assert unsupported(["The  harbour\nfroze in the winter"], doc, 5) is None
-    assert unsupported(["“The harbour froze in the winter…”"], doc, 5) is None
-    assert "no supporting quote" in unsupported([], doc, 5)
-    assert "no supporting quote" in unsupported(["Ships"], doc, 10)
-    assert "not in the document" in unsupported(["The harbour froze", "Ships sailed away"], doc, 5)
+    # before: quotes under min_chars were skipped unchecked, so an invented short one was kept
+    assert "not in the document" in supporting_quotes(["The harbour froze in the winter", "as never stated"], doc,
+                                                       20)
+    assert supporting_quotes(["The harbour froze in the winter", "Ships"], doc, 20) == [
+        "The harbour froze in the winter", "Ships"]
 
 
 def test_near_duplicate_questions_are_found_per_document():
@@ -109,6 +120,17 @@ def test_parse_reply_tolerates_fences_and_reports_the_rest():
     assert "not a JSON object" in parse_reply("Why did it happen?", {"question": str})
     assert "no list 'quotes'" in parse_reply('{"answer": "x", "quotes": "y"}', {"answer": str, "quotes": list})
     assert parse_reply("", {"question": str}) == "empty reply"
+
+
+@pytest.mark.parametrize("reply", [
+    '<think>The user wants {"question": ...} so I write {a JSON object}.</think>\n{"question": "Why?"}',
+    'Let me think about {this}.\n</think>\n\n{"question": "Why?"}',  # the template opened the block
+    '<reasoning>{"question": "not this one"</reasoning> ```json\n{"question": "Why?"}\n```',
+    'I might ask {"q": 1}, but the answer is {"question": "Why?"} then {"other": 2}',
+])
+def test_parse_reply_skips_reasoning_blocks_and_finds_the_object_that_parses(reply):
+    # before: braces in a reasoning block made the reply malformed_reply
+    assert parse_reply(reply, {"question": str}) == {"question": "Why?"}
 
 
 def test_config_problems_are_reported_together():
@@ -202,8 +224,93 @@ def test_a_request_failing_after_its_retries_stays_open_for_the_next_run(docs, t
 def test_an_unreachable_server_stops_the_run_with_a_user_error(docs, tmp_path):
     with FakeOpenAI() as server:
         url = server.url  # closed when the block ends: nothing listens there any more
-    with pytest.raises(UserError, match="cannot reach"):
+    with pytest.raises(UserError, match="cannot reach") as e:
         generate(config(docs, tmp_path / "gen", url, max_retries=0), progress=False)
+    assert "running? Finished pairs" in str(e.value)  # before: "running?. Finished"
+
+
+def test_stored_quotes_are_literal_substrings_of_their_document(docs, tmp_path):
+    def typographic(body):
+        reply = json.loads(default_content(body))
+        if "quotes" in reply:
+            reply["quotes"] = [f"\u201c{reply['quotes'][0]}\u2026\u201d"]
+        return json.dumps(reply)
+
+    with FakeOpenAI(content=typographic) as server:
+        generate(config(docs, tmp_path / "gen", server.url), progress=False)
+    rows = lines(tmp_path / "gen" / "qa.jsonl")
+    texts = {p.name: p.read_text(encoding="utf-8") for p in docs.iterdir()}
+    assert len(rows) == 12 and all(q in texts[r["doc"]] for r in rows for q in r["quotes"])
+    assert not any("\u201c" in q or "\u2026" in q for r in rows for q in r["quotes"])
+
+
+def test_no_authorization_header_without_a_key(docs, tmp_path, monkeypatch):
+    monkeypatch.delenv("LONGQA_TEST_KEY", raising=False)
+    monkeypatch.setenv("OPENAI_API_KEY", "sk-not-this-one")  # another variable's key is not sent either
+    with FakeOpenAI() as server:
+        generate(config(docs, tmp_path / "gen", server.url), progress=False)
+    assert {r["authorization"] for r in server.requests} == {None}  # before: "Bearer none"
+
+
+def test_a_server_refusing_json_schema_is_asked_in_json_object_mode(docs, tmp_path, caplog):
+    with FakeOpenAI(refuse_json_schema=True) as server:
+        summary = generate(config(docs, tmp_path / "gen", server.url, concurrency=1), progress=False)
+    kinds = [r["body"].get("response_format", {}).get("type") for r in server.requests]
+    # the first request is refused with its schema and accepted as json_object; every later one is json_object
+    assert kinds[:2] == ["json_schema", "json_object"] and set(kinds[2:]) == {"json_object"}
+    assert summary["written"] == 12 and summary["failed"] == {} and summary["json_mode"] == "json_object"
+    assert summary["requests"]["statuses"] == {"200": 24, "400": 1}
+    assert sum("refused response_format json_schema" in r.getMessage() for r in caplog.records) == 1
+
+
+def test_a_400_is_not_retried_and_said_so_and_400s_to_every_first_request_stop_the_run(docs, tmp_path, caplog):
+    with FakeOpenAI(faults=[400]) as server:
+        summary = generate(config(docs, tmp_path / "gen", server.url, concurrency=1, json_mode="off"),
+                           progress=False)
+    assert summary["failed"] == {"http_400": 1} and summary["not_retried"] == 1 and summary["totals"]["open"] == 1
+    assert summary["requests"]["http_attempts"] == 23  # the refused request was sent once
+    assert any("not retried" in r.getMessage() for r in caplog.records)
+    assert not any("after retries" in r.getMessage() or "after 2 retries" in r.getMessage()
+                   for r in caplog.records)
+    with FakeOpenAI(faults=[400] * 30) as server:
+        with pytest.raises(UserError, match="refused the first 3 requests with HTTP 400"):
+            generate(config(docs, tmp_path / "gen2", server.url, concurrency=1, json_mode="off"), progress=False)
+    assert len(server.requests) == 3
+
+
+def test_a_wrong_base_path_is_named_as_such(docs, tmp_path):
+    with FakeOpenAI() as server:
+        with pytest.raises(UserError, match=r"up to and including /v1, e.g. http://127.0.0.1:\d+/v1"):
+            generate(config(docs, tmp_path / "gen", server.url.removesuffix("/v1")), progress=False)
+
+
+def test_the_progress_bar_counts_finished_slots_only(docs, tmp_path, monkeypatch):
+    from longqa.generate import run as run_module
+
+    bars = []
+
+    class Bar:
+        def __init__(self, total, initial, **kw):
+            self.n, self.postfix = initial, {}
+            bars.append(self)
+
+        def __enter__(self):
+            return self
+
+        def __exit__(self, *exc):
+            return False
+
+        def update(self, n):
+            self.n += n
+
+        def set_postfix(self, **kw):
+            self.postfix = kw
+
+    monkeypatch.setattr(run_module, "tqdm", Bar)
+    with FakeOpenAI(faults=[500, 500, 500]) as server:
+        summary = generate(config(docs, tmp_path / "gen", server.url, concurrency=1, max_retries=2), progress=False)
+    assert summary["failed"] == {"http_500": 1} and summary["written"] == 11
+    assert bars[0].n == 11 and bars[0].postfix == {"failed": 1}  # before: 12 of 12 with one slot still open
 
 
 def test_answers_come_from_the_passages_when_the_document_does_not_fit(docs, tmp_path):
@@ -255,6 +362,10 @@ def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path):
         finally:
             proc.wait(timeout=60)
     assert len(lines(out / "qa.jsonl")) == 5  # requests were in flight when it died
+    killed = json.loads((out / "generate.json").read_text(encoding="utf-8"))["runs"][-1]
+    # the killed run's requests are in generate.json (before: its summary was written only at the end)
+    assert killed["finished"] is False and killed["written"] == 5
+    assert killed["requests"]["http_attempts"] == len(server.requests)
     with FakeOpenAI() as server:
         done = subprocess.run([*args, "--endpoint", server.url], cwd=ROOT, env=env, capture_output=True, text=True,
                               timeout=300)
@@ -262,4 +373,6 @@ def test_sigkill_mid_run_then_rerun_loses_and_duplicates_nothing(tmp_path):
     ids = [r["id"] for r in lines(out / "qa.jsonl")] + [r["record"]["id"] for r in lines(out / "rejects.jsonl")]
     assert sorted(ids) == sorted(f"doc{d}.{'md' if d % 2 else 'txt'}#q{i}" for d in range(4) for i in range(4))
     assert "0 of 16 questions still open" in done.stdout
+    runs = json.loads((out / "generate.json").read_text(encoding="utf-8"))["runs"]
+    assert [r["finished"] for r in runs] == [False, True]
     assert KEY not in done.stdout + done.stderr

@@ -12,6 +12,7 @@ import yaml
 
 from longqa.pipeline import build
 from longqa.publish import main as publish_main
+from schemas.outdir import MARKER
 from tests.hub_server import FakeHub
 from tests.longqa.fixtures import cfg_for, corpus
 
@@ -31,7 +32,7 @@ def test_dry_run_stages_the_hub_tree_and_it_loads(built, tmp_path, capsys):
     staged = tmp_path / "staged"
     assert publish_main([str(built), "--repo-id", "org/longqa-test", "--dry-run", str(staged)]) == 0
     files = sorted(str(p.relative_to(staged)) for p in staged.rglob("*") if p.is_file())
-    assert files == ["README.md", "data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet",
+    assert files == [MARKER, "README.md", "data/test-00000-of-00001.parquet", "data/train-00000-of-00001.parquet",
                      "lengths.png", "manifest.json", "tokenized/test-00000-of-00001.parquet",
                      "tokenized/train-00000-of-00001.parquet"]
     loaded = datasets.load_dataset(str(staged), cache_dir=str(tmp_path / "cache"))
@@ -58,7 +59,7 @@ def test_dry_run_refuses_an_unfinished_build(tmp_path, capsys):
 
 
 def test_upload_makes_one_commit_with_the_staged_files_and_never_leaks_the_token(built, tmp_path, monkeypatch,
-                                                                                 capsys, caplog):
+                                                                                 capsys, caplog, hub_online):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     with FakeHub(fail_commits=1) as hub:
         monkeypatch.setenv("HF_ENDPOINT", hub.url)
@@ -79,7 +80,7 @@ def test_upload_makes_one_commit_with_the_staged_files_and_never_leaks_the_token
     assert not leaked and TOKEN not in out.out + out.err + caplog.text  # ...and it appears nowhere else
 
 
-def test_unreachable_endpoint_fails_fast_with_a_clear_message(built, monkeypatch, capsys):
+def test_unreachable_endpoint_fails_fast_with_a_clear_message(built, monkeypatch, capsys, hub_online):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     with socket.socket() as s:  # a port nobody listens on
         s.bind(("127.0.0.1", 0))
@@ -90,3 +91,35 @@ def test_unreachable_endpoint_fails_fast_with_a_clear_message(built, monkeypatch
     # no retry loop: it fails at the first refused connection (the bound is a hang guard, not a speed target)
     assert code == 1 and time.time() - start < 300
     assert f"cannot reach the hub at http://127.0.0.1:{port}" in err and TOKEN not in err
+
+
+def test_offline_mode_fails_at_once_and_says_what_to_do(built, monkeypatch, capsys):
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    sleeps: list[float] = []
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    with FakeHub() as hub:
+        code = publish_main([str(built), "--repo-id", "org/x", "--endpoint", hub.url])
+    err = capsys.readouterr().err
+    assert code == 1 and "offline mode" in err and "unset" in err and "--dry-run" in err
+    assert not hub.requests and not sleeps
+
+
+def test_the_clients_offline_error_is_not_retried(tmp_path, monkeypatch, hub_online):
+    from huggingface_hub import HfApi
+    from huggingface_hub.errors import OfflineModeIsEnabled
+
+    from longqa import hub as hub_module
+
+    monkeypatch.setenv("HF_TOKEN", TOKEN)
+    calls, sleeps = [], []
+
+    def refuse(*args, **kwargs):
+        calls.append(args)
+        raise OfflineModeIsEnabled("Cannot reach the hub: offline mode is enabled.")
+
+    monkeypatch.setattr(HfApi, "create_repo", refuse)
+    monkeypatch.setattr(time, "sleep", sleeps.append)
+    with FakeHub() as hub, pytest.raises(hub_module.HubError, match="offline mode"):
+        hub_module.upload(tmp_path, "org/x", repo_type="dataset", endpoint=hub.url)
+    assert len(calls) == 1 and not sleeps

@@ -6,7 +6,7 @@ import pytest
 
 from longqa.render import Renderer
 from longqa.tokenize import IGNORE_INDEX, Encoder, OverBudget, keep_indices
-from tests.longqa.fixtures import DOC, config, encode_one, labeled_text, record
+from tests.longqa.fixtures import config, encode_one, labeled_text, record
 
 def test_labels_are_the_answer_and_end_of_turn(tiny_tokenizer, tmp_path):
     rendered, enc = encode_one(tiny_tokenizer, config(tmp_path))
@@ -65,10 +65,12 @@ def test_keep_indices_middle_keeps_both_ends():
 def test_shared_documents_are_tokenized_once(tiny_tokenizer, tmp_path):
     cfg = config(tmp_path)
     renderer, encoder = Renderer(cfg, tiny_tokenizer), Encoder(tiny_tokenizer, cfg.max_length, cfg.truncation)
-    samples = [renderer.render(record(question=f"Question {i}?")) for i in range(3)]
+    doc = " ".join(f"Sentence {i} of the shared article about the Normans." for i in range(80))
+    samples = [renderer.render(record(doc=doc, question=f"Question {i}?")) for i in range(3)]
     calls = []
-    original = encoder._ids
-    encoder._ids = lambda texts, content: calls.append(texts) or original(texts, content=content)
+    original = encoder._tokens
+    encoder._tokens = lambda texts, tokenizer=None: calls.append(texts) or original(texts, tokenizer)
     out = encoder.encode(samples, ["same-doc"] * 3)
-    assert sum(t.count(samples[0].material) for t in calls) == 1
-    assert all(np.array_equal(o.input_ids[:50], out[0].input_ids[:50]) for o in out)
+    assert sum(t.count(samples[0].material) for texts in calls for t in texts) == 1  # the whole document once
+    for sample, enc in zip(samples, out):  # and every sample's ids are its whole text's
+        assert enc.input_ids.tolist() == tiny_tokenizer(sample.text, add_special_tokens=False).input_ids

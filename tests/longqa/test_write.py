@@ -13,7 +13,8 @@ def tokenized_rows(n, start=0):
     arrays = [np.arange(i + 1, dtype=np.int32) for i in range(start, start + n)]
     return {"id": [f"r{i}" for i in range(start, start + n)], "doc_id": ["d"] * n, "input_ids": list_array(arrays),
             "labels": list_array([-100 * np.ones_like(a) for a in arrays]), "length": [len(a) for a in arrays],
-            "n_doc_tokens": [0] * n, "n_doc_tokens_dropped": [0] * n, "seq": list(range(start, start + n))}
+            "n_doc_tokens": [0] * n, "n_doc_tokens_dropped": [0] * n, "seq": list(range(start, start + n)),
+            **{name: [None] * n for name in ("evidence_start", "evidence_end", "answer_position", "depth")}}
 
 
 def test_streamed_batches_load_as_one_dataset_per_split(tmp_path):

@@ -56,13 +56,13 @@ CASES = {
 
 
 def test_padded_length_makes_whole_groups_per_slice():
-    # ratio 1/4: G = N / 4, so N must be a multiple of 4 (P = 2: 2 groups a slice; P = 4: one)
-    assert padded_length(45, 2, 0.25, 64) == 48 and padded_length(48, 4, 0.25, 64) == 48
+    # G is the run's (from max_length): rows are padded to the next multiple of P x G
+    assert padded_length(45, 2, 12, 64) == 48 and padded_length(48, 4, 12, 64) == 48
+    assert padded_length(41, 2, 11, 44) == 44 and padded_length(1, 2, 2, 64) == 4
     assert cp_length_works(40, 4, 0.25) and not cp_length_works(42, 2, 0.25)
-    assert padded_length(1, 2, 0.5, 64) == 4  # G >= 2: N = 4, G = 2, 2 tokens a slice
     assert not cp_length_works(64, 8, 0.25)  # G = 16 > 64 / 8: no length works with P x ratio > 1
     with pytest.raises(ValueError, match="no row length between 61 and max_length 63"):
-        padded_length(61, 4, 0.25, 63)
+        padded_length(61, 4, 4, 63)
     assert cp_working_lengths(4098, 2, 0.25) == [4092, 4096, 4100, 4104]
 
 
@@ -292,7 +292,7 @@ def test_launch_must_hold_whole_groups(monkeypatch):
 def test_collator_pads_rows_to_whole_groups_per_slice():
     from sft.data import PadCollator
 
-    collate = cp_mod.ContextParallelCollator(PadCollator(pad_id=0, max_length=64), 0, 2, 0.25, 64)
+    collate = cp_mod.ContextParallelCollator(PadCollator(pad_id=0, max_length=64), 0, 2, 12, 64)
     batch = collate([{"input_ids": list(range(3, 48)), "labels": list(range(3, 48))}])  # 45 tokens -> 48
     assert batch["input_ids"].shape == (1, 48) and batch["labels"][0, 45:].tolist() == [-100] * 3
     assert batch["attention_mask"][0].sum() == 45 and batch["position_ids"][0].tolist() == list(range(48))
@@ -301,7 +301,8 @@ def test_collator_pads_rows_to_whole_groups_per_slice():
 @pytest.mark.slow
 def test_sft_run_with_two_slices_trains_like_one_process(tiny_llama_dir, tmp_path):
     """`torchrun --nproc-per-node 2 -m sft.run --context-parallel 2` logs the losses and gradient norms of one process
-    training whole samples (the padded length, 48, already cuts into 2 slices of whole groups, so G is the same)."""
+    training whole samples, at a padding that differs: one process pads the batch to 41 tokens, two slices to 44.
+    G is round(0.25 x max_length) = 11 in both (before: 10 in one process, from the padded 41, and 11 sliced)."""
     import json
     import subprocess
     import sys
@@ -313,8 +314,8 @@ def test_sft_run_with_two_slices_trains_like_one_process(tiny_llama_dir, tmp_pat
     from tests.sft.test_data import write_tokenized
     from tests.sft.test_distributed import ROOT, launch_env
 
-    data = write_tokenized(tmp_path / "built", [24, 32, 40, 48])  # one batch of all 4: the same samples every step
-    common = dict(model=tiny_llama_dir, data=data, max_length=64, max_steps=2, save_steps=2, learning_rate=1e-2,
+    data = write_tokenized(tmp_path / "built", [24, 32, 40, 41])  # one batch of all 4: the same samples every step
+    common = dict(model=tiny_llama_dir, data=data, max_length=44, max_steps=2, save_steps=2, learning_rate=1e-2,
                   warmup_steps=0, bf16=False, per_device_batch_size=4, seed=0, eval_samples=0)
     single = run(TrainConfig(**common, output_dir=str(tmp_path / "single")))
     recipe = tmp_path / "cp.yaml"

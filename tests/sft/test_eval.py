@@ -110,6 +110,36 @@ def test_shared_prefix_generation_gives_the_answers_of_one_prompt_at_a_time(tmp_
     assert stats.batches == (12 if batch_size == 1 else 2)
 
 
+def test_the_continuation_cache_appends_in_place_and_equals_the_prefix_cache(tmp_path):
+    """Decoding from a shared prefix writes each token into a preallocated buffer (transformers' DynamicLayer copies
+    the whole cache per token); keys and values, their growth past the capacity and row repeats equal a deep copy."""
+    import copy
+
+    import torch
+
+    from sft.eval import load_for_eval
+    from sft.evaluation.generate import continuation_cache, prefill
+
+    model, _, _ = load_for_eval(make_tiny_llama(tmp_path, max_position_embeddings=512), dtype="float32", device="cpu")
+    prefix = prefill(model, list(range(3, 43)))
+    cache, reference = continuation_cache(prefix, 44), copy.deepcopy(prefix)
+    buffer = cache.layers[0]._k.data_ptr()
+    with torch.inference_mode():
+        for token in range(50, 58):  # 8 tokens: past the capacity of 44 after the fourth
+            for c in (cache, reference):
+                model(input_ids=torch.tensor([[token]]), past_key_values=c, use_cache=True)
+            if token < 54:
+                assert cache.layers[0]._k.data_ptr() == buffer  # written in place, not copied
+    assert cache.get_seq_length() == reference.get_seq_length() == 48
+    for ours, theirs in zip(cache.layers, reference.layers):
+        assert torch.equal(ours.keys, theirs.keys) and torch.equal(ours.values, theirs.values)
+    assert prefix.get_seq_length() == 40  # the prefix itself is untouched, for the next prompt
+    cache.batch_repeat_interleave(3)
+    reference.batch_repeat_interleave(3)
+    assert all(torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
+               for a, b in zip(cache.layers, reference.layers))
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Fixtures: two tiny models and a tiny built dataset
 # ----------------------------------------------------------------------------------------------------------------------
@@ -263,6 +293,14 @@ def test_eval_two_models_writes_the_report_and_is_deterministic(tmp_path, tiny_m
         assert (out / png).read_bytes()[:4] == b"\x89PNG"
     assert any(m.startswith("report: ") for m in messages)
 
+    # tuned against base on the same questions: the paired F1 difference is the difference of the means
+    paired = on_disk["paired"]["qa"]["tuned"]
+    assert paired["n"] == 8 and paired["higher"] + paired["lower"] + paired["same"] == 8
+    assert paired["difference"] == pytest.approx(qa["tuned"]["overall"]["f1"] - qa["base"]["overall"]["f1"], abs=0.02)
+    assert paired["ci"][0] <= paired["difference"] <= paired["ci"][1]
+    assert "qa F1, tuned − base, paired over the same 8 questions" in md
+    assert any(m.startswith("qa F1 tuned − base: ") and "paired over 8 questions" in m for m in messages)
+
     again = evaluate(_config(tiny_models, tiny_built, tmp_path / "b"), progress=False, say=lambda m: None)
     assert _scores(again) == _scores(report)
     assert again["models"]["tuned"]["sha256"] == report["models"]["tuned"]["sha256"]
@@ -283,7 +321,8 @@ def test_cli_runs_a_yaml_config_with_flag_overrides(tmp_path, tiny_models, tiny_
 
 def test_all_config_problems_are_reported_before_loading(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)  # the default ppl data `out` must not exist
-    rc = main(["--models", "a=missing-model", f"b={tmp_path}", "--tasks", "qa,ppl,nope", "--limit", "0",
+    (tmp_path / "b").mkdir()  # a folder that is not a model
+    rc = main(["--models", "a=missing-model", f"b={tmp_path / 'b'}", "--tasks", "qa,ppl,nope", "--limit", "0",
                "--qa-data", str(tmp_path / "none.jsonl"), "--out", str(tmp_path / "r")])
     err = capsys.readouterr().err
     assert rc == 2 and "6 problem(s)" in err

@@ -127,13 +127,14 @@ def test_every_problem_is_reported_before_any_work(setup, capsys):
     assert "compare [longlora, nope]: unknown arm(s) ['nope']" in err and "compared with itself" in err
 
 
-@pytest.mark.parametrize("rope, factor, window", [(None, None, 512), ("linear", None, 512), ("yarn", None, 512),
-                                                  ("dynamic", None, 512), ("linear", 4.0, 1024)])
-def test_untrained_arms_change_only_the_rope(tmp_path, tiny_llama_dir, rope, factor, window):
+@pytest.mark.parametrize("rope, factor, native, window", [
+    (None, None, False, 512), (None, None, True, 256), ("linear", None, False, 512), ("yarn", None, False, 512),
+    ("dynamic", None, False, 512), ("linear", 4.0, False, 1024)])
+def test_untrained_arms_change_only_the_rope(tmp_path, tiny_llama_dir, rope, factor, native, window):
     from schemas.experiment import Arm
     from sft.model import context_length, load_config
 
-    arm = Arm(name="x", train=False, rope_scaling=rope, factor=factor)
+    arm = Arm(name="x", train=False, rope_scaling=rope, factor=factor, window="native" if native else "target")
     folder = experiment.untrained_model(arm, __import__("pathlib").Path(tiny_llama_dir), 512, tmp_path / "x")
     config = load_config(str(folder))
     assert context_length(config) == window
@@ -308,3 +309,87 @@ def test_train_seconds_of_a_resumed_run_add_its_parts():
                {"step": 8, "train_runtime": 70.5}]
     assert experiment.train_seconds(first + resumed) == 4 * 10.0 + 30.0 + 40.0
     assert experiment.train_seconds([{"step": 8, "loss": 1.0}, {"step": 8, "train_runtime": 70.5}]) is None
+
+
+@pytest.fixture
+def staged(setup):
+    """The paper's two stages: `extend` on plain text, then two arms that start from it (listed before it)."""
+    path, out = setup
+    exp = yaml.safe_load(path.read_text())
+    exp["arms"] = [{"name": "second", "from": "extend", "overrides": {"learning_rate": 5e-4}},
+                   {"name": "extend", "overrides": {}},
+                   {"name": "third", "from": "second"}]
+    exp["eval"]["tasks"] = ["ppl"]
+    exp["compare"] = []
+    path.write_text(yaml.safe_dump(exp))
+    return path, out
+
+
+def test_staged_arms_train_from_the_merged_model_of_their_stage_once_and_resume(staged, monkeypatch, capsys):
+    from sft import merge
+
+    path, out = staged
+    merges = []
+    real_merge = merge.merge_adapter
+    monkeypatch.setattr(merge, "merge_adapter", lambda adapter, dest, **kw: merges.append(str(adapter))
+                        or real_merge(adapter, dest, **kw))
+    assert main([str(path), "--plan"]) == 0
+    assert [line.split(":")[0] for line in capsys.readouterr().out.splitlines()[1:]] == \
+        ["1. extend", "2. second", "3. third"]
+    assert not out.exists()  # --plan does no work
+
+    assert main([str(path)]) == 0
+    results = json.loads((out / "results.json").read_text())["arms"]
+    assert list(results) == ["extend", "second", "third"]  # each after the arm it starts from
+    assert results["second"]["kind"] == "trained from extend" and results["third"]["kind"] == "trained from second"
+    assert merges == [str(out / "arms" / "extend" / "adapter"), str(out / "arms" / "second" / "adapter")]
+    for child, parent in (("second", "extend"), ("third", "second")):
+        adapter = json.loads((out / "arms" / child / "adapter" / "adapter_config.json").read_text())
+        assert adapter["base_model_name_or_path"] == str(out / "merged" / parent)
+        source = json.loads((out / "merged" / parent / "source.json").read_text())
+        assert source["adapter"] == str(out / "arms" / parent / "adapter")
+    merged = json.loads((out / "merged" / "extend" / "config.json").read_text())
+    assert merged["max_position_embeddings"] == 512 and merged["rope_parameters"]["rope_type"] == "linear"
+    # the second stage starts from the extension, not from the base: its merged model differs from extend's
+    assert results["second"]["scores"]["ppl@400"] != results["extend"]["scores"]["ppl@400"]
+
+    # a rerun trains, merges and evaluates nothing again
+    monkeypatch.setattr("sft.train.run", lambda *a, **k: (_ for _ in ()).throw(AssertionError("trained again")))
+    monkeypatch.setattr("sft.eval.evaluate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("evaluated")))
+    merges.clear()
+    assert main([str(path)]) == 0 and merges == []
+
+    # a merge cut before it finished (its source.json never written) is redone; the arms trained from an identical
+    # merge are kept
+    (out / "merged" / "extend" / "source.json").unlink()
+    assert main([str(path)]) == 0
+    assert merges == [str(out / "arms" / "extend" / "adapter")]
+
+
+def test_only_a_staged_arm_trains_the_arms_it_starts_from_without_evaluating_them(staged):
+    path, out = staged
+    assert main([str(path), "--only", "second"]) == 0
+    assert (out / "arms" / "extend" / "adapter").is_dir() and (out / "merged" / "extend" / "source.json").is_file()
+    assert list(json.loads((out / "results.json").read_text())["arms"]) == ["second"]
+    assert not (out / "eval" / "extend").exists() and not (out / "arms" / "third").exists()
+
+
+@pytest.mark.parametrize("arms, message", [
+    ([{"name": "a", "from": "b"}, {"name": "b", "from": "a"}], "arms: from cycle: a -> b -> a"),
+    ([{"name": "a", "from": "a"}], "arm a: from a: an arm cannot start from itself"),
+    ([{"name": "a", "from": "nope"}], "arm a: from nope: unknown arm (arms: a)"),
+    ([{"name": "u", "train": False}, {"name": "a", "from": "u"}], "arm a: from u: an untrained arm has no trained "
+                                                                    "model to start from"),
+    ([{"name": "u", "train": False, "from": "a"}, {"name": "a"}], "arm u: from is for trained arms"),
+    ([{"name": "e"}, {"name": "a", "from": "e", "overrides": {"rope_scaling": "yarn"}}],
+     "arm a: rope_scaling yarn: it starts from e, whose merged model carries linear RoPE scaling (to 512 tokens); "
+     "set rope_scaling: linear"),
+])
+def test_stage_problems_are_refused_when_the_config_loads(setup, capsys, arms, message):
+    path, out = setup
+    exp = yaml.safe_load(path.read_text())
+    exp["arms"], exp["compare"] = arms, []
+    path.write_text(yaml.safe_dump(exp))
+    assert main([str(path), "--plan"]) == 2
+    assert message in capsys.readouterr().err
+    assert not out.exists()

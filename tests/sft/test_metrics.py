@@ -210,3 +210,25 @@ def test_length_buckets():
     assert [bucket_label(n, edges) for n in (0, 2047, 2048, 8191, 8192, 10**6)] == \
         ["0-2k", "0-2k", "2k-4k", "4k-8k", "8k+", "8k+"]
     assert bucket_labels([100, 256]) == ["0-100", "100-256", "256+"]
+
+
+def test_paired_difference_matches_questions_by_id_and_excludes_zero_only_when_it_should():
+    from sft.evaluation.metrics import paired_difference, paired_verdict_zero
+
+    def result(ids, f1):
+        return {"per_question": {"id": ids, "f1": f1}}
+
+    ids = [f"q{i}" for i in range(40)]
+    base = [0.1 * (i % 5) for i in range(40)]  # questions differ a lot in difficulty
+    better = result(ids[::-1], [b + 0.05 for b in base][::-1])  # other order: matched by id, not by position
+    paired = paired_difference(result(ids, base), better)
+    assert paired["n"] == 40 and paired["difference"] == pytest.approx(5.0)
+    assert paired["higher"] == 40 and paired["lower"] == paired["same"] == 0
+    assert paired["ci"][0] > 0 and "excludes 0" in paired_verdict_zero(paired["ci"])
+    mixed = result(ids, [b + (0.05 if i % 2 else -0.05) for i, b in enumerate(base)])  # as many up as down
+    paired = paired_difference(result(ids, base), mixed)
+    assert paired["difference"] == pytest.approx(0.0, abs=1e-9) and paired["ci"][0] < 0 < paired["ci"][1]
+    assert "includes 0" in paired_verdict_zero(paired["ci"])
+    assert paired_difference(result(ids[:3], base[:3]), result(ids[1:5], base[1:5]))["n"] == 2
+    assert paired_difference(result(["a"], [1.0]), result(["b"], [1.0])) is None
+    assert paired_difference({"overall": {}}, better) is None  # an older report without per-question scores

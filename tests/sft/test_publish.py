@@ -64,7 +64,7 @@ def test_merged_dry_run_loads_without_flags_and_names_the_hub_base(run_dir, tmp_
     assert meta["library_name"] == "transformers" and meta["base_model"] == "org/tiny-base"
 
 
-def test_upload_adapter_one_commit_no_token_leak(run_dir, tmp_path, monkeypatch, capsys, caplog):
+def test_upload_adapter_one_commit_no_token_leak(run_dir, tmp_path, monkeypatch, capsys, caplog, hub_online):
     monkeypatch.setenv("HF_TOKEN", TOKEN)
     with FakeHub() as hub:
         code = publish_main([str(run_dir), "--repo-id", "org/tiny-longlora", "--endpoint", hub.url,

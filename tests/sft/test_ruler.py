@@ -61,12 +61,26 @@ def test_other_seeds_give_other_prompts_of_the_same_length(word_tokenizer):
 
 
 def test_metrics_follow_rulers_definitions():
-    assert ruler.string_match_all("The numbers are 123 and 456.", ["123", "456", "789"]) == pytest.approx(200 / 3)
-    assert ruler.string_match_all("ABC-def", ["abc-DEF"]) == 100.0
-    assert ruler.string_match_part("Paris, France", ["London", "france"]) == 100.0
+    assert ruler.string_match_all("The numbers are 123 and 456.", ["123", "456", "789"]) == pytest.approx(2 / 3)
+    assert ruler.string_match_all("ABC-def", ["abc-DEF"]) == 1.0
+    assert ruler.string_match_part("Paris, France", ["London", "france"]) == 1.0
     assert ruler.string_match_part("nothing", ["London", "Paris"]) == 0.0
     assert ruler.postprocess("  a\x00b\tc ") == "a\nb\nc"
     assert ruler.postprocess(None) == ""
+
+
+def test_cell_score_rounds_as_ruler_does():
+    """RULER: round(sum(fractions) / n * 100, 2). 23 of 40 samples at 25 % is 14.37 there (the mean of percentages,
+    575 / 40 = 14.375 exactly, would round to 14.38)."""
+    fractions = [0.25] * 23 + [0.0] * 17
+    assert ruler.cell_score(fractions) == round(sum(fractions) / len(fractions) * 100, 2) == 14.37
+    assert ruler.cell_score([1.0, 0.0, 1 / 3]) == 44.44
+
+
+def test_unknown_template_name_is_refused(word_tokenizer):
+    with pytest.raises(ruler.DataError, match="not a RULER template name"):
+        ruler.generate_samples("niah_single_1", word_tokenizer, length=1024, num_samples=1, template="meta_chat")
+    assert ruler.resolve_model_template("Q: {task_template}", word_tokenizer) == "Q: {task_template}"
 
 
 def test_cells_get_wilson_intervals_when_binary_and_the_bootstrap_with_partial_credit():

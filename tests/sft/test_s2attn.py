@@ -191,6 +191,22 @@ def test_mask_function_is_o_n_for_whole_sequences_and_sdpa_otherwise():
     assert torch.equal(cached, sdpa_mask(2, 1, 3, q_offset=2, attention_mask=mask))
 
 
+def test_a_failed_packed_probe_warns_once_with_the_reason_and_the_dense_masks_size(caplog, monkeypatch):
+    """A mask function written for transformers' 4D broadcast layout cannot be probed on O(N) index pairs: the
+    dense mask still comes back (it is right), but not silently."""
+    monkeypatch.setattr(s2attn, "_probe_failures", set())
+
+    def four_d_causal(b, h, q, kv):  # reads the 4D layout sdpa_mask passes: (B,1,1,1), (1,1,1,1), (1,1,Q,1), (1,1,1,K)
+        return (kv <= q).expand(b.shape[0], 1, q.shape[2], kv.shape[3])
+
+    with caplog.at_level("WARNING", logger="sft.s2attn"):
+        first = s2_attn_mask(2, 4, 4, mask_function=four_d_causal, attention_mask=None)
+        s2_attn_mask(2, 4, 4, mask_function=four_d_causal, attention_mask=None)
+    assert first == sdpa_mask(2, 4, 4, mask_function=four_d_causal, attention_mask=None)  # None: is_causal
+    warned = [r.getMessage() for r in caplog.records if "probe" in r.getMessage()]
+    assert len(warned) == 1 and "IndexError" in warned[0] and "2 x 1 x 4 x 4" in warned[0] and "GiB" in warned[0]
+
+
 # ----------------------------------------------------------------------------------------------------------------------
 # Attention function against the reference
 # ----------------------------------------------------------------------------------------------------------------------

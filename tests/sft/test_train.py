@@ -272,22 +272,3 @@ def test_eval_every_problems_are_reported_with_the_config():
         TrainConfig(eval_every=5, eval_passkey_lengths=[1024, 8192])
     with pytest.raises(ValueError, match="in extend mode use eval_tasks: passkey"):
         TrainConfig(mode="extend", data=["a.txt"], eval_every=5, eval_tasks="passkey,qa")
-
-
-def test_bf16_null_follows_the_cpu_bf16_units(tmp_path, monkeypatch):
-    from sft import train
-
-    cpuinfo = tmp_path / "cpuinfo"
-    cpuinfo.write_text("processor\t: 0\nflags\t\t: fpu sse avx512f avx512_core\n")
-    assert train.cpu_flags(str(cpuinfo)) == {"fpu", "sse", "avx512f", "avx512_core"}
-    assert train.cpu_flags(str(tmp_path / "none")) == set()
-    monkeypatch.setattr(train, "has_accelerator", lambda: False)
-    for flags, expected in (("avx512f", False), ("avx512f avx512_bf16", True), ("amx_tile amx_bf16", True)):
-        monkeypatch.setattr(train, "cpu_flags", lambda flags=flags: set(flags.split()))
-        assert train.use_bf16(TrainConfig()) is expected
-        assert train.use_bf16(TrainConfig(bf16=True)) and not train.use_bf16(TrainConfig(bf16=False))
-        assert train.use_bf16(TrainConfig(model_dtype="bfloat16"))  # a bf16 base needs autocast
-    monkeypatch.setattr(train, "cpu_flags", lambda: {"amx_tile", "amx_bf16"})
-    for cap, expected in (("AVX512_CORE", False), ("avx2", False), ("AVX512_CORE_AMX", True), ("ALL", True), ("", True)):
-        monkeypatch.setenv("ONEDNN_MAX_CPU_ISA", cap)
-        assert train.has_bf16_units() is expected  # oneDNN capped below its bf16 ISAs emulates bf16: float32 then
