@@ -67,7 +67,7 @@ def probe(kind: str, n: int, args) -> dict:
     if args.layers:
         config.num_hidden_layers = args.layers
     model, _ = load_model(cfg.model, config=config, attn_implementation="s2_attn")
-    model = add_lora_plus(model, r=cfg.lora_r, alpha=cfg.lora_alpha, target_modules=tuple(cfg.lora_target_modules),
+    model = add_lora_plus(model, r=cfg.lora_r, alpha=cfg.lora_alpha, target_modules=cfg.lora_target_modules,
                           trainable=tuple(cfg.trainable))
     upcast_trainable(model)
     model.to(args.device)

@@ -60,8 +60,9 @@ class TrainConfig(BaseModel):
     lora_r: int = Field(8, ge=1, description="LoRA rank (paper: 8)")
     lora_alpha: int = Field(16, ge=1, description="LoRA alpha (paper: 16)")
     lora_dropout: float = Field(0.0, ge=0.0, lt=1.0, description="LoRA dropout")
-    lora_target_modules: list[str] = Field(["q_proj", "k_proj", "v_proj", "o_proj"], min_length=1,
-                                           description="module names that get LoRA (paper: the attention projections)")
+    lora_target_modules: list[str] | None = Field(None, min_length=1, description="module names that get LoRA; "
+                                                  "default: the model's attention projections, whatever the family "
+                                                  "calls them (paper: q, k, v, o)")
     trainable: list[str] = Field(["embed", "norm"], description="non-LoRA modules trained fully as well: 'embed', "
                                  "'norm' (the paper's LoRA+; without them long-context quality collapses), 'head' "
                                  "(the output layer, when untied). A comma-separated string is accepted")

@@ -89,7 +89,12 @@ def load_for_eval(ref: str, *, dtype: str = "float32", device: str = "cpu"):
     else:
         model, tokenizer = load_model(ref, dtype=torch_dtype, attn_implementation="sdpa")
         kind = "gguf, dequantized" if ref.endswith(".gguf") else "model"
-    model.set_attn_implementation("sdpa")  # dense attention at inference, whatever the training config said
+    # dense attention at inference, whatever the training config said; SDPA cannot soft-cap (Gemma2): packed_causal
+    # computes the eager formula then
+    softcap = getattr(model.config.get_text_config(), "attn_logit_softcapping", None)
+    if softcap is not None:
+        import sft.s2attn  # noqa: F401 (registers packed_causal)
+    model.set_attn_implementation("sdpa" if softcap is None else "packed_causal")
     model.to(device).eval()
     return model, tokenizer, kind
 

@@ -85,12 +85,55 @@ def load_model(ref: str, *, dtype: torch.dtype = torch.float32, attn_implementat
 # ----------------------------------------------------------------------------------------------------------------------
 
 
+#: RoPE of the layers that attend the whole context, for configs with ``rope_parameters`` per layer type (Gemma3: its
+#: long-context checkpoints scale only these, e.g. gemma-3-4b's ``rope_scaling`` {"rope_type": "linear", "factor": 8}
+#: lands in ``rope_parameters["full_attention"]``; the sliding-window layers keep their local RoPE)
+GLOBAL_LAYER_TYPE = "full_attention"
+#: model types whose config accepts only "default" and "longrope" RoPE (Phi3Config.validate_rope); linear position
+#: interpolation is written as longrope with the one factor on every frequency (attention_factor 1), which is it exactly
+LONGROPE_ONLY = ("phi3",)
+
+
 def _flat_rope_parameters(config: PretrainedConfig) -> dict:
+    """The ``rope_parameters`` that position interpolation scales: the global dict, or with one dict per layer type
+    the ``full_attention`` one (see ``GLOBAL_LAYER_TYPE``)."""
     config.standardize_rope_params()  # old `rope_scaling` / `rope_theta` fields -> `rope_parameters`
     rope = dict(getattr(config, "rope_parameters", None) or {})
+    if rope and all(isinstance(v, dict) for v in rope.values()) and isinstance(rope.get(GLOBAL_LAYER_TYPE), dict):
+        return dict(rope[GLOBAL_LAYER_TYPE])
     if not rope or any(isinstance(v, dict) for v in rope.values()):
-        raise ModelError(f"{config.model_type}: RoPE scaling needs one global `rope_parameters` dict, got {rope!r}")
+        raise ModelError(f"{config.model_type}: RoPE scaling needs one global `rope_parameters` dict or one for "
+                         f"{GLOBAL_LAYER_TYPE!r} layers, got {rope!r}; set rope_scaling: none and scale the config "
+                         "yourself")
     return rope
+
+
+def _set_rope_parameters(config: PretrainedConfig, new: dict) -> None:
+    rope = getattr(config, "rope_parameters", None) or {}
+    if all(isinstance(v, dict) for v in rope.values()) and isinstance(rope.get(GLOBAL_LAYER_TYPE), dict):
+        config.rope_parameters = {**rope, GLOBAL_LAYER_TYPE: new}
+    else:
+        config.rope_parameters = new
+
+
+def _as_longrope(config: PretrainedConfig, rope: dict, factor: float, original: int) -> dict:
+    """Linear PI by ``factor`` in the longrope form: ``inv_freq / factor`` on every rotary frequency, short and long
+    alike, no attention scaling."""
+    rotary = int(config.hidden_size // config.num_attention_heads * rope.get("partial_rotary_factor", 1.0))
+    return {**rope, "rope_type": "longrope", "factor": factor, "short_factor": [factor] * (rotary // 2),
+            "long_factor": [factor] * (rotary // 2), "original_max_position_embeddings": original,
+            "attention_factor": 1.0}
+
+
+def validate_config(config: PretrainedConfig) -> None:
+    """Raise :class:`ModelError` unless `config` passes its class's own checks and survives a to_dict/from_dict round
+    trip: what saving the adapter does at the end of training."""
+    try:
+        config.validate()
+        type(config).from_dict(config.to_dict())
+    except (ValueError, TypeError) as e:  # StrictDataclassClassValidationError is a ValueError
+        raise ModelError(f"{config.model_type}: the scaled config is not valid for {type(config).__name__}: "
+                         f"{str(e).strip().splitlines()[-1].strip()}") from None
 
 
 def context_length(config: PretrainedConfig) -> int:
@@ -114,7 +157,9 @@ def apply_rope_scaling(config: PretrainedConfig, target_length: int, kind: str =
     (linear), so the longer context falls into the trained range of angles. A factor the model already has (same
     `kind`) is multiplied: ``f_new = f_old * target / context``. ``"dynamic"`` (dynamic NTK) and ``"yarn"`` write the
     corresponding transformers ``rope_parameters`` instead. Nothing changes when the target fits the current context.
-    Edits `config` in place (``rope_parameters``, ``max_position_embeddings``).
+    Edits `config` in place (``rope_parameters``, ``max_position_embeddings``). Configs with RoPE per layer type
+    (Gemma3) get their ``full_attention`` layers scaled, as Gemma3's own long-context checkpoints are; Phi3 gets
+    linear scaling in its longrope form (``LONGROPE_ONLY``). The scaled config is validated as saving will check it.
     """
     if kind not in ROPE_KINDS:
         raise ValueError(f"RoPE scaling kind {kind!r}: expected one of {', '.join(ROPE_KINDS)}")
@@ -127,13 +172,25 @@ def apply_rope_scaling(config: PretrainedConfig, target_length: int, kind: str =
     old_kind = rope.get("rope_type", "default")
     if old_kind not in ("default", kind):
         raise ModelError(f"the model already uses {old_kind!r} RoPE scaling; extending it with {kind!r} is not defined")
+    longrope = config.model_type in LONGROPE_ONLY
+    if longrope and kind != "linear":
+        raise ModelError(f"{config.model_type}: its config accepts only 'default' and 'longrope' RoPE, so {kind!r} "
+                         "scaling cannot be saved; use rope_scaling: linear (written as longrope with one factor)")
     old_factor = float(rope.get("factor") or 1.0) if old_kind == kind else 1.0
     new = {**rope, "rope_type": kind, "factor": old_factor * target_length / current}
     if kind == "yarn":  # YaRN's frequency ramp is defined against the pretraining length
         new.setdefault("original_max_position_embeddings", current)
-    config.rope_parameters = new
+    if longrope:
+        new = _as_longrope(config, rope, new["factor"], current)
+    before = (config.rope_parameters, config.max_position_embeddings)
+    _set_rope_parameters(config, new)
     if kind != "dynamic":
         config.max_position_embeddings = target_length
+    try:
+        validate_config(config)  # now, not when the adapter is saved after training
+    except ModelError:
+        config.rope_parameters, config.max_position_embeddings = before
+        raise
     logger.info("RoPE %s scaling: context %d -> %d (factor %.4g)", kind, current, target_length, new["factor"])
     return dict(new)
 
@@ -184,8 +241,30 @@ def check_target_modules(model: nn.Module, target_modules: Sequence[str]) -> Non
                                 f"linear layers are {linear} (set --lora-target-modules to some of them)")
 
 
+def default_lora_targets(model: nn.Module) -> tuple[str, ...]:
+    """The attention projections of `model`, whatever the family calls them (LongLoRA trains all of them): the
+    linear layers directly inside its attention modules (transformers' ``*Attention`` classes), e.g. ``q_proj,
+    k_proj, v_proj, o_proj`` (Llama and most), ``query_key_value, dense`` (GPT-NeoX), ``qkv_proj, o_proj`` (Phi3).
+    Without such modules, peft's own table (``TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING``)."""
+    names: dict[str, None] = {}
+    for module in model.modules():
+        if type(module).__name__.endswith("Attention"):
+            names.update((name, None) for name, child in module.named_children() if isinstance(child, nn.Linear))
+    if names:
+        return tuple(names)
+    from peft.utils.constants import TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING
+
+    model_type = getattr(getattr(model, "config", None), "model_type", None)
+    targets = TRANSFORMERS_MODELS_TO_LORA_TARGET_MODULES_MAPPING.get(model_type)
+    if not targets:
+        linear = sorted({n.rsplit(".", 1)[-1] for n, m in model.named_modules() if isinstance(m, nn.Linear)})
+        raise AdapterSetupError(f"lora_target_modules: no attention projections found in {type(model).__name__}; "
+                                f"its linear layers are {linear} (set --lora-target-modules to some of them)")
+    return tuple(targets)
+
+
 def add_lora_plus(model: PreTrainedModel, *, r: int = 8, alpha: int = 16, dropout: float = 0.0,
-                  target_modules: Sequence[str] = ("q_proj", "k_proj", "v_proj", "o_proj"),
+                  target_modules: Sequence[str] | None = None,
                   trainable: Sequence[str] = ("embed", "norm")):
     """Wrap `model` in a peft ``PeftModel``: LoRA (rank `r`, scale ``alpha / r``) on `target_modules`, and the modules
     of the `trainable` categories (embeddings, every normalization layer) trained fully.
@@ -195,9 +274,12 @@ def add_lora_plus(model: PreTrainedModel, *, r: int = 8, alpha: int = 16, dropou
     ``ensure_weight_tying`` an output embedding tied to it uses that one tensor and is saved once (issue 13: as a
     ``modules_to_save`` pair peft wrote it twice, SmolLM2's adapter was 224 MB for a 98 MB model). Everything lands in
     one adapter folder on ``save_pretrained`` that ``PeftModel.from_pretrained`` loads, with the tie intact. The
-    trainable set is verified (:func:`verify_lora_plus`) and its size logged.
+    trainable set is verified (:func:`verify_lora_plus`) and its size logged. `target_modules` ``None``: the
+    family's attention projections (:func:`default_lora_targets`).
     """
     from peft import LoraConfig, get_peft_model
+
+    target_modules = tuple(target_modules) if target_modules else default_lora_targets(model)
 
     extras = extra_trainable_modules(model, trainable)
     embedding = model.get_input_embeddings()
@@ -320,5 +402,6 @@ def _active_weight(module: nn.Module) -> torch.Tensor:
 
 
 __all__ = ["AdapterSetupError", "ModelSource", "ROPE_KINDS", "adapter_extras", "add_lora_plus", "apply_rope_scaling",
-           "context_length", "embeddings_tied", "extra_trainable_modules", "load_config", "load_model",
-           "load_tokenizer", "resolve_source", "trainable_parameters", "verify_lora_plus"]
+           "context_length", "default_lora_targets", "embeddings_tied", "extra_trainable_modules", "load_config",
+           "load_model", "load_tokenizer", "resolve_source", "trainable_parameters", "validate_config",
+           "verify_lora_plus"]

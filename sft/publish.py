@@ -76,7 +76,7 @@ def model_card(kind: str, repo_id: str, train: dict, rope: dict | None, base_ref
         m = json.loads(manifest.read_text())
         dataset = f"{m['name']} (`{data}`, {m['counts']['by_split'].get(train.get('split', 'train'), 0)} samples)"
     lora = {"r": train.get("lora_r"), "alpha": train.get("lora_alpha"), "dropout": train.get("lora_dropout"),
-            "target_modules": train.get("lora_target_modules", [])}
+            "target_modules": train.get("lora_target_modules") or ["the family's attention projections"]}
     template = resources.files("data_cards").joinpath("model_card.md.j2").read_text(encoding="utf-8")
     env = jinja2.Environment(undefined=jinja2.StrictUndefined, trim_blocks=True, lstrip_blocks=True,
                              keep_trailing_newline=True)
@@ -101,6 +101,10 @@ def stage(source: Path, out: Path, repo_id: str, kind: str | None, base_id: str 
     else:
         shutil.copytree(parts["adapter"], out, dirs_exist_ok=True)
     train = yaml.safe_load(parts["config"].read_text()) if parts["config"] else {}
+    if not train.get("lora_target_modules") and parts["adapter"]:  # the family's default: what peft wrapped
+        wrapped = json.loads((parts["adapter"] / "adapter_config.json").read_text()).get("target_modules")
+        if wrapped:
+            train = {**train, "lora_target_modules": sorted(wrapped) if not isinstance(wrapped, str) else [wrapped]}
     if parts["config"]:
         shutil.copy2(parts["config"], out / TRAIN_CONFIG)
     base_ref = train.get("model") or "unknown"

@@ -26,6 +26,9 @@ Contract (DESIGN.md, "S2-Attn (shifted sparse attention) — the contract"):
 - Context parallelism (``sft.context_parallel``, issue 14): an attention layer that carries a ``context_parallel``
   place holds one of P slices of every row; ``N`` is then the global length ``P * n`` and the slice is attended
   locally, plus the left neighbour's last half-group of shifted keys/values (a differentiable exchange).
+- The model's own score rules apply inside every segment (:class:`ScoreRules`): Gemma2's soft-capping (the eager
+  formula) and sliding windows (S2 with ``G <= W`` is exactly S2, with ``G > W`` S2 intersected with the window), in
+  training, packed rows and eval. Attention sinks (``s_aux``) and, in training, ``position_bias`` are refused.
 - Segments never cross a sample boundary: every row is split into samples (maximal runs of real tokens whose
   ``position_ids`` increase by one, or whose mask links them, see :func:`row_samples`) and the segment rule restarts
   at each sample start. Padding tokens take part in nothing and get a zero output and zero gradients.
@@ -150,6 +153,64 @@ class S2AttnSettings:
         if self.group_size is not None:
             return self.group_size
         return max(1, round(self.group_size_ratio * seq_len))  # schemas.train.s2_group_size (no pydantic here)
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# Score rules of the model (soft-capping, sliding windows) and the one attention call everything goes through
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ScoreRules:
+    """What a model's own attention does to its scores besides the causal mask, applied inside every segment/sample:
+    ``softcap`` (Gemma2: ``tanh(s / c) * c``, the eager formula) and ``window`` (a query sees keys fewer than W
+    positions back, as transformers' ``sliding_window_causal_mask_function``). S2 with ``G <= W`` is exactly S2 (a
+    segment never spans W tokens); with ``G > W`` it is S2 intersected with the window."""
+
+    softcap: float | None = None
+    window: int | None = None
+
+    @classmethod
+    def of(cls, kwargs: Mapping) -> ScoreRules:
+        return cls(kwargs.get("softcap"), kwargs.get("sliding_window"))
+
+    def __bool__(self) -> bool:
+        return self.softcap is not None or self.window is not None
+
+
+NO_RULES = ScoreRules()
+
+
+def attend(q, k, v, *, dropout: float, scaling: float | None, enable_gqa: bool = False,
+           rules: ScoreRules = NO_RULES, allowed: torch.Tensor | None = None, q_pos=None, k_pos=None) -> torch.Tensor:
+    """Heads-major ``q (..., H, L, D)``, ``k, v (..., Hk, S, D)`` -> ``(..., H, L, D)``: causal over slots (``L == S``),
+    or over positions ``q_pos (L,)`` / ``k_pos (S,)`` when given, and/or the boolean mask ``allowed`` (broadcast to
+    ``(..., L, S)``); then the window of ``rules`` and, with a soft cap, the eager formula. Without rules or masks it
+    is SDPA's ``is_causal`` (flash/efficient kernels)."""
+    if not rules and allowed is None and q_pos is None:
+        extra = {"enable_gqa": True} if enable_gqa else {}
+        return F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, **extra)
+    if q_pos is None and allowed is None:
+        q_pos = k_pos = torch.arange(q.shape[-2], device=q.device)
+    if q_pos is not None:
+        causal = k_pos[None, :] <= q_pos[:, None]
+        allowed = causal if allowed is None else allowed & causal
+    if rules.window is not None:
+        if q_pos is None:  # slots of a whole sequence, queries aligned to the end
+            q_pos = torch.arange(q.shape[-2], device=q.device) + (k.shape[-2] - q.shape[-2])
+            k_pos = torch.arange(k.shape[-2], device=q.device)
+        allowed = allowed & (q_pos[:, None] - k_pos[None, :] < rules.window)
+    if rules.softcap is None:
+        extra = {"enable_gqa": True} if enable_gqa else {}
+        return F.scaled_dot_product_attention(q, k, v, attn_mask=allowed, dropout_p=dropout, scale=scaling, **extra)
+    if k.shape[-3] != q.shape[-3]:  # GQA: the eager formula needs a key/value head per query head
+        k, v = (x.repeat_interleave(q.shape[-3] // x.shape[-3], dim=-3) for x in (k, v))
+    scores = q @ k.transpose(-1, -2) * (q.shape[-1] ** -0.5 if scaling is None else scaling)
+    scores = torch.tanh(scores / rules.softcap) * rules.softcap
+    wide = torch.promote_types(q.dtype, torch.float32)  # as eager attention: the softmax in float32 at least
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), dim=-1, dtype=wide).to(q.dtype)
+    probs = probs.nan_to_num(0.0)  # a query that may see nothing (padding slots) gets zeros
+    return F.dropout(probs, p=dropout, training=dropout > 0) @ v
 
 
 # ----------------------------------------------------------------------------------------------------------------------
@@ -322,7 +383,8 @@ def _first_visible(prefix: int, group_size: int | None) -> int:
 
 
 def _attend_branches(out: torch.Tensor, q_t, k_t, v_t, position_ids: torch.Tensor, branches: tuple,
-                     group_size: int | None, dropout: float, scaling: float | None) -> torch.Tensor:
+                     group_size: int | None, dropout: float, scaling: float | None,
+                     rules: ScoreRules = NO_RULES) -> torch.Tensor:
     """``out (B, N, H, D)`` with the branch tokens' attention written in: each branch's queries over its keys
     (:func:`branch_key_columns`) with an explicit boolean mask (:func:`branch_mask`; SDPA, any device; per head half
     for S2). ``group_size=None``: full causal attention."""
@@ -338,9 +400,8 @@ def _attend_branches(out: torch.Tensor, q_t, k_t, v_t, position_ids: torch.Tenso
         q_pos, k_pos = row_pos[start:end], row_pos[cols]
         q = q_t[row, start:end].transpose(0, 1)  # (H, b, D)
         k, v = (x[row, cols].repeat_interleave(n_rep, dim=1).transpose(0, 1) for x in (k_t, v_t))  # (H, m, D)
-        heads = [F.scaled_dot_product_attention(q[h], k[h], v[h], attn_mask=branch_mask(q_pos, k_pos, group_size,
-                                                                                         shifted),
-                                                dropout_p=dropout, scale=scaling)
+        heads = [attend(q[h], k[h], v[h], dropout=dropout, scaling=scaling, rules=rules, q_pos=q_pos, k_pos=k_pos,
+                        allowed=branch_mask(q_pos, k_pos, group_size, shifted))
                  for h, shifted in halves if h.stop > h.start]
         parts.append(torch.cat(heads).transpose(0, 1) if len(heads) > 1 else heads[0].transpose(0, 1))  # (b, H, D)
         index.append(torch.arange(row * seq_len + start, row * seq_len + end))
@@ -444,7 +505,8 @@ def select_backend(requested: str, query: torch.Tensor) -> str:
     return "flash" if available and query.is_cuda and query.dtype in _FLASH_DTYPES else "sdpa"
 
 
-def _grouped_causal(q, k, v, group: int, dropout: float, scaling: float | None, enable_gqa: bool) -> torch.Tensor:
+def _grouped_causal(q, k, v, group: int, dropout: float, scaling: float | None, enable_gqa: bool,
+                    rules: ScoreRules = NO_RULES) -> torch.Tensor:
     """Causal attention inside consecutive groups of ``group`` tokens, the last one cut at the end.
 
     ``q (B, L, Hq, D)``, ``k, v (B, L, Hk, D)`` token-major -> ``(B, L, Hq, D)``. All full groups are one batched SDPA
@@ -454,24 +516,24 @@ def _grouped_causal(q, k, v, group: int, dropout: float, scaling: float | None, 
     group = min(group, length)
     full = length - length % group
     if full == length:
-        return _causal_groups(q, k, v, group, dropout, scaling, enable_gqa)
+        return _causal_groups(q, k, v, group, dropout, scaling, enable_gqa, rules)
     (q0, q1), (k0, k1), (v0, v1) = (x.split([full, length - full], dim=1) for x in (q, k, v))
-    return torch.cat([_causal_groups(q0, k0, v0, group, dropout, scaling, enable_gqa),
-                      _causal_groups(q1, k1, v1, length - full, dropout, scaling, enable_gqa)], dim=1)
+    return torch.cat([_causal_groups(q0, k0, v0, group, dropout, scaling, enable_gqa, rules),
+                      _causal_groups(q1, k1, v1, length - full, dropout, scaling, enable_gqa, rules)], dim=1)
 
 
-def _causal_groups(q, k, v, group: int, dropout: float, scaling: float | None, enable_gqa: bool) -> torch.Tensor:
+def _causal_groups(q, k, v, group: int, dropout: float, scaling: float | None, enable_gqa: bool,
+                   rules: ScoreRules = NO_RULES) -> torch.Tensor:
     """:func:`_grouped_causal` when ``group`` divides the length."""
     batch, length, _, head_dim = q.shape
     # (B, n * G, H, D) -> (B * n, H, G, D): a view of the token-major layout (a copy only for B > 1 slices)
     q, k, v = (x.reshape(batch * (length // group), group, x.shape[2], head_dim).transpose(1, 2) for x in (q, k, v))
-    extra = {"enable_gqa": True} if enable_gqa else {}
-    o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling, **extra)
+    o = attend(q, k, v, dropout=dropout, scaling=scaling, enable_gqa=enable_gqa, rules=rules)
     return o.transpose(1, 2).reshape(batch, length, -1, head_dim)
 
 
 def _contiguous_half(q, k, v, group_size: int, shifted: bool, wrap: str, dropout: float, scaling: float | None,
-                     enable_gqa: bool) -> torch.Tensor:
+                     enable_gqa: bool, rules: ScoreRules = NO_RULES) -> torch.Tensor:
     """One head half when every row is one sample that starts at token 0 (right padding at most; none for
     ``wrap="roll"``): segments are slices of the sequence, no gather. Token-major ``(B, N, Hh, D)`` in and out.
 
@@ -480,7 +542,7 @@ def _contiguous_half(q, k, v, group_size: int, shifted: bool, wrap: str, dropout
     """
     seq_len = q.shape[1]
     shift = group_size // 2 if shifted else 0
-    run = functools.partial(_grouped_causal, dropout=dropout, scaling=scaling, enable_gqa=enable_gqa)
+    run = functools.partial(_grouped_causal, dropout=dropout, scaling=scaling, enable_gqa=enable_gqa, rules=rules)
     if shift == 0 or shift >= seq_len:
         return run(q, k, v, group_size)
     if wrap == "roll":  # Algorithm 1: roll(-G/2), attend in groups, roll back
@@ -518,7 +580,8 @@ def _gather(x_t: torch.Tensor, rows: torch.Tensor, tokens: torch.Tensor, heads: 
     return x_t[rows[..., None], tokens[..., None], heads]
 
 
-def _gathered_half(q_t, k_t, v_t, heads, kv_heads, plan, dropout: float, scaling: float | None) -> torch.Tensor:
+def _gathered_half(q_t, k_t, v_t, heads, kv_heads, plan, dropout: float, scaling: float | None,
+                   rules: ScoreRules = NO_RULES) -> torch.Tensor:
     """Any segment layout (packed samples, left padding, roll with padding): the segments of each size class are
     gathered to ``(S, Hh, W, D)`` for one batched causal SDPA call; returns ``(B, N, Hh, D)``, zeros at padding."""
     batch, seq_len, _, head_dim = q_t.shape
@@ -526,7 +589,7 @@ def _gathered_half(q_t, k_t, v_t, heads, kv_heads, plan, dropout: float, scaling
     for rows, tokens, keep, keep_rows, keep_tokens in plan:
         q, k, v = (_gather(x, rows, tokens, idx).transpose(1, 2) for x, idx in
                    ((q_t, heads), (k_t, kv_heads), (v_t, kv_heads)))
-        o = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout, is_causal=True, scale=scaling)
+        o = attend(q, k, v, dropout=dropout, scaling=scaling, rules=rules)
         out_values.append(o.transpose(1, 2)[keep])  # (kept slots, Hh, D)
         out_rows.append(keep_rows)
         out_tokens.append(keep_tokens)
@@ -536,12 +599,19 @@ def _gathered_half(q_t, k_t, v_t, heads, kv_heads, plan, dropout: float, scaling
     return out.index_put((torch.cat(out_rows), torch.cat(out_tokens)), values)
 
 
-def _flash_half(q_t, k_t, v_t, heads, kv_heads, plan, dropout: float, scaling: float | None) -> torch.Tensor:
-    """flash-attn varlen over all segments back to back (``cu_seqlens`` = segment boundaries); ``(B, N, Hh, D)``."""
+def _flash_half(q_t, k_t, v_t, heads, kv_heads, plan, dropout: float, scaling: float | None,
+                rules: ScoreRules = NO_RULES) -> torch.Tensor:
+    """flash-attn varlen over all segments back to back (``cu_seqlens`` = segment boundaries); ``(B, N, Hh, D)``.
+    flash-attn soft-caps and windows itself (``softcap``, ``window_size=(W - 1, 0)``)."""
     rows, tokens, cu_seqlens, max_len = plan
     q, k, v = (_gather(x, rows, tokens, idx) for x, idx in ((q_t, heads), (k_t, kv_heads), (v_t, kv_heads)))
+    extra = {}
+    if rules.softcap is not None:
+        extra["softcap"] = rules.softcap
+    if rules.window is not None:
+        extra["window_size"] = (rules.window - 1, 0)
     o = _flash_varlen_func()(q, k, v, cu_seqlens, cu_seqlens, max_len, max_len, dropout_p=dropout,
-                             softmax_scale=scaling, causal=True)
+                             softmax_scale=scaling, causal=True, **extra)
     out = o.new_zeros(q_t.shape[0], q_t.shape[1], len(heads), q_t.shape[-1])  # o's dtype, as in _gathered_half
     return out.index_put((rows, tokens), o)
 
@@ -599,8 +669,15 @@ def s2_attention_forward(
     _check_supported(module, query, key, is_causal, position_bias, kwargs)
     batch, _, seq_len, _ = query.shape
     settings = S2AttnSettings.from_config(getattr(module, "config", None))
+    rules = ScoreRules.of(kwargs)
     # context parallelism (sft.context_parallel, issue 14): this rank holds one of cp.size slices of every row
     cp = getattr(module, "context_parallel", None)
+    if rules and cp is not None:
+        raise NotImplementedError("context parallelism with soft-capping or sliding-window attention is not "
+                                  "supported; set context_parallel: 1")
+    if rules.window is not None and settings.wrap == "roll":
+        raise NotImplementedError("sliding-window attention with wrap: roll is not supported (a rolled segment "
+                                  "joins the end of a sample to its start); use wrap: none")
     group_size = settings.group_size_for(seq_len * (cp.size if cp is not None else 1))
     samples = row_samples(attention_mask, kwargs.get("position_ids"), batch, seq_len)
     tree = tree_spans(samples, kwargs.get("position_ids"))  # prefix trees (sft.tree): roots as samples, then branches
@@ -618,15 +695,16 @@ def s2_attention_forward(
     if cp is not None:  # SDPA on the local slice plus the shifted heads' halo from the left neighbour
         out = cp.attention(q_t, k_t, v_t, samples, group_size, settings.wrap, dropout, scaling)
     elif backend == "sdpa" and _is_contiguous(samples, seq_len, settings.wrap):
-        out = _sliced_attention(q_t, k_t, v_t, samples, group_size, settings.wrap, dropout, scaling)
+        out = _sliced_attention(q_t, k_t, v_t, samples, group_size, settings.wrap, dropout, scaling, rules)
     elif backend == "sdpa" and _few_samples(samples):
         out = _per_sample_attention(q_t, k_t, v_t, samples, lambda q, k, v: _sliced_attention(
-            q, k, v, (((0, q.shape[1]),),), group_size, settings.wrap, dropout, scaling))
+            q, k, v, (((0, q.shape[1]),),), group_size, settings.wrap, dropout, scaling, rules))
     else:
-        out = _gathered_attention(q_t, k_t, v_t, samples, group_size, settings.wrap, backend, dropout, scaling)
+        out = _gathered_attention(q_t, k_t, v_t, samples, group_size, settings.wrap, backend, dropout, scaling,
+                                  rules)
     if tree is not None:  # branches: SDPA with their S2 masks, whatever the backend
         out = _attend_branches(out, q_t, k_t, v_t, kwargs["position_ids"], tree.branches, group_size, dropout,
-                               scaling)
+                               scaling, rules)
     return out.contiguous(), None
 
 
@@ -671,13 +749,13 @@ def _per_sample_attention(q_t, k_t, v_t, samples, attend) -> torch.Tensor:
     return torch.cat(out_rows) if len(out_rows) > 1 else out_rows[0]
 
 
-def _sliced_attention(q_t, k_t, v_t, samples, group_size, wrap, dropout, scaling) -> torch.Tensor:
+def _sliced_attention(q_t, k_t, v_t, samples, group_size, wrap, dropout, scaling, rules=NO_RULES) -> torch.Tensor:
     """S2 when :func:`_is_contiguous`: ``q_t (B, N, H, D)``, ``k_t, v_t (B, N, Hkv, D)`` -> ``(B, N, H, D)``."""
     seq_len, num_heads = q_t.shape[1], q_t.shape[2]
     split = num_heads // 2  # query heads >= split are shifted
     kv_low, kv_high, enable_gqa = _split_kv(k_t, v_t, split, num_heads // k_t.shape[2])
     q_low, q_high = q_t.split([split, num_heads - split], dim=2)
-    halves = [_contiguous_half(q, *kv, group_size, shifted, wrap, dropout, scaling, enable_gqa)
+    halves = [_contiguous_half(q, *kv, group_size, shifted, wrap, dropout, scaling, enable_gqa, rules)
               for q, kv, shifted in ((q_low, kv_low, False), (q_high, kv_high, True)) if q.shape[2]]
     out = torch.cat(halves, dim=2) if len(halves) > 1 else halves[0]
     lengths = torch.tensor([spans[0][1] if spans else 0 for spans in samples], device=q_t.device)
@@ -686,7 +764,8 @@ def _sliced_attention(q_t, k_t, v_t, samples, group_size, wrap, dropout, scaling
     return out
 
 
-def _gathered_attention(q_t, k_t, v_t, samples, group_size, wrap, backend, dropout, scaling) -> torch.Tensor:
+def _gathered_attention(q_t, k_t, v_t, samples, group_size, wrap, backend, dropout, scaling,
+                        rules=NO_RULES) -> torch.Tensor:
     """S2 for any sample layout, SDPA on gathered segments or flash varlen; shapes as :func:`_sliced_attention`."""
     batch, seq_len, num_heads, head_dim = q_t.shape
     n_rep = num_heads // k_t.shape[2]
@@ -701,10 +780,10 @@ def _gathered_attention(q_t, k_t, v_t, samples, group_size, wrap, backend, dropo
             halves.append(q_t.new_zeros(batch, seq_len, len(heads), head_dim))
         elif backend == "flash":
             plan = _varlen_plan(table, q_t.device)
-            halves.append(_flash_half(q_t, k_t, v_t, q_heads, kv_heads, plan, dropout, scaling))
+            halves.append(_flash_half(q_t, k_t, v_t, q_heads, kv_heads, plan, dropout, scaling, rules))
         else:
             plan = _sdpa_plan(table, q_t.device)
-            halves.append(_gathered_half(q_t, k_t, v_t, q_heads, kv_heads, plan, dropout, scaling))
+            halves.append(_gathered_half(q_t, k_t, v_t, q_heads, kv_heads, plan, dropout, scaling, rules))
     return torch.cat(halves, dim=2)
 
 
@@ -742,32 +821,61 @@ def packed_causal_forward(
     boundaries (``S2AttnSettings.backend``). It is S2 with one segment per sample (a group of ``2 N`` tokens).
     Everything else (no packing, padding, a cache) is transformers' SDPA attention with the mask as given.
     """
+    if kwargs.get("s_aux") is not None:
+        raise NotImplementedError(SINKS_REFUSED)
+    rules = ScoreRules.of(kwargs)
     samples = packed_samples(attention_mask, kwargs.get("position_ids"), query.shape[0], query.shape[2],
                              key.shape[2])
-    if samples is None:
+    if samples is None and not rules:
         mask = _eval_mask(attention_mask, query.shape[2], key.shape[2])
         return sdpa_attention_forward(module, query, key, value, mask, dropout=dropout, scaling=scaling,
                                       is_causal=is_causal, **kwargs)
-    if kwargs.get("position_bias") is not None or kwargs.get("sliding_window") is not None:
-        raise NotImplementedError("packed rows with position_bias or sliding_window attention are not supported")
+    if kwargs.get("position_bias") is not None:
+        raise NotImplementedError("packed rows or soft-capping with position_bias are not supported")
+    dropout = dropout if module.training else 0.0
+    if samples is None:  # whole rows (a mask, a cache) under the model's score rules: SDPA cannot soft-cap
+        return _dense_with_rules(query, key, value, attention_mask, rules, dropout, scaling), None
     if query.shape[1] % key.shape[1]:
         raise ValueError(f"{query.shape[1]} query heads are not a multiple of {key.shape[1]} key/value heads")
     settings = S2AttnSettings.from_config(getattr(module, "config", None))
     backend = select_backend(settings.backend, query)
     q_t, k_t, v_t = query.transpose(1, 2), key.transpose(1, 2), value.transpose(1, 2)
-    dropout = dropout if module.training else 0.0
     tree = tree_spans(samples, kwargs.get("position_ids"))  # prefix trees (sft.tree): roots as samples, then branches
     if tree is not None:
         samples = tree.kept
     if backend == "sdpa" and _few_samples(samples):  # one causal SDPA call per sample, all heads
         gqa = query.shape[1] != key.shape[1]
         out = _per_sample_attention(q_t, k_t, v_t, samples, lambda q, k, v: _grouped_causal(
-            q, k, v, q.shape[1], dropout, scaling, gqa))
+            q, k, v, q.shape[1], dropout, scaling, gqa, rules))
     else:  # S2 with one segment per sample (a group of 2 N tokens)
-        out = _gathered_attention(q_t, k_t, v_t, samples, 2 * query.shape[2], "none", backend, dropout, scaling)
+        out = _gathered_attention(q_t, k_t, v_t, samples, 2 * query.shape[2], "none", backend, dropout, scaling,
+                                  rules)
     if tree is not None:  # branches: SDPA with a causal mask over the prefix and themselves, whatever the backend
-        out = _attend_branches(out, q_t, k_t, v_t, kwargs["position_ids"], tree.branches, None, dropout, scaling)
+        out = _attend_branches(out, q_t, k_t, v_t, kwargs["position_ids"], tree.branches, None, dropout, scaling,
+                               rules)
     return out.contiguous(), None
+
+
+def _dense_with_rules(query, key, value, attention_mask, rules: ScoreRules, dropout: float,
+                      scaling: float | None) -> torch.Tensor:
+    """Causal attention over whole rows with soft-capping and/or a sliding window, ``(B, H, L, D)`` in,
+    ``(B, L, H, D)`` out: the mask as transformers made it (4D boolean, the window in it already) or from a 2D
+    padding mask, queries aligned to the end of the keys. Without a mask over a cache (``L < S``) the cache holds
+    only keys the window allows (transformers' sliding-window cache layers), so only the whole-row case windows."""
+    q_len, kv_len = query.shape[2], key.shape[2]
+    mask = _eval_mask(attention_mask, q_len, kv_len)
+    if mask is not None and mask.dtype != torch.bool:  # an additive float mask: 0 where allowed
+        mask = mask == 0
+    if mask is None and q_len != kv_len:
+        mask = torch.ones(q_len, kv_len, dtype=torch.bool, device=query.device)
+        rules = ScoreRules(rules.softcap)
+    out = attend(query, key, value, dropout=dropout, scaling=scaling, enable_gqa=query.shape[1] != key.shape[1],
+                 rules=rules, allowed=mask)
+    return out.transpose(1, 2).contiguous()
+
+
+SINKS_REFUSED = ("attention sinks (s_aux, gpt-oss) are not supported by s2_attn/packed_causal; train such a model "
+                 "with s2_attn: false and packing: false")
 
 
 def _check_supported(module, query, key, is_causal, position_bias, kwargs) -> None:
@@ -779,11 +887,10 @@ def _check_supported(module, query, key, is_causal, position_bias, kwargs) -> No
                          "(was a filled cache passed while training?)")
     if query.shape[1] % key.shape[1]:
         raise ValueError(f"{query.shape[1]} query heads are not a multiple of {key.shape[1]} key/value heads")
-    unsupported = {"position_bias": position_bias,
-                   **{name: kwargs.get(name) for name in ("softcap", "s_aux", "sliding_window")}}
-    used = sorted(name for name, value in unsupported.items() if value is not None)
-    if used:
-        raise NotImplementedError(f"s2_attn does not support {used} in training")
+    if kwargs.get("s_aux") is not None:
+        raise NotImplementedError(SINKS_REFUSED)
+    if position_bias is not None:
+        raise NotImplementedError("s2_attn does not support position_bias in training")
 
 
 def s2_attn_mask(

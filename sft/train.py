@@ -100,8 +100,9 @@ def run(cfg: TrainConfig, *, callbacks: tuple[TrainerCallback, ...] = (), progre
     model, tokenizer, rope = setup_model(cfg)
     precision = choose_precision(cfg, model.config)  # before the Trainer: its arguments fix the precision
     trainable, total = count_parameters(model)
+    targets = ",".join(sorted(model.peft_config[model.active_adapter].target_modules))
     log.info(f"trainable parameters: {trainable:,} of {total:,} ({100 * trainable / total:.2f}%): LoRA r={cfg.lora_r} "
-        f"on {','.join(cfg.lora_target_modules)} + {','.join(cfg.trainable) or 'nothing else'}")
+             f"on {targets} + {','.join(cfg.trainable) or 'nothing else'}")
     if is_main_process():
         output_dir.mkdir(parents=True, exist_ok=True)
         (output_dir / CONFIG_FILE).write_text(yaml.safe_dump(cfg.model_dump(mode="json"), sort_keys=False))
@@ -182,7 +183,7 @@ def setup_model(cfg: TrainConfig):
     model, tokenizer = load_model(cfg.model, dtype=DTYPES[cfg.model_dtype], config=config,
                                   attn_implementation=attention_implementation(cfg))
     model = add_lora_plus(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
-                          target_modules=tuple(cfg.lora_target_modules), trainable=tuple(cfg.trainable))
+                          target_modules=cfg.lora_target_modules, trainable=tuple(cfg.trainable))
     upcast_trainable(model)
     return model, tokenizer, rope
 

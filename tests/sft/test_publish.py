@@ -47,7 +47,7 @@ def test_adapter_dry_run_card_and_peft_load(run_dir, tiny_llama_dir, tmp_path):
     meta = yaml.safe_load(card.split("---")[1])
     assert meta["library_name"] == "peft" and meta["pipeline_tag"] == "text-generation"
     for expected in (f"`{tiny_llama_dir}`", "512 tokens (base: 256)", '"factor": 2.0', "group size 0.25",
-                     "r=8, alpha=16", "q_proj, k_proj, v_proj, o_proj", "| qa f1 | 1.0 | 2.0 |"):
+                     "r=8, alpha=16", "k_proj, o_proj, q_proj, v_proj", "| qa f1 | 1.0 | 2.0 |"):
         assert expected in card, expected
     config = AutoConfig.from_pretrained(str(staged), subfolder="model_config")
     model = PeftModel.from_pretrained(AutoModelForCausalLM.from_pretrained(tiny_llama_dir, config=config), str(staged))

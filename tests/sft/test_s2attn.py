@@ -15,7 +15,7 @@ import torch
 import torch.nn.functional as F
 from transformers import AttentionInterface, AutoModelForCausalLM, LlamaConfig
 from transformers.integrations.sdpa_attention import sdpa_attention_forward
-from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask
+from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, sdpa_mask, sliding_window_causal_mask_function
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 from sft import s2attn
@@ -333,11 +333,78 @@ def test_flash_backend_runs_segments_back_to_back(monkeypatch):
 
 def test_training_rejects_what_it_would_silently_change():
     q, k, v = qkv(1, 9, 3, 8)
-    module = attention_module({}, 9, 3)
-    with pytest.raises(NotImplementedError, match="sliding_window"):
+    module = attention_module({"wrap": "roll"}, 9, 3)
+    with pytest.raises(NotImplementedError, match="sliding-window"):
         s2_attention_forward(module, q, k, v, None, sliding_window=4)
+    with pytest.raises(NotImplementedError, match="attention sinks"):
+        s2_attention_forward(module, q, k, v, None, s_aux=torch.zeros(9))
+    with pytest.raises(NotImplementedError, match="attention sinks"):
+        s2attn.packed_causal_forward(module.eval(), q, k, v, None, s_aux=torch.zeros(9))
     with pytest.raises(ValueError, match="whole sequences"):
-        s2_attention_forward(module, q[:, :, :1], k, v, None)
+        s2_attention_forward(module.train(), q[:, :, :1], k, v, None)
+
+
+def scored_reference(q, k, v, allowed, softcap=None, window=None):
+    """The eager formula (Gemma2's) under `allowed` and the sliding window, in float64; (B, N, H, D), zeros where a
+    query may attend nothing."""
+    n_rep = q.shape[1] // k.shape[1]
+    q, k, v = (x.double() for x in (q, k.repeat_interleave(n_rep, 1), v.repeat_interleave(n_rep, 1)))
+    if window is not None:
+        idx = torch.arange(q.shape[2])
+        allowed = allowed & (idx[:, None] - idx[None, :] < window)
+    scores = q @ k.transpose(-1, -2) * q.shape[-1] ** -0.5
+    if softcap is not None:
+        scores = torch.tanh(scores / softcap) * softcap
+    probs = torch.softmax(scores.masked_fill(~allowed, float("-inf")), -1).nan_to_num(0.0)
+    return (probs @ v).transpose(1, 2)
+
+
+@pytest.mark.parametrize(("softcap", "window", "group_size"), [
+    (2.0, None, 6), (None, 4, 6), (None, 6, 6), (None, 9, 6), (1.5, 3, 6), (None, 3, 48), (3.0, None, 48)])
+def test_softcap_and_sliding_window_match_a_dense_reference(softcap, window, group_size, path):
+    """S2 under a window W >= G is S2; W < G is S2 intersected with the window; soft-capping is the eager formula.
+    Packed rows with padding, float64, outputs and gradients; G = 48 >= 2 N is plain causal attention."""
+    position_ids = torch.tensor([list(range(10)) + list(range(14)), list(range(5)) + list(range(11)) + list(range(8))])
+    mask = torch.ones(2, 24, dtype=torch.bool)
+    mask[1, 21:] = False
+    samples = (((0, 10), (10, 24)), ((0, 5), (5, 16), (16, 21)))
+    q, k, v = (x.detach().double().requires_grad_() for x in qkv(2, 9, 3, 24, seed=3))
+    module = attention_module({"group_size": group_size}, 9, 3)
+    out, _ = s2_attention_forward(module, q, k, v, mask, position_ids=position_ids, softcap=softcap,
+                                  sliding_window=window)
+    q2, k2, v2 = (x.detach().clone().requires_grad_() for x in (q, k, v))
+    ref = scored_reference(q2, k2, v2, reference_allowed(samples, 24, 9, group_size), softcap, window)
+    valid = valid_tokens(samples, 24)
+    upstream = torch.randn(out.shape, generator=torch.Generator().manual_seed(1), dtype=torch.float64)
+    (out * upstream * valid[:, :, None, None]).sum().backward()
+    (ref * upstream * valid[:, :, None, None]).sum().backward()
+    assert (out - ref)[valid].abs().max() < 1e-12
+    for a, b in ((q, q2), (k, k2), (v, v2)):
+        assert (a.grad - b.grad).abs().max() < 1e-12
+    plain = scored_reference(q2, k2, v2, reference_allowed(samples, 24, 9, group_size))
+    bites = softcap is not None or window < min(group_size, 14)  # 14: the longest sample
+    assert ((plain - ref)[valid].abs().max() > 1e-3) == bites  # W >= G: exactly S2
+
+
+@pytest.mark.parametrize("window", [None, 5])
+def test_eval_mode_soft_caps_packed_and_unpacked_rows(window):
+    """Eval mode: packed rows (samples apart, the window inside each) and unpacked rows with transformers' own sdpa
+    mask; soft-capped by the eager formula, not refused with transformers' "sdpa does not support softcap"."""
+    q, k, v = (x.detach().double() for x in qkv(2, 9, 3, 24, seed=6))
+    module = attention_module({}, 9, 3, training=False)
+    samples = (((0, 10), (10, 24)), ((0, 24),))
+    position_ids = torch.tensor([list(range(10)) + list(range(14)), list(range(24))])
+    out, _ = s2_attention_forward(module, q, k, v, None, position_ids=position_ids, softcap=2.0, sliding_window=window)
+    ref = scored_reference(q, k, v, reference_allowed(samples, 24, 9, 48), 2.0, window)
+    assert (out - ref).abs().max() < 1e-12
+    mask, samples = right_padded((24, 13), 24)
+    kwargs = {} if window is None else {"local_size": window, "mask_function": sliding_window_causal_mask_function(
+        window)}
+    dense = s2_attn_mask(2, 24, 24, attention_mask=mask, **kwargs)
+    out, _ = s2_attention_forward(module, q, k, v, dense, softcap=2.0, sliding_window=window)
+    ref = scored_reference(q, k, v, reference_allowed(samples, 24, 9, 48), 2.0, window)
+    valid = valid_tokens(samples, 24)
+    assert (out - ref)[valid].abs().max() < 1e-12
 
 
 # ----------------------------------------------------------------------------------------------------------------------
