@@ -198,10 +198,9 @@ def main(argv=None) -> None:
     text = report(rows, args)
     print(text)
     if args.out is not None:
-        args.out.parent.mkdir(parents=True, exist_ok=True)
-        tmp = args.out.with_suffix(args.out.suffix + ".tmp")
-        tmp.write_text(text)
-        tmp.replace(args.out)
+        from longqa.atomic import write_text
+
+        write_text(args.out, text)
 
 
 if __name__ == "__main__":

@@ -5,7 +5,7 @@ contiguous slices of ``n = N / P`` tokens; rank r of the group holds tokens ``[r
 ``position_ids`` (RoPE sees true positions). Everything but attention (embeddings, projections, MLP, norms, LM head,
 loss) is per token and runs on the local slice only.
 
-Why S2-Attn needs almost no communication (LongLoRA Sec. 3.2; DESIGN, "S2-Attn — the contract"), with ``n`` a
+Why S2-Attn needs almost no communication (LongLoRA Sec. 3.2; docs/design.md, "S2-Attn — the contract"), with ``n`` a
 multiple of the group size ``G`` and ``s = G // 2``:
 
 - unshifted heads ``h < H // 2``: segments ``[kG, (k+1)G)`` never cross a slice boundary (``r*n`` is a multiple of G);
@@ -49,6 +49,7 @@ from schemas.errors import ConfigError
 from schemas.train import context_parallel_launch_problems
 from sft import s2attn
 from schemas.labels import IGNORE_INDEX
+from sft.loss import shift_labels_of
 
 #: attribute of the attention modules that holds their :class:`ContextParallel` (set by :func:`attach`)
 ATTR = "context_parallel"
@@ -267,11 +268,6 @@ def padded_length(longest: int, size: int, group_size: int, max_length: int) -> 
     return length
 
 
-def shift_labels(labels: torch.Tensor) -> torch.Tensor:
-    """``(B, N)`` labels -> the label each position predicts: ``labels[:, 1:]`` followed by -100."""
-    return torch.nn.functional.pad(labels[:, 1:], (0, 1), value=IGNORE_INDEX)
-
-
 def check_rows(batch: Mapping[str, torch.Tensor]) -> None:
     """Every row one sample from token 0, right-padded: ``position_ids`` count ``0..N-1`` and ``attention_mask`` (if
     any) is a run of ones then zeros. Packed rows (positions restarting) raise ValueError, identically on every rank
@@ -308,7 +304,7 @@ def slice_batch(batch: Mapping[str, torch.Tensor], rank: int, size: int) -> dict
     if position_ids is None:
         position_ids = torch.arange(length, device=input_ids.device).expand_as(input_ids)
     out = {"input_ids": input_ids[:, cut], "position_ids": position_ids[:, cut],
-           "shift_labels": shift_labels(batch["labels"])[:, cut]}
+           "shift_labels": shift_labels_of(batch["labels"])[:, cut]}
     if batch.get("attention_mask") is not None:
         out["attention_mask"] = batch["attention_mask"][:, cut]
     return {key: value.contiguous() for key, value in out.items()}

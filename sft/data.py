@@ -2,7 +2,7 @@
 
 - :func:`load_sft_dataset`: one split of the builder's tokenized DatasetDict, reduced to ``input_ids``, ``labels``,
   ``length``. Samples longer than the training context are dropped and counted (or refused), never truncated: a cut
-  could remove the answer (DESIGN, "Silent data loss").
+  could remove the answer (docs/design.md, "The data model": every truncation is counted).
 - :func:`chunk_token_streams` / :func:`load_extend_dataset`: the paper's first stage, continued pre-training on long
   text: documents tokenized, each followed by EOS, concatenated and cut into ``max_length`` chunks; ``labels`` equal the
   inputs (the collator copies them).

@@ -29,8 +29,8 @@ the count over the whole global batch:
   samples of the global batch that have a supervised token (``num_items`` = samples), so a 3-token answer weighs as
   much as a 300-token one.
 
-Context parallelism passes pre-shifted ``shift_labels`` (the label of the next token, which may live on the next rank)
-and, for ``sample``, the global token count of each of its samples (``sample_counts``).
+Context parallelism passes pre-shifted ``shift_labels`` (the label of the next token, which may live on the next
+rank); it trains with the ``token`` reduction only (the config refuses ``sample`` with it).
 """
 from __future__ import annotations
 
@@ -163,21 +163,19 @@ def logits_loss_parts(logits: torch.Tensor, *, labels: torch.Tensor | None = Non
                       chunk_size=None)
 
 
-def reduce_loss(parts: LossParts, reduction: Reduction, *, num_items: torch.Tensor | float | None = None,
-                sample_counts: torch.Tensor | None = None) -> torch.Tensor:
+def reduce_loss(parts: LossParts, reduction: Reduction, *,
+                num_items: torch.Tensor | float | None = None) -> torch.Tensor:
     """The scalar loss of a micro-batch as its share of the global batch's loss.
 
     ``num_items``: supervised tokens (``token``) or samples with a supervised token (``sample``) of the whole global
     batch (all accumulation steps, all ranks); None: this micro-batch's own. Summing the returned values over the
-    micro-batches of a global batch gives the global loss. ``sample_counts`` replaces ``parts.counts`` as the
-    denominators of the per-sample means (context parallelism: a sample's tokens spread over ranks).
+    micro-batches of a global batch gives the global loss.
     """
     if reduction == "token":
         total = parts.sums.sum()
         denominator = parts.tokens if num_items is None else num_items
     elif reduction == "sample":
-        counts = parts.counts if sample_counts is None else sample_counts
-        total = (parts.sums / counts.clamp(min=1).to(parts.sums.dtype)).sum()
+        total = (parts.sums / parts.counts.clamp(min=1).to(parts.sums.dtype)).sum()
         denominator = parts.samples if num_items is None else num_items
     else:
         raise ValueError(f"loss reduction {reduction!r}: expected one of {', '.join(REDUCTIONS)}")

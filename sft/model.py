@@ -1,6 +1,6 @@
 """Model loading, RoPE position interpolation and LoRA+ adapters (LongLoRA, Chen et al. 2023, arXiv 2309.12307).
 
-Typical use (DESIGN.md, "LoRA+ and RoPE")::
+Typical use (docs/design.md, "LoRA+ and RoPE")::
 
     config = load_config(ref)
     apply_rope_scaling(config, target_length=16384)          # before the model is built: RoPE caches read the config

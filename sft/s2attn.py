@@ -8,7 +8,7 @@ Usage::
     config.s2_attn = {"group_size_ratio": 0.25, "wrap": "none"}  # optional, these are the defaults
     model = AutoModelForCausalLM.from_pretrained(path, config=config, attn_implementation="s2_attn")
 
-Contract (DESIGN.md, "S2-Attn (shifted sparse attention) — the contract"):
+Contract (docs/design.md, "S2-Attn (shifted sparse attention) — the contract"):
 
 - Used only while training (``module.training``); in eval mode the function is ordinary dense causal attention
   (transformers' ``sdpa_attention_forward``; inside each sample for packed rows), so weights and evaluation are
@@ -219,7 +219,7 @@ def attend(q, k, v, *, dropout: float, scaling: float | None, enable_gqa: bool =
 
 
 def shifted_heads(num_heads: int) -> range:
-    """Query heads that use the shifted segments: ``h >= num_heads // 2`` (LongLoRA Sec. 3.2, DESIGN).
+    """Query heads that use the shifted segments: ``h >= num_heads // 2`` (LongLoRA Sec. 3.2, docs/design.md).
 
     With an odd count the shifted half is the larger one (9 heads: 4 unshifted, 5 shifted).
     """

@@ -40,6 +40,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from longqa.atomic import write_text
 from schemas.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -871,10 +872,7 @@ def evaluate_ruler(model, tokenizer, cfg, *, window: int, too_long: str = "skip"
     averages = {str(n): round(sum(scores[t][str(n)] for t in cfg.tasks) / len(cfg.tasks), 2) for n in lengths}
     average_ci = {k: cell_interval(values) for k, values in per_length.items()}
     if predictions_path is not None:
-        predictions_path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = predictions_path.with_suffix(".tmp")
-        tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows), encoding="utf-8")
-        tmp.replace(predictions_path)
+        write_text(predictions_path, "".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     return {"tasks": list(cfg.tasks), "lengths": lengths, "scores": scores, "n": counts, "ci": intervals,
             "average": averages, "average_ci": average_ci,
             "effective_length": effective_length({int(k): v for k, v in averages.items()}), "threshold": THRESHOLD,

@@ -17,6 +17,7 @@ import torch
 from schemas.train import cp_length_works, cp_working_lengths
 from sft import context_parallel as cp_mod
 from sft.context_parallel import ContextParallel, padded_length, slice_batch
+from sft.loss import shift_labels_of
 
 VOCAB = 64
 WORLD = 4
@@ -159,7 +160,7 @@ def reference(case: str):
     batch = make_batch(case)
     logits = model(input_ids=batch["input_ids"], attention_mask=batch["attention_mask"],
                    position_ids=batch["position_ids"]).logits
-    total, count = token_loss_sum(logits, cp_mod.shift_labels(batch["labels"]))
+    total, count = token_loss_sum(logits, shift_labels_of(batch["labels"]))
     loss = total / count
     loss.backward()
     return loss.detach(), trainable_grads(model)

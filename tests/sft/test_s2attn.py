@@ -1,4 +1,4 @@
-"""S2-Attn (sft/s2attn.py) against a dense boolean-mask reference built here from the segment rule of DESIGN.md.
+"""S2-Attn (sft/s2attn.py) against a dense boolean-mask reference built here from the segment rule of docs/design.md.
 
 The reference (`reference_allowed`) shares no code with the implementation: it labels every token with a segment id
 and an order and compares labels, where the implementation slices or gathers segments for batched causal SDPA.
@@ -30,7 +30,7 @@ ATOL = 1e-5
 
 
 def reference_allowed(samples, seq_len, num_heads, group_size, wrap="none", shift=True, shifted_half="upper"):
-    """May query i attend key j (B, H, N, N), per DESIGN.md. `samples[b]` lists the (start, end) samples of row b.
+    """May query i attend key j (B, H, N, N), per docs/design.md. `samples[b]` lists the (start, end) samples of row b.
 
     `shift=False` or `shifted_half="lower"` give deliberately wrong rules (tests must tell them apart)."""
     allowed = torch.zeros(len(samples), num_heads, seq_len, seq_len, dtype=torch.bool)
