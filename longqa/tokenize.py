@@ -67,6 +67,24 @@ def keep_indices(n: int, budget: int, policy: str) -> slice | tuple[slice, slice
 
 
 @dataclass
+class Located:
+    """A sample's whole-text ids, its document's token span ``[d0, d1)`` and which tokens are trained on."""
+
+    ids: np.ndarray
+    d0: int
+    d1: int
+    labeled: np.ndarray
+
+
+def bounds(sample: Rendered) -> tuple[int, int, int, int]:
+    """Character positions in ``sample.text``: document start and end, answer start, end of the trained span."""
+    a = len(sample.prefix)
+    b = a + len(sample.material)
+    c = b + len(sample.middle)
+    return a, b, c, c + len(sample.answer) + len(sample.end)
+
+
+@dataclass
 class Tokens:
     """Token ids and their character spans in the text they were made from (int arrays)."""
 
@@ -88,6 +106,16 @@ class Tokens:
 
     def shifted(self, shift: int) -> "Tokens":
         return Tokens(self.ids, self.starts + shift, self.ends + shift)
+
+    def located(self, sample: Rendered) -> Located:
+        """Spans from the tokens' character offsets: a token belongs to the document when it starts inside it,
+        is trained on when it overlaps the answer and its end of turn (and is not the document's)."""
+        a, b, c, d = bounds(sample)
+        starts, ends = self.starts, np.maximum(self.ends, self.starts + 1)  # an empty span is a point
+        d0, d1 = int(np.searchsorted(starts, a)), int(np.searchsorted(starts, b))
+        labeled = (starts < d) & (ends > c)
+        labeled[d0:d1] = False  # a token of the document is never trained on
+        return Located(self.ids, d0, d1, labeled)
 
 
 #: characters of the document tokenized in place at each end of a sample that reuses the cached document tokens
@@ -194,8 +222,34 @@ class Encoder:
                 self._doc_cache.popitem(last=False)
         return cached
 
-    def _whole(self, samples: list[Rendered], doc_keys: list[str]) -> list[Tokens]:
-        """Every sample's whole text as tokens (the cached document joined in where it may be)."""
+    def _plain(self, samples: list[Rendered], plain: list[int], out: list) -> list[int]:
+        """Samples tokenized whole without character offsets (converting every token's offsets to Python costs more
+        than the tokenization itself): the document span from the ids of the prompt before it and of the text after
+        it, each tokenized alone, where the whole text's ids begin and end with exactly those; the trained tokens
+        from the offsets of that short text after the document. The samples where they do not agree (a token
+        across the document's edge) are returned, to be tokenized with offsets."""
+        if not plain:
+            return []
+        whole = self._template.encode_batch_fast([samples[i].text for i in plain], add_special_tokens=False)
+        prefixes = list(dict.fromkeys(samples[i].prefix for i in plain))
+        prefix_ids = dict(zip(prefixes, (np.asarray(e.ids, dtype=np.int32) for e in
+                                         self._template.encode_batch_fast(prefixes, add_special_tokens=False))))
+        tails = self._tokens([samples[i].text[bounds(samples[i])[1]:] for i in plain])
+        fallback = []
+        for i, encoding, tail in zip(plain, whole, tails):
+            ids, head = np.asarray(encoding.ids, dtype=np.int32), prefix_ids[samples[i].prefix]
+            d0, d1 = len(head), len(ids) - len(tail.ids)
+            if d1 < d0 or not (np.array_equal(ids[:d0], head) and np.array_equal(ids[d1:], tail.ids)):
+                fallback.append(i)
+                continue
+            _, b, c, d = bounds(samples[i])
+            labeled = np.zeros(len(ids), dtype=bool)
+            labeled[d1:] = (tail.starts < d - b) & (np.maximum(tail.ends, tail.starts + 1) > c - b)
+            out[i] = Located(ids, d0, d1, labeled)
+        return fallback
+
+    def _whole(self, samples: list[Rendered], doc_keys: list[str]) -> list[Located]:
+        """Every sample's whole-text ids and spans (the cached document joined in where it may be)."""
         documents = self._documents(samples, doc_keys)
         out: list[Tokens | None] = [None] * len(samples)
         plain: list[int] = []
@@ -205,27 +259,25 @@ class Encoder:
             b = a + len(sample.material)
             content = [(a, b), (b + len(sample.middle), b + len(sample.middle) + len(sample.answer))]
             if self._specials is not None and any(self._specials.search(sample.text, lo, hi) for lo, hi in content):
-                out[i] = self._protected(sample.text, content)
+                out[i] = self._protected(sample.text, content).located(sample)
             elif key in documents and documents[key][0] == sample.material:
                 stitched.append((i, documents[key][1], a, b))
             else:
                 plain.append(i)
-        texts = [samples[i].text for i in plain]
+        fallback = self._plain(samples, plain, out)
+        texts = []
         for i, _, a, b in stitched:
             texts += [samples[i].text[:a + WINDOW], samples[i].text[b - WINDOW:]]
         tokens = self._tokens(texts)
-        for i, t in zip(plain, tokens):
-            out[i] = t
-        fallback = []
         for k, (i, doc, a, b) in enumerate(stitched):
-            head, tail = tokens[len(plain) + 2 * k], tokens[len(plain) + 2 * k + 1].shifted(b - WINDOW)
+            head, tail = tokens[2 * k], tokens[2 * k + 1].shifted(b - WINDOW)
             joined = self._join(head, doc.shifted(a), tail, a, b)
             if joined is None:
                 fallback.append(i)
             else:
-                out[i] = joined
+                out[i] = joined.located(samples[i])
         for i, t in zip(fallback, self._tokens([samples[i].text for i in fallback])):
-            out[i] = t
+            out[i] = t.located(samples[i])
         return out
 
     @staticmethod
@@ -239,28 +291,21 @@ class Encoder:
 
     def encode(self, samples: list[Rendered], doc_keys: list[str]) -> list[Encoded | OverBudget]:
         out: list[Encoded | OverBudget] = []
-        for sample, tokens in zip(samples, self._whole(samples, doc_keys)):
-            a = len(sample.prefix)
-            b = a + len(sample.material)
-            c = b + len(sample.middle)
-            d = c + len(sample.answer) + len(sample.end)
-            starts, ends = tokens.starts, np.maximum(tokens.ends, tokens.starts + 1)  # an empty span is a point
-            d0, d1 = int(np.searchsorted(starts, a)), int(np.searchsorted(starts, b))
-            labeled = (starts < d) & (ends > c)
-            labeled[d0:d1] = False  # a token of the document is never trained on
+        for spans in self._whole(samples, doc_keys):
+            ids, d0, d1 = spans.ids, spans.d0, spans.d1
             n_doc = d1 - d0
-            n_fixed = len(tokens.ids) - n_doc
+            n_fixed = len(ids) - n_doc
             budget = self.max_length - n_fixed
             if budget <= 0:
                 out.append(OverBudget(n_fixed, self.max_length))
                 continue
             kept = keep_indices(n_doc, budget, self.truncation)
-            keep = np.ones(len(tokens.ids), dtype=bool)
+            keep = np.ones(len(ids), dtype=bool)
             if not (isinstance(kept, slice) and kept == slice(0, n_doc)):
                 keep[d0:d1] = False
                 for part in (kept,) if isinstance(kept, slice) else kept:
                     keep[d0 + part.start:d0 + part.stop] = True
-            input_ids = tokens.ids[keep]
-            labels = np.where(labeled, tokens.ids, IGNORE_INDEX).astype(np.int32)[keep]
+            input_ids = ids[keep]
+            labels = np.where(spans.labeled, ids, IGNORE_INDEX).astype(np.int32)[keep]
             out.append(Encoded(input_ids, labels, n_doc, n_doc - int(keep[d0:d1].sum())))
         return out

@@ -110,3 +110,29 @@ def test_only_the_documents_tokens_are_cut_and_each_is_counted(tokenizer, policy
     if first_doc is not None:
         assert first_doc >= n_prefix
     assert tokenizer.decode(enc.input_ids[enc.labels != IGNORE_INDEX].tolist()).replace(" ", "").startswith("3towns")
+
+
+@pytest.mark.parametrize("template", TEMPLATES)
+def test_spans_found_without_offsets_equal_the_spans_from_offsets(tokenizer, template, tmp_path):
+    """Unique documents take the path without character offsets (their conversion cost more than tokenizing): the
+    document span and the trained tokens must be those the offsets give, or the sample is handed to the offsets path.
+    A byte-level tokenizer (SmolLM2, Llama-3, Qwen) must take the fast path for every sample whose prompt does not
+    end in a space (a space before a word is that word's token: " Sentence")."""
+    cfg = config(tmp_path, template=template, max_length=100_000)
+    renderer, encoder = Renderer(cfg, tokenizer), Encoder(tokenizer, cfg.max_length, cfg.truncation)
+    samples = [renderer.render(record(doc=article(i, sentences=3 + 4 * i), question=f"What of article {i}?",
+                                      answer=f"{i} towns", system="Answer briefly." if i % 2 else None))
+               for i in range(4)]
+    out = [None] * len(samples)
+    fallback = encoder._plain(samples, list(range(len(samples))), out)
+    for i, sample in enumerate(samples):
+        expected = encoder._tokens([sample.text])[0].located(sample)
+        if i in fallback:
+            assert out[i] is None
+            continue
+        got = out[i]
+        assert np.array_equal(got.ids, expected.ids) and (got.d0, got.d1) == (expected.d0, expected.d1)
+        assert np.array_equal(got.labeled, expected.labeled) and got.labeled.any()
+    if type(tokenizer.backend_tokenizer.pre_tokenizer).__name__ == "ByteLevel":
+        assert fallback == [i for i, sample in enumerate(samples) if sample.prefix.endswith(" ")]
+        assert len(fallback) < len(samples)
