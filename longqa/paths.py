@@ -3,11 +3,18 @@ package). Paths themselves are resolved by `schemas.paths` (re-exported here: `r
 from __future__ import annotations
 
 import contextlib
+import hashlib
+import logging
+import os
+import shutil
 from collections.abc import Iterator
 from dataclasses import dataclass
+from pathlib import Path
 
 from schemas.errors import ConfigError, ModelError
 from schemas.paths import GGUF_SUFFIX, local_path, resolve_path  # noqa: F401 (re-exported)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -55,3 +62,42 @@ def resolve_source(ref: str) -> ModelSource:
     if ref.endswith(GGUF_SUFFIX):
         raise FileNotFoundError(f"{ref}: GGUF file not found")
     return ModelSource(ref, ref, None, ref)  # a Hub id
+
+
+def cache_dir() -> Path:
+    """The project's cache: ``$LONGQA_CACHE``, else ``$XDG_CACHE_HOME/longqa`` (``~/.cache/longqa``)."""
+    if os.environ.get("LONGQA_CACHE"):
+        return Path(os.environ["LONGQA_CACHE"])
+    return Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "longqa"
+
+
+def load_tokenizer(ref: str):
+    """The tokenizer of `ref` (a folder, a Hub id or a GGUF file). A GGUF file's tokenizer is rebuilt by transformers
+    from the file's metadata (about 4.5 s for SmolLM2's, mostly reading its 49k-entry vocabulary) and saved once as
+    tokenizer files under :func:`cache_dir`, keyed by the file's path, size and modification time; later loads read
+    those (well under a second). The saved tokenizer is the same: ids, special tokens and chat template."""
+    from transformers import AutoTokenizer  # `import longqa` stays free of transformers
+
+    source = resolve_source(ref)
+    if source.gguf_file is None:
+        with hub_errors(ref):
+            return AutoTokenizer.from_pretrained(source.location, **source.kwargs())
+    gguf = Path(source.location) / source.gguf_file
+    stat = gguf.stat()
+    key = hashlib.sha256(f"{gguf.resolve()}\0{stat.st_size}\0{stat.st_mtime_ns}".encode()).hexdigest()[:32]
+    folder = cache_dir() / "tokenizers" / key
+    if (folder / "tokenizer.json").is_file():
+        try:
+            return AutoTokenizer.from_pretrained(str(folder))
+        except (OSError, ValueError) as e:  # a damaged cache entry: rebuilt below
+            log.warning("tokenizer cache %s unreadable (%s); rebuilding it from %s", folder, e, gguf)
+    tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs())
+    tmp = folder.with_name(f".{key}.tmp-{os.getpid()}")
+    try:
+        tokenizer.save_pretrained(str(tmp))
+        shutil.rmtree(folder, ignore_errors=True)
+        os.replace(tmp, folder)
+    except OSError as e:  # a read-only cache costs only time
+        log.warning("could not cache the tokenizer of %s in %s (%s)", gguf, folder, e)
+        shutil.rmtree(tmp, ignore_errors=True)
+    return tokenizer

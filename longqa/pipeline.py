@@ -18,7 +18,7 @@ from longqa.describe import describe
 from longqa.distract import Distract, Located
 from longqa.manifest import Tally
 from longqa.mix import MixLog, sampled
-from longqa.paths import hub_errors, resolve_source
+from longqa.paths import load_tokenizer as cached_tokenizer
 from longqa.readers import read_input
 from longqa.rejects import BuildError, RejectLog  # noqa: F401  (BuildError: re-exported)
 from longqa.render import Renderer
@@ -37,11 +37,7 @@ log = logging.getLogger(__name__)
 
 def load_tokenizer(ref: str):
     """A fast tokenizer from a local folder, a .gguf file (or `pkg:` path to one), or a Hub id."""
-    from transformers import AutoTokenizer  # imported here: `import longqa` stays free of torch/transformers
-
-    source = resolve_source(ref)
-    with hub_errors(ref):
-        tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs())
+    tokenizer = cached_tokenizer(ref)
     if not tokenizer.is_fast:
         raise ConfigError(f"tokenizer {ref}: a fast (Rust) tokenizer is required (tokenizer.json); "
                           "give another --tokenizer")

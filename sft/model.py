@@ -19,9 +19,10 @@ from collections.abc import Callable, Sequence
 
 import torch
 from torch import nn
-from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer, PretrainedConfig, PreTrainedModel
+from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from longqa.paths import ModelSource, hub_errors, resolve_source  # noqa: F401 (ModelSource re-exported)
+from longqa.paths import load_tokenizer as cached_tokenizer
 from schemas.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -48,10 +49,9 @@ def load_config(ref: str) -> PretrainedConfig:
 
 
 def load_tokenizer(ref: str):
-    """The tokenizer of `ref` (for GGUF, rebuilt from the file's metadata, chat template included)."""
-    source = resolve_source(ref)
-    with hub_errors(ref):
-        return AutoTokenizer.from_pretrained(source.location, **source.kwargs())
+    """The tokenizer of `ref` (for GGUF, rebuilt from the file's metadata, chat template included, and cached:
+    :func:`longqa.paths.load_tokenizer`)."""
+    return cached_tokenizer(ref)
 
 
 def load_model(ref: str, *, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,

@@ -153,10 +153,9 @@ def cpu_model(cpuinfo: str = "/proc/cpuinfo") -> str:
 
 def cache_file() -> Path:
     """``$LONGQA_CACHE/precision.json``, else under ``$XDG_CACHE_HOME/longqa`` (``~/.cache/longqa``)."""
-    if os.environ.get("LONGQA_CACHE"):
-        return Path(os.environ["LONGQA_CACHE"]) / "precision.json"
-    base = os.environ.get("XDG_CACHE_HOME") or str(Path.home() / ".cache")
-    return Path(base) / "longqa" / "precision.json"
+    from longqa.paths import cache_dir
+
+    return cache_dir() / "precision.json"
 
 
 def read_cache(path: Path) -> dict:
