@@ -8,7 +8,6 @@ from __future__ import annotations
 import functools
 import logging
 import time
-from itertools import islice
 from pathlib import Path
 from typing import Iterable, Iterator
 
@@ -57,9 +56,21 @@ def numbered(cfg: BuildConfig, mix: MixLog | None = None) -> Iterator[Record | R
             yield item
 
 
-def batched(items: Iterable, size: int) -> Iterator[list]:
-    it = iter(items)
-    while batch := list(islice(it, size)):
+#: a batch grows past its size to keep a document's consecutive samples together, up to this many times the size
+MAX_BATCH_GROWTH = 8
+
+
+def batched_by_document(items: Iterable, size: int) -> Iterator[list]:
+    """Batches of at least `size` items (the last may be shorter) that never part the consecutive samples of one
+    document (`doc_id`), so that they share one cut of it (:meth:`longqa.tokenize.Encoder.encode`); a run longer
+    than ``MAX_BATCH_GROWTH x size`` is parted there (memory stays bounded)."""
+    batch: list = []
+    for item in items:
+        if len(batch) >= size and (item.doc_id != batch[-1].doc_id or len(batch) >= MAX_BATCH_GROWTH * size):
+            yield batch
+            batch = []
+        batch.append(item)
+    if batch:
         yield batch
 
 
@@ -126,7 +137,7 @@ def build(cfg: BuildConfig, progress: bool = True) -> dict:
         reading = tqdm(numbered(cfg, mix), desc="read", unit=" rec", disable=not progress)
         distract = Distract(cfg, renderer, tokenizer, tally, rejects) \
             if any(spec.distractors for spec in cfg.inputs) else None
-        batches = batched(prepare(cfg, reading, renderer, tally, rejects, distract), cfg.batch_size)
+        batches = batched_by_document(prepare(cfg, reading, renderer, tally, rejects, distract), cfg.batch_size)
         tokenizing = tqdm(desc="tokenize", unit=" sample", disable=not progress)
         for batch, encoded in encode_batches(batches, tokenizer, cfg):
             tokenizing.update(len(batch))

@@ -290,16 +290,24 @@ class Encoder:
         return Tokens.join([head.cut(0, p), doc.cut(m, n), tail.cut(r, len(tail.ids))])
 
     def encode(self, samples: list[Rendered], doc_keys: list[str]) -> list[Encoded | OverBudget]:
+        """The samples of a batch; those of one document (the same key and text) share one cut of it, made to the
+        budget its longest question and answer leave (issue 22: the questions of a document then share the whole
+        kept document as a token prefix, which prefix-tree training computes once)."""
+        located = self._whole(samples, doc_keys)
+        budgets = [self.max_length - (len(x.ids) - (x.d1 - x.d0)) for x in located]
+        shared: dict[tuple[str, str], int] = {}
+        for sample, key, budget in zip(samples, doc_keys, budgets):
+            if budget > 0:  # a sample whose question and answer alone do not fit is rejected, not a constraint
+                doc = (key, sample.material)
+                shared[doc] = min(shared.get(doc, budget), budget)
         out: list[Encoded | OverBudget] = []
-        for spans in self._whole(samples, doc_keys):
+        for sample, key, spans, own in zip(samples, doc_keys, located, budgets):
             ids, d0, d1 = spans.ids, spans.d0, spans.d1
             n_doc = d1 - d0
-            n_fixed = len(ids) - n_doc
-            budget = self.max_length - n_fixed
-            if budget <= 0:
-                out.append(OverBudget(n_fixed, self.max_length))
+            if own <= 0:
+                out.append(OverBudget(len(ids) - n_doc, self.max_length))
                 continue
-            kept = keep_indices(n_doc, budget, self.truncation)
+            kept = keep_indices(n_doc, shared[(key, sample.material)], self.truncation)
             keep = np.ones(len(ids), dtype=bool)
             if not (isinstance(kept, slice) and kept == slice(0, n_doc)):
                 keep[d0:d1] = False

@@ -198,3 +198,17 @@ def test_config_problems_are_reported_at_once(tmp_path, capsys):
     assert code == 2 and "4 problem(s)" in err
     assert "inputs.0.format" in err and "max_length" in err and "truncation" in err
     assert "inputs.0.path: x.jsonl does not exist" in err
+
+
+def test_batches_never_part_a_documents_consecutive_samples():
+    from types import SimpleNamespace
+
+    from longqa.pipeline import MAX_BATCH_GROWTH, batched_by_document
+
+    items = [SimpleNamespace(doc_id=d) for d in "aaabbbbbcdd"] + [SimpleNamespace(doc_id="e")] * 40
+    batches = list(batched_by_document(items, 2))
+    assert ["".join(x.doc_id for x in b) for b in batches[:3]] == ["aaa", "bbbbb", "cdd"]
+    assert [len(b) for b in batches[3:]] == [16, 16, 8]  # 40 samples of "e": parted at 8 x 2
+    for a, b in zip(batches, batches[1:]):  # a document runs on into the next batch only past the growth cap
+        assert a[-1].doc_id != b[0].doc_id or len(a) == MAX_BATCH_GROWTH * 2
+    assert sum(map(len, batches)) == len(items)

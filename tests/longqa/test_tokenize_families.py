@@ -136,3 +136,25 @@ def test_spans_found_without_offsets_equal_the_spans_from_offsets(tokenizer, tem
     if type(tokenizer.backend_tokenizer.pre_tokenizer).__name__ == "ByteLevel":
         assert fallback == [i for i, sample in enumerate(samples) if sample.prefix.endswith(" ")]
         assert len(fallback) < len(samples)
+
+
+@pytest.mark.parametrize("policy", ["middle", "head", "tail"])
+def test_the_questions_of_a_document_share_one_cut_of_it(tokenizer, policy, tmp_path):
+    """Issue 22: an over-long document is cut once, to the budget its longest question and answer leave, so every
+    question of it holds the same kept document (the prefix a tree shares); before, each question had its own cut."""
+    cfg = config(tmp_path, template="llama2-inst", max_length=100_000)
+    renderer = Renderer(cfg, tokenizer)
+    doc = article(1)
+    questions = ["Why?", "What did the fifth sentence of the article say about the towns and the years they name?"]
+    answers = ["3 towns", "It says the Normans reached five towns in the year one thousand and four, and more later."]
+    samples = [renderer.render(record(doc=doc, question=q, answer=a)) for q, a in zip(questions, answers)]
+    whole = [len(tokenizer(s.text, add_special_tokens=False).input_ids) for s in samples]
+    budget = max(whole) - 120  # the longest sample loses 120 document tokens, the shortest would lose fewer alone
+    encoded = Encoder(tokenizer, budget, policy).encode(samples, ["d", "d"])
+    assert [e.n_doc_tokens_dropped for e in encoded] == [120, 120]
+    assert len(encoded[1].input_ids) == budget and len(encoded[0].input_ids) < budget
+    a, b = (e.input_ids.tolist() for e in encoded)
+    common = next(i for i, (x, y) in enumerate(zip(a, b)) if x != y)
+    assert common >= encoded[0].n_doc_tokens - 120  # the template and the whole kept document, token for token
+    alone = Encoder(tokenizer, budget, policy).encode(samples[:1], ["d"])[0]
+    assert alone.n_doc_tokens_dropped < 120  # alone, the short question's sample would be cut less
