@@ -355,10 +355,10 @@ def tree_spans(samples: tuple, position_ids: torch.Tensor | None) -> TreeSpans |
     return TreeSpans(tuple(kept), tuple(branches)) if branches else None
 
 
-def branch_key_columns(root: int, first: int, prefix: int, start: int, end: int) -> torch.Tensor:
-    """Row columns of a branch's keys: the root's columns of positions ``first..prefix-1`` (``first``: the earliest
-    position any of its queries may see), then the branch itself. Never another branch."""
-    return torch.cat([torch.arange(root + first, root + prefix), torch.arange(start, end)])
+def tree_key_mask(query_branch: torch.Tensor, key_branch: torch.Tensor) -> torch.Tensor:
+    """``(b, m)`` boolean: may a query of branch ``query_branch[i]`` see a key of branch ``key_branch[j]`` (-1: the
+    tree's prefix)? The prefix and its own branch, never another branch."""
+    return (key_branch[None, :] == -1) | (key_branch[None, :] == query_branch[:, None])
 
 
 def branch_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, group_size: int | None, shifted: bool) -> torch.Tensor:
@@ -385,26 +385,37 @@ def _first_visible(prefix: int, group_size: int | None) -> int:
 def _attend_branches(out: torch.Tensor, q_t, k_t, v_t, position_ids: torch.Tensor, branches: tuple,
                      group_size: int | None, dropout: float, scaling: float | None,
                      rules: ScoreRules = NO_RULES) -> torch.Tensor:
-    """``out (B, N, H, D)`` with the branch tokens' attention written in: each branch's queries over its keys
-    (:func:`branch_key_columns`) with an explicit boolean mask (:func:`branch_mask`; SDPA, any device; per head half
-    for S2). ``group_size=None``: full causal attention."""
+    """``out (B, N, H, D)`` with the branch tokens' attention written in. The branches of one tree are one SDPA call
+    (per head half for S2): their queries over the prefix's keys (from the earliest position any of them may see)
+    and every branch's own, with an explicit boolean mask (:func:`branch_mask` by position, :func:`tree_key_mask`:
+    never another branch's keys). One call a tree gathers the prefix's keys once (a call a branch gathered them for
+    every branch). ``group_size=None``: full causal attention."""
     batch, seq_len, num_heads, _ = q_t.shape
     n_rep = num_heads // k_t.shape[2]
     pos = position_ids[0] if position_ids.ndim == 3 else position_ids
     halves = ([(slice(0, num_heads // 2), False), (slice(num_heads // 2, num_heads), True)]
               if group_size is not None else [(slice(0, num_heads), False)])
-    index, parts = [], []
+    trees: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
     for row, start, end, root, prefix in branches:
-        cols = branch_key_columns(root, _first_visible(prefix, group_size), prefix, start, end).to(q_t.device)
+        trees.setdefault((row, root, prefix), []).append((start, end))
+    index, parts = [], []
+    for (row, root, prefix), spans in trees.items():
+        shared = torch.arange(root + _first_visible(prefix, group_size), root + prefix)
+        own = [torch.arange(start, end) for start, end in spans]
+        queries = torch.cat(own).to(q_t.device)
+        cols = torch.cat([shared, *own]).to(q_t.device)
+        owner = torch.cat([torch.full((len(x),), k) for k, x in enumerate(own)]).to(q_t.device)  # branch of a query
+        key_owner = torch.cat([torch.full((len(shared),), -1), owner.cpu()]).to(q_t.device)  # -1: the prefix
         row_pos = pos[row if pos.shape[0] > 1 else 0]
-        q_pos, k_pos = row_pos[start:end], row_pos[cols]
-        q = q_t[row, start:end].transpose(0, 1)  # (H, b, D)
+        q_pos, k_pos = row_pos[queries], row_pos[cols]
+        mine = tree_key_mask(owner, key_owner)
+        q = q_t[row, queries].transpose(0, 1)  # (H, b, D)
         k, v = (x[row, cols].repeat_interleave(n_rep, dim=1).transpose(0, 1) for x in (k_t, v_t))  # (H, m, D)
         heads = [attend(q[h], k[h], v[h], dropout=dropout, scaling=scaling, rules=rules, q_pos=q_pos, k_pos=k_pos,
-                        allowed=branch_mask(q_pos, k_pos, group_size, shifted))
+                        allowed=branch_mask(q_pos, k_pos, group_size, shifted) & mine)
                  for h, shifted in halves if h.stop > h.start]
         parts.append(torch.cat(heads).transpose(0, 1) if len(heads) > 1 else heads[0].transpose(0, 1))  # (b, H, D)
-        index.append(torch.arange(row * seq_len + start, row * seq_len + end))
+        index.append(queries.cpu() + row * seq_len)
     flat = out.reshape(batch * seq_len, *out.shape[2:])
     values = torch.cat(parts).to(flat.dtype)
     return flat.index_put((torch.cat(index).to(flat.device),), values).view(out.shape)
