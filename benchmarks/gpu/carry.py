@@ -1,4 +1,5 @@
-"""python benchmarks/gpu/carry.py pack [--out gpu_carry]  |  python benchmarks/gpu/carry.py unpack [--carry gpu_carry]
+"""python benchmarks/gpu/carry.py pack|wheels [--out gpu_carry]  |  python benchmarks/gpu/carry.py unpack
+
 
 Get what the GPU scripts need onto a GPU machine that takes at most 64 MiB a call and has no network, then put it
 back together there. ``pack`` (here) writes two folders under ``--out`` (git-ignored ``gpu_carry/``), each under
@@ -13,6 +14,13 @@ On the device, carry ``gpu_carry/a`` in one call and ``gpu_carry/b`` in the next
 while the machine is warm), then ``unpack`` there: it joins the GGUF halves into ``--to`` (default
 ``gpu_carry/model/``), checks every SHA-256, and unpacks the corpus into ``data/long-text``.
 ``bash benchmarks/gpu/on_device.sh`` does that, installs the wheel and runs the scripts.
+
+``wheels`` (here) writes ``gpu_carry/c/``: the wheels the product needs and the GPU image lacks (``PRODUCT_WHEELS``:
+``datasets``, ``pydantic``, ``gguf``, ``matplotlib``, ... for CPython 3.12 manylinux x86-64, 41 MB), so the device
+runs ``python -m longqa.build`` / ``sft.run`` / ``sft.eval`` / ``sft.experiment`` themselves (``on_device.sh product
+...``). They are installed there with ``--no-deps --target`` beside the image's packages, never over them (PyPI's
+resolver would replace the image's huggingface_hub). Rehearsed on CPU in a Python 3.12 venv holding only what the
+image has (torch 2.11, transformers 5.17, peft, accelerate, pyarrow, pyyaml): build, sft.run and sft.eval ran.
 
 The standard library and ``longqa.manifest``'s file hash (numpy and pyarrow, both on the GPU image; no ``datasets``
 or ``pydantic``); nothing goes to the network unless ``pack`` has to ``pip download`` the wheel (give ``--wheel FILE``
@@ -50,6 +58,43 @@ def gguf_wheel(given: Path | None, into: Path) -> Path:
     subprocess.run([sys.executable, "-m", "pip", "download", "--no-deps", "--only-binary=:all:", "-q", "-d",
                     str(into), pinned], check=True)
     return next(into.glob("gguf-*.whl"))
+
+
+#: what the product imports that the GPU image (torch, transformers, peft, accelerate, pyarrow, pyyaml) lacks
+PRODUCT_WHEELS = ("datasets", "dill", "multiprocess", "xxhash", "pandas", "python-dateutil", "tzdata", "pydantic",
+                  "pydantic-core", "annotated-types", "typing-inspection", "gguf", "ijson", "matplotlib", "contourpy",
+                  "cycler", "fonttools", "kiwisolver", "pillow", "pyparsing")
+#: the device's Python: wheels for it, whatever this machine runs
+DEVICE_PYTHON = ("--python-version", "3.12", "--implementation", "cp", "--abi", "cp312", "--abi", "abi3", "--abi",
+                 "none", "--platform", "manylinux2014_x86_64", "--platform", "manylinux_2_17_x86_64", "--platform",
+                 "manylinux_2_28_x86_64")
+
+
+def wheels(args) -> int:
+    """``gpu_carry/c/``: the product's missing wheels for the device's Python, with SHA256SUMS."""
+    out = Path(args.out) / "c"
+    out.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory() as tmp:
+        # the whole closure resolves (versions that fit together), only the listed ones are carried
+        subprocess.run([sys.executable, "-m", "pip", "download", "-q", "--only-binary=:all:", *DEVICE_PYTHON, "-d",
+                        tmp, "datasets>=3.0", "pydantic>=2.6", "gguf>=0.10", "ijson>=3.2", "matplotlib>=3.7"],
+                       check=True)
+        wanted = {name.replace("-", "_") for name in PRODUCT_WHEELS}
+        kept = sorted(w for w in Path(tmp).glob("*.whl") if w.name.split("-")[0].lower() in wanted)
+        missing = wanted - {w.name.split("-")[0].lower() for w in kept}
+        if missing:
+            raise SystemExit(f"carry.py wheels: no wheel resolved for {sorted(missing)}")
+        for old in out.glob("*.whl"):
+            old.unlink()
+        for wheel in kept:
+            (out / wheel.name).write_bytes(wheel.read_bytes())
+    sums = [f"{sha256(w)}  {w.name}" for w in sorted(out.glob("*.whl"))]
+    (out / "SHA256SUMS").write_text("\n".join(sums) + "\n")
+    size = sum(w.stat().st_size for w in out.glob("*.whl")) / 2**20
+    if size > args.max_mib:
+        raise SystemExit(f"carry.py wheels: {size:.1f} MiB in {out}, over --max-mib {args.max_mib}")
+    print(f"{out}: {len(sums)} wheels, {size:.1f} MiB; on the device: bash benchmarks/gpu/on_device.sh product ...")
+    return 0
 
 
 def copy_range(source: Path, target: Path, start: int, end: int) -> None:
@@ -142,12 +187,15 @@ def main(argv=None) -> int:
     packing.add_argument("--wheel", type=Path, default=None, help="the gguf wheel (default: pip download it)")
     packing.add_argument("--max-mib", type=float, default=60.0, help="largest folder allowed (a call takes 64 MiB "
                          "with the repository)")
+    wheeling = sub.add_parser("wheels", help="here: write gpu_carry/c, the product's wheels for the device")
+    wheeling.add_argument("--out", default=str(ROOT / "gpu_carry"))
+    wheeling.add_argument("--max-mib", type=float, default=60.0)
     unpacking = sub.add_parser("unpack", help="on the device: join, check, unpack")
     unpacking.add_argument("--carry", default=str(ROOT / "gpu_carry"))
     unpacking.add_argument("--to", default=str(ROOT / "gpu_carry/model"))
     unpacking.add_argument("--data", default=str(ROOT / "data"))
     args = p.parse_args(argv)
-    return pack(args) if args.command == "pack" else unpack(args)
+    return {"pack": pack, "wheels": wheels, "unpack": unpack}[args.command](args)
 
 
 if __name__ == "__main__":

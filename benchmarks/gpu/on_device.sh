@@ -1,6 +1,9 @@
 #!/usr/bin/env bash
 # bash benchmarks/gpu/on_device.sh efficiency|experiment|steps [ARGS...]   (on the GPU machine, in the repository root;
 # ARGS go to the script, e.g. --cpu-smoke to try the whole route on a CPU)
+# bash benchmarks/gpu/on_device.sh product COMMAND...   the product's own commands (python -m sft.experiment ..., sft.run,
+#               sft.eval, longqa.build) with the wheels of `python benchmarks/gpu/carry.py wheels` (gpu_carry/c, one
+#               call) installed --no-deps beside the image's packages; the model is gpu_carry/model/*.gguf (a and b)
 #
 # Runs one GPU script a call (each fits the device tool's 10-minute limit), writing its results under $OUT (the
 # device tool's folder; default benchmarks/results):
@@ -17,6 +20,17 @@ set -euo pipefail
 cd "$(dirname "$0")/../.."
 out=${OUT:-benchmarks/results}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
+if [ "${1:-experiment}" = product ]; then
+  site=${TMPDIR:-/tmp}/longqa-site
+  if ! PYTHONPATH=$site python -c "import datasets, pydantic, gguf, matplotlib" 2>/dev/null; then
+    (cd gpu_carry/c && sha256sum -c --quiet SHA256SUMS)
+    pip install --no-deps --no-index -q --target "$site" gpu_carry/c/*.whl
+  fi
+  export PYTHONPATH=$site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+  [ -d gpu_carry/a ] && [ -d gpu_carry/b ] && [ ! -d gpu_carry/model ] && python benchmarks/gpu/carry.py unpack
+  "${@:2}"
+  exit $?
+fi
 if [ "${1:-experiment}" != efficiency ]; then
   python benchmarks/gpu/carry.py unpack
   python -c "import gguf" 2>/dev/null || pip install --no-deps --no-index -q gpu_carry/a/gguf-*.whl
