@@ -92,11 +92,12 @@ def load_tokenizer(ref: str):
         except (OSError, ValueError) as e:  # a damaged cache entry: rebuilt below
             log.warning("tokenizer cache %s unreadable (%s); rebuilding it from %s", folder, e, gguf)
     tokenizer = AutoTokenizer.from_pretrained(source.location, **source.kwargs())
+    from longqa.atomic import replace_dir
+
     tmp = folder.with_name(f".{key}.tmp-{os.getpid()}")
     try:
         tokenizer.save_pretrained(str(tmp))
-        shutil.rmtree(folder, ignore_errors=True)
-        os.replace(tmp, folder)
+        replace_dir(tmp, folder)  # a damaged entry swapped out in one step
     except OSError as e:  # a read-only cache costs only time
         log.warning("could not cache the tokenizer of %s in %s (%s)", gguf, folder, e)
         shutil.rmtree(tmp, ignore_errors=True)

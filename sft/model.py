@@ -22,7 +22,7 @@ from torch import nn
 from transformers import AutoConfig, AutoModelForCausalLM, PretrainedConfig, PreTrainedModel
 
 from longqa.paths import ModelSource, hub_errors, resolve_source  # noqa: F401 (ModelSource re-exported)
-from longqa.paths import load_tokenizer as cached_tokenizer
+from longqa.paths import load_tokenizer  # noqa: F401 (re-exported: GGUF tokenizers cached)
 from schemas.errors import ModelError
 
 logger = logging.getLogger(__name__)
@@ -46,12 +46,6 @@ def load_config(ref: str) -> PretrainedConfig:
     source = resolve_source(ref)
     with hub_errors(ref):
         return AutoConfig.from_pretrained(source.location, **source.kwargs())
-
-
-def load_tokenizer(ref: str):
-    """The tokenizer of `ref` (for GGUF, rebuilt from the file's metadata, chat template included, and cached:
-    :func:`longqa.paths.load_tokenizer`)."""
-    return cached_tokenizer(ref)
 
 
 def load_model(ref: str, *, dtype: torch.dtype = torch.float32, attn_implementation: str | None = None,
