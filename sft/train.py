@@ -171,21 +171,38 @@ def setup_model(cfg: TrainConfig):
     RoPE scaling and the S2-Attn settings go into the config *before* the model is built (the rotary embedding reads
     it at construction); both are saved with the adapter.
     """
-    from sft.model import add_lora_plus, apply_rope_scaling, load_config, load_model
+    from sft.model import load_config, load_model
 
     set_seed(cfg.seed)  # the LoRA initialisation is drawn before the Trainer seeds itself
     config = load_config(cfg.model)
+    rope = configure(cfg, config)
+    model, tokenizer = load_model(cfg.model, dtype=DTYPES[cfg.model_dtype], config=config,
+                                  attn_implementation=attention_implementation(cfg))
+    return with_lora_plus(cfg, model), tokenizer, rope
+
+
+def configure(cfg: TrainConfig, config) -> dict | None:
+    """RoPE scaling to ``cfg.max_length`` and the S2-Attn settings written into a model config before the model is
+    built; returns the new ``rope_parameters`` (None: unchanged). ``benchmarks/gpu/efficiency.py`` builds random
+    models of real shapes through this and :func:`with_lora_plus`."""
+    from sft.model import apply_rope_scaling
+
     rope = apply_rope_scaling(config, cfg.max_length, kind=cfg.rope_scaling)
     if cfg.s2_attn:  # read by the attention function at every call (sft.s2attn.S2AttnSettings)
         # G from max_length in every layout (unpacked, packed, tree rows, context parallelism), never from a row's
         # padded width: a sample is attended alike however it is batched, padded or sliced
         config.s2_attn = {"group_size": s2_group_size(cfg.max_length, cfg.group_size_ratio), "wrap": cfg.wrap}
-    model, tokenizer = load_model(cfg.model, dtype=DTYPES[cfg.model_dtype], config=config,
-                                  attn_implementation=attention_implementation(cfg))
+    return rope
+
+
+def with_lora_plus(cfg: TrainConfig, model):
+    """`model` wrapped with LoRA+ as ``cfg`` says, its trainable weights in float32."""
+    from sft.model import add_lora_plus
+
     model = add_lora_plus(model, r=cfg.lora_r, alpha=cfg.lora_alpha, dropout=cfg.lora_dropout,
                           target_modules=cfg.lora_target_modules, trainable=tuple(cfg.trainable))
     upcast_trainable(model)
-    return model, tokenizer, rope
+    return model
 
 
 def attention_implementation(cfg: TrainConfig) -> str | None:

@@ -5,7 +5,9 @@ LongLoRA's efficiency table (Chen et al. 2023, Table 4 / Fig. 2: 7B at 8k, full 
 S2-Attn 8.2 h / 30.3 GB) measured per training step on one CUDA GPU: seconds per step and peak GPU memory of a LoRA+
 step (LoRA r=8 on q/k/v/o, embeddings and norms trained, AdamW; bf16 base and autocast, float32 trainable weights;
 gradient checkpointing; one sample of N tokens), S2-Attn against full attention (both PyTorch SDPA), on randomly
-initialised models of real shapes — no weights needed, the step time does not depend on them:
+initialised models of real shapes — no weights needed, the step time does not depend on them. Every step is the
+product's: ``sft.run``'s TrainConfig, model set-up (``sft.train.configure`` / ``with_lora_plus``), collator and
+trainer (``sft.trainer.LongLoRATrainer``: its loss, gradient checkpointing, autocast, AdamW), timed by a callback:
 
 - ``llama2-7b``: 32 layers, hidden 4096, 32 heads, MLP 11008, vocabulary 32000 (the paper's model);
 - ``smollm2-1.7b``: 24 layers, hidden 2048, 32 heads, MLP 8192, vocabulary 49152.
@@ -23,7 +25,8 @@ the rest when ``--budget-s`` (default 280 s of the 5 minutes, from the script's 
 ones are listed. Writes a markdown table naming the device to ``--out`` (default
 ``benchmarks/results/efficiency_<device>.md``), rewritten after every configuration.
 
-Needs only torch, transformers and peft (no datasets, pydantic or flash-attn). ``--cpu-smoke`` runs the same code on
+Needs the product's packages (pydantic for its TrainConfig): on the GPU image, ``bash benchmarks/gpu/on_device.sh
+efficiency`` runs it with the wheels of ``carry.py wheels``. ``--cpu-smoke`` runs the same code on
 the CPU with 2-layer versions of both shapes at 256 tokens: ``python benchmarks/gpu/efficiency.py --cpu-smoke
 --out /tmp/smoke.md``.
 """
@@ -95,81 +98,93 @@ def configurations(args) -> list[tuple[str, int, str, str]]:
     return runs
 
 
-def model_config(name: str, n: int, kind: str, smoke: bool):
-    from transformers import LlamaConfig
+def train_config(n: int, kind: str, loss_kind: str, device: str, steps: int, out: str, packing: bool = False):
+    """The product's TrainConfig of one measurement: LoRA+ (r=8, embeddings and norms), linear PI to `n`, S2-Attn
+    (G = n/4) or full attention, chunked or plain loss, gradient checkpointing, bf16 base and autocast on a GPU
+    (float32 on the CPU), batch 1, `steps` optimizer steps, nothing saved."""
+    from schemas.train import TrainConfig
 
-    from sft.model import apply_rope_scaling
+    cuda = device == "cuda"
+    return TrainConfig(model="(random weights of a real shape)", data="(random tokens)", mode="extend", max_length=n,
+                       rope_scaling="linear", s2_attn=kind == "s2", group_size_ratio=0.25, lora_r=8,
+                       trainable=["embed", "norm"], chunked_loss=loss_kind == "chunked", gradient_checkpointing=True,
+                       bf16=cuda, model_dtype="bfloat16" if cuda else "float32", packing=packing,
+                       batching="grouped" if packing else "sorted",  # in order
+                       per_device_batch_size=1, gradient_accumulation_steps=1, max_steps=steps,
+                       learning_rate=1e-4, warmup_steps=0, save_steps=10**9, logging_steps=10**9, output_dir=out)
+
+
+def build(name: str, cfg, smoke: bool, device: str):
+    """A random model of `name`'s shape, configured and wrapped as ``sft.run`` does (``sft.train.configure``: RoPE
+    scaling and S2-Attn settings; ``with_lora_plus``: LoRA+, trainable weights in float32), on `device`."""
+    from transformers import AutoModelForCausalLM, LlamaConfig
+
+    from sft.train import DTYPES, attention_implementation, configure, with_lora_plus
 
     shape = dict(SHAPES[name])
     if smoke:
         shape.update(num_hidden_layers=2, hidden_size=64, intermediate_size=128, num_attention_heads=4,
                      num_key_value_heads=4, vocab_size=512, max_position_embeddings=128)
     config = LlamaConfig(**shape)
-    apply_rope_scaling(config, n, kind="linear")
-    if kind == "s2":
-        import sft.s2attn  # noqa: F401  (registers "s2_attn")
-
-        config.s2_attn = {"group_size_ratio": 0.25, "backend": "sdpa"}
-    return config
-
-
-def build(config, kind: str, device: str, dtype):
-    from transformers import AutoModelForCausalLM
-
-    from sft.model import add_lora_plus
-
+    configure(cfg, config)
     torch.manual_seed(0)
     with torch.device(device):
-        model = AutoModelForCausalLM.from_config(config, dtype=dtype,
-                                                 attn_implementation="s2_attn" if kind == "s2" else "sdpa")
-    model = add_lora_plus(model)
-    for param in model.parameters():  # trainable weights in float32, as sft.train.upcast_trainable
-        if param.requires_grad:
-            param.data = param.data.float()
-    model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    model.config.use_cache = False
-    model.train()
-    optimizer = torch.optim.AdamW([p for p in model.parameters() if p.requires_grad], lr=1e-4)
-    return model, optimizer
+        model = AutoModelForCausalLM.from_config(config, dtype=DTYPES[cfg.model_dtype],
+                                                 attn_implementation=attention_implementation(cfg))
+    return with_lora_plus(cfg, model)
 
 
-def step(model, optimizer, ids, loss_kind: str, device: str, labels=None, position_ids=None) -> float:
-    """forward (+ chunked or plain loss) + backward + AdamW step; seconds. `labels` default to `ids`; a packed row
-    gives its own (-100 at each sample's first token) and its `position_ids` (restarting per sample)."""
-    from sft.loss import loss_parts, reduce_loss
+def trainer_steps(name: str, cfg, rows: list[dict], args, device: str) -> tuple[list[float], float | None]:
+    """``cfg.max_steps`` steps of the product's trainer (``sft.trainer.LongLoRATrainer`` with
+    ``sft.train.training_arguments`` and ``sft.train.collator``: its data collation, loss, gradient checkpointing,
+    autocast and AdamW) over `rows`; the seconds of every step and the peak GPU memory after the first (None on CPU)."""
+    from types import SimpleNamespace
 
-    labels = ids if labels is None else labels
-    if device == "cuda":
-        torch.cuda.synchronize()
-    t0 = time.perf_counter()
-    with torch.autocast(device, dtype=torch.bfloat16, enabled=device == "cuda"):
-        if loss_kind == "plain":
-            loss = model(input_ids=ids, labels=labels, position_ids=position_ids, use_cache=False).loss
-        else:
-            base = model.get_base_model()
-            hidden = base.model(input_ids=ids, position_ids=position_ids, use_cache=False).last_hidden_state
-            parts = loss_parts(hidden, base.lm_head, labels=labels)
-            loss = reduce_loss(parts, "token")
-    loss.backward()
-    optimizer.step()
-    optimizer.zero_grad(set_to_none=True)
-    if device == "cuda":
-        torch.cuda.synchronize()
-    return time.perf_counter() - t0
+    from transformers import TrainerCallback
+
+    from sft.train import collator, training_arguments
+    from sft.trainer import LongLoRATrainer
+
+    class StepTimes(TrainerCallback):
+        def __init__(self):
+            self.seconds: list[float] = []
+
+        def on_step_begin(self, *_, **__):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            self.started = time.perf_counter()
+
+        def on_step_end(self, *_, **__):
+            if device == "cuda":
+                torch.cuda.synchronize()
+            self.seconds.append(time.perf_counter() - self.started)
+            if len(self.seconds) == 1 and device == "cuda":  # the first step (warm-up) allocates the optimizer
+                torch.cuda.reset_peak_memory_stats()
+
+    model = build(name, cfg, args.cpu_smoke, device)
+    timer = StepTimes()
+    trainer = LongLoRATrainer(
+        loss_reduction=cfg.loss_reduction, chunked_loss=cfg.chunked_loss, loss_chunk_size=cfg.loss_chunk_size,
+        model=model, args=training_arguments(cfg, progress=False, bf16=cfg.bf16), train_dataset=rows,
+        data_collator=collator(cfg, SimpleNamespace(pad_token_id=0, eos_token_id=0)), callbacks=[timer])
+    trainer.train()
+    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    del trainer, model
+    return timer.seconds, peak
 
 
 def measure(name: str, n: int, kind: str, loss_kind: str, args, device: str) -> dict:
-    """Median step time, peak memory and tokens/s of one configuration."""
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    config = model_config(name, n, kind, args.cpu_smoke)
-    model, optimizer = build(config, kind, device, dtype)
-    ids = torch.randint(3, config.vocab_size, (1, n), device=device, generator=None)
-    step(model, optimizer, ids, loss_kind, device)  # warm-up
-    if device == "cuda":
-        torch.cuda.reset_peak_memory_stats()
-    times = [step(model, optimizer, ids, loss_kind, device) for _ in range(args.repeats)]
-    peak = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
-    return {"step_s": statistics.median(times), "peak_gb": peak, "tokens_per_s": n / statistics.median(times)}
+    """Median step time (after one warm-up step), peak memory and tokens/s of one configuration."""
+    import tempfile
+
+    vocab = 512 if args.cpu_smoke else SHAPES[name]["vocab_size"]
+    ids = torch.randint(3, vocab, (n,), generator=torch.Generator().manual_seed(n)).tolist()
+    with tempfile.TemporaryDirectory() as out:
+        cfg = train_config(n, kind, loss_kind, device, 1 + args.repeats, out)
+        seconds, peak = trainer_steps(name, cfg, [{"input_ids": ids, "length": n}] * (1 + args.repeats), args,
+                                      device)
+    step_s = statistics.median(seconds[1:])
+    return {"step_s": step_s, "peak_gb": peak, "tokens_per_s": n / step_s}
 
 
 #: packing: four samples of N/2, N/4, N/8 and N/8 tokens, one row of N when packed
@@ -177,39 +192,30 @@ PACKED_FRACTIONS = (2, 4, 8, 8)
 
 
 def measure_packing(name: str, n: int, args, device: str) -> dict:
-    """S2-Attn, chunked loss: the same four samples trained one a step (off) and packed into one row (on); tokens/s
-    (median of ``--repeats`` after a warm-up) and the peak memory of each."""
+    """S2-Attn, chunked loss: the same four samples trained one a step (packing off: each its own S2 group of
+    max_length/4) and packed into one row of N (``sft.packing.pack_samples``, the product's ``packing: true``
+    collator); tokens/s (median over ``--repeats`` rounds after a warm-up round) and the peak memory of each."""
+    import tempfile
+
     from sft.packing import pack_samples
 
-    dtype = torch.bfloat16 if device == "cuda" else torch.float32
-    config = model_config(name, n, "s2", args.cpu_smoke)
-    model, optimizer = build(config, "s2", device, dtype)
+    vocab = 512 if args.cpu_smoke else SHAPES[name]["vocab_size"]
     gen = torch.Generator().manual_seed(n)
-    samples = [{"input_ids": torch.randint(3, config.vocab_size, (n // k,), generator=gen).tolist()}
-               for k in PACKED_FRACTIONS]
-    row = {key: torch.tensor([value], device=device) for key, value in pack_samples(samples).items()
-           if key in ("input_ids", "labels", "position_ids")}
-    settings = model.get_base_model().config
-    alone, packed = dict(settings.s2_attn), {"group_size": n // 4, "backend": "sdpa"}
-
-    def off() -> float:
-        settings.s2_attn = alone
-        return sum(step(model, optimizer, torch.tensor([s["input_ids"]], device=device), "chunked", device)
-                   for s in samples)
-
-    def on() -> float:
-        settings.s2_attn = packed
-        return step(model, optimizer, row["input_ids"], "chunked", device, labels=row["labels"],
-                    position_ids=row["position_ids"])
-
+    samples = [{"input_ids": torch.randint(3, vocab, (n // k,), generator=gen).tolist()} for k in PACKED_FRACTIONS]
+    samples = [dict(s, length=len(s["input_ids"])) for s in samples]
+    rounds = 1 + args.repeats
     result = {}
-    for label, run in (("off", off), ("on", on)):
-        run()  # warm-up
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
-        seconds = statistics.median(run() for _ in range(args.repeats))
-        result[f"{label}_tokens_per_s"] = n / seconds
-        result[f"{label}_peak_gb"] = torch.cuda.max_memory_allocated() / 2**30 if device == "cuda" else None
+    for label in ("off", "on"):
+        with tempfile.TemporaryDirectory() as out:
+            if label == "off":  # one sample a step: a round is four steps
+                cfg = train_config(n, "s2", "chunked", device, rounds * len(samples), out)
+                seconds, peak = trainer_steps(name, cfg, samples * rounds, args, device)
+                per_round = [sum(seconds[i:i + len(samples)]) for i in range(0, len(seconds), len(samples))]
+            else:
+                cfg = train_config(n, "s2", "chunked", device, rounds, out, packing=True)
+                per_round, peak = trainer_steps(name, cfg, [pack_samples(samples)] * rounds, args, device)
+        result[f"{label}_tokens_per_s"] = n / statistics.median(per_round[1:])
+        result[f"{label}_peak_gb"] = peak
     return result
 
 
@@ -232,8 +238,9 @@ def target_verdict(results: dict) -> str:
 def write(out: Path, results: dict, skipped: list, meta: dict) -> None:
     lines = [f"# LongLoRA efficiency on {meta['device']}: seconds per training step and peak memory", "",
              f"`{meta['command']}`", "",
-             f"- torch {meta['torch']}, transformers {meta['transformers']}, peft {meta['peft']}; random weights of "
-             "the real shapes; LoRA r=8 on q/k/v/o + embeddings + norms trained (float32, AdamW), bf16 base and "
+             f"- torch {meta['torch']}, transformers {meta['transformers']}, peft {meta['peft']}; the product's training "
+             "step (sft.trainer.LongLoRATrainer, sft.train's arguments and collator); random weights of the real "
+             "shapes; LoRA r=8 on q/k/v/o + embeddings + norms trained (float32, AdamW), bf16 base and "
              "autocast, gradient checkpointing, batch 1; S2-Attn G = N/4; both attentions PyTorch SDPA",
              f"- median of {meta['repeats']} steps after a warm-up; elapsed {meta['elapsed_s']} s"
              f"{' (finished)' if meta.get('finished') else ' (partial)'}", "",
