@@ -65,12 +65,21 @@ def length_stats(lengths: np.ndarray) -> dict:
             "max": int(lengths.max()), "mean": round(float(lengths.mean()), 1)}
 
 
-def fingerprint(table: pa.Table) -> str:
+#: the fingerprint's definition: 1 hashed every non-integer value as JSON; 2 hashes string columns' UTF-8 bytes and
+#: lengths straight from their Arrow buffers (the same rows give the same digest, ~10x faster on long documents).
+#: Digests of version 2 and later carry their version ("v2-..."); :func:`fingerprint_version` reads it back, so the
+#: manifests of earlier builds still verify (``longqa.publish``).
+FINGERPRINT_VERSION = 2
+
+
+def fingerprint(table: pa.Table, version: int = FINGERPRINT_VERSION) -> str:
     """sha256 over the rows in order, column by column: independent of how rows were batched, sharded or stored.
 
-    Each column feeds its own streaming hashes (integer lists: lengths and values apart), so chunk boundaries do not
-    change the result.
+    Each column feeds its own streaming hashes (integer lists and, from version 2, strings: lengths and values apart),
+    so chunk boundaries do not change the result; ``string`` and ``large_string`` columns of the same rows agree.
     """
+    import pyarrow.compute as pc
+
     h = hashlib.sha256()
     for name in table.column_names:
         lengths, values = hashlib.sha256(), hashlib.sha256()
@@ -78,13 +87,36 @@ def fingerprint(table: pa.Table) -> str:
             if pa.types.is_list(chunk.type) and pa.types.is_integer(chunk.type.value_type):
                 lengths.update(np.asarray(chunk.value_lengths().fill_null(0), dtype=np.int64).tobytes())
                 values.update(np.asarray(chunk.flatten(), dtype=np.int64).tobytes())
+            elif version >= 2 and (pa.types.is_string(chunk.type) or pa.types.is_large_string(chunk.type)):
+                lengths.update(np.asarray(pc.binary_length(chunk).fill_null(-1), dtype=np.int64).tobytes())
+                values.update(utf8_bytes(chunk))
             else:
                 for value in chunk.to_pylist():
                     values.update(
                         json.dumps(value, sort_keys=True, ensure_ascii=False).encode("utf-8", "surrogatepass"))
                     values.update(b"\n")
         h.update(name.encode() + b"\x00" + lengths.digest() + values.digest())
-    return h.hexdigest()
+    return h.hexdigest() if version == 1 else f"v{version}-{h.hexdigest()}"
+
+
+def fingerprint_version(digest: str) -> int:
+    """The version a digest of :func:`fingerprint` was made with (1: a bare hex digest)."""
+    head, sep, _ = digest.partition("-")
+    return int(head[1:]) if sep and head[:1] == "v" and head[1:].isdigit() else 1
+
+
+def utf8_bytes(chunk: pa.Array) -> memoryview:
+    """The UTF-8 bytes of a string array's values, concatenated in order (nulls as no bytes), without copying."""
+    import pyarrow.compute as pc
+
+    if chunk.null_count:  # a null slot may own bytes in Arrow's layout: replace nulls (their lengths say -1)
+        chunk = pc.fill_null(chunk, "")
+    _, offsets, data = chunk.buffers()
+    if data is None or len(chunk) == 0:
+        return memoryview(b"")
+    wide = np.int64 if pa.types.is_large_string(chunk.type) else np.int32
+    bounds = np.frombuffer(offsets, dtype=wide)[chunk.offset:chunk.offset + len(chunk) + 1]
+    return memoryview(data)[int(bounds[0]):int(bounds[-1])]
 
 
 def file_sha256(path: Path, suffixes: tuple[str, ...] | None = None) -> str:

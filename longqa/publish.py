@@ -20,7 +20,7 @@ import datasets
 from longqa.card import render_card
 from longqa.describe import table_of
 from longqa.hub import PublishError, publish
-from longqa.manifest import fingerprint
+from longqa.manifest import fingerprint, fingerprint_version
 from longqa.write import quiet_datasets
 from schemas.cli import Command, Options
 from schemas.paths import dataset_publish_problems
@@ -93,7 +93,7 @@ def verify(staged: Path, manifest: dict) -> None:
             if set(loaded) != set(expected):
                 raise PublishError(f"{staged}: config {config} loads splits {sorted(loaded)}, built {sorted(expected)}")
             for split, ds in loaded.items():
-                if fingerprint(ds.data.table) != expected[split]:
+                if fingerprint(ds.data.table, fingerprint_version(expected[split])) != expected[split]:
                     raise PublishError(f"{staged}: config {config} split {split} does not load the built rows")
     shutil.rmtree(staged.parent / f".{staged.name}-cache", ignore_errors=True)
 

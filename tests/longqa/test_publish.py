@@ -52,6 +52,28 @@ def test_dry_run_stages_the_hub_tree_and_it_loads(built, tmp_path, capsys):
     assert 'load_dataset("org/longqa-test")' in (staged / "README.md").read_text()
 
 
+def test_a_build_fingerprinted_before_version_2_still_publishes(built, tmp_path):
+    """A manifest written with version-1 digests (bare hex, every string hashed as JSON) verifies against the staged
+    rows by that version; a wrong digest of either version is caught."""
+    import shutil
+
+    from longqa.manifest import fingerprint, fingerprint_version
+
+    old = tmp_path / "old"
+    shutil.copytree(built, old)
+    manifest = json.loads((old / "manifest.json").read_text())
+    assert {fingerprint_version(d) for kind in ("text", "tokenized") for d in manifest["fingerprints"][kind].values()} \
+        == {2}
+    for kind in ("text", "tokenized"):
+        folder = datasets.load_from_disk(str(old / kind))
+        manifest["fingerprints"][kind] = {split: fingerprint(ds.data.table, 1) for split, ds in folder.items()}
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert publish_main([str(old), "--repo-id", "org/longqa-test", "--dry-run", str(tmp_path / "staged")]) == 0
+    manifest["fingerprints"]["text"]["train"] = "0" * 64
+    (old / "manifest.json").write_text(json.dumps(manifest))
+    assert publish_main([str(old), "--repo-id", "org/longqa-test", "--dry-run", str(tmp_path / "staged2")]) != 0
+
+
 def test_dry_run_refuses_an_unfinished_build(tmp_path, capsys):
     (tmp_path / "half").mkdir()
     assert publish_main([str(tmp_path / "half"), "--repo-id", "a/b", "--dry-run", str(tmp_path / "s")]) == 2

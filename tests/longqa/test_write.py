@@ -61,3 +61,29 @@ def test_atomic_file_and_write_text(tmp_path):
     assert path.read_text() == "one"
     write_text(path, "two")
     assert path.read_text() == "two" and [p.name for p in tmp_path.iterdir()] == ["report.md"]
+
+
+def test_fingerprint_v2_hashes_string_buffers_whatever_the_chunks_and_string_width():
+    """Version 2 reads string columns from their Arrow buffers: the same rows give one digest however they are chunked
+    or sliced and for string and large_string; a changed value, a null for an empty string or a moved byte between
+    neighbours changes it; version 1 (JSON per value) gives another digest, bare hex."""
+    import pyarrow as pa
+
+    from longqa.manifest import fingerprint, fingerprint_version
+
+    texts = ["héllo wörld", None, "", "x" * 70, "<|im_end|>"]
+    ids = [[1, 2], [3], [], [4, 5, 6], [7]]
+    table = pa.table({"text": texts, "input_ids": ids})
+    digest = fingerprint(table)
+    assert fingerprint_version(digest) == 2 and digest.startswith("v2-")
+    sliced = pa.concat_tables([table.slice(0, 2), table.slice(2, 1), table.slice(3)])
+    assert sliced.column("text").num_chunks == 3 and fingerprint(sliced) == digest
+    wide = pa.table({"text": pa.array(texts, pa.large_string()), "input_ids": ids})
+    assert fingerprint(wide) == digest
+    for changed in (["héllo wörld", "", "", "x" * 70, "<|im_end|>"],      # a null is not an empty string
+                    ["héllo wörl", None, "d", "x" * 70, "<|im_end|>"],      # the same bytes, one moved over
+                    ["héllo wörld", None, "", "x" * 69 + "y", "<|im_end|>"]):
+        assert fingerprint(pa.table({"text": changed, "input_ids": ids})) != digest
+    old = fingerprint(table, 1)
+    assert fingerprint_version(old) == 1 and len(old) == 64 and old != digest.removeprefix("v2-")
+    assert fingerprint(sliced, 1) == old
