@@ -165,10 +165,8 @@ class Encoder:
         from tokenizers import Tokenizer
 
         backend = tokenizer.backend_tokenizer
-        self._template = Tokenizer.from_str(backend.to_str())
-        self._content = Tokenizer.from_str(backend.to_str())
-        # Content (documents, answers) never turns literal "<|im_end|>" text into a control token.
-        self._content.encode_special_tokens = True
+        self._template = Tokenizer.from_str(backend.to_str())  # a copy: settings of the caller's never reach it
+        self._content_copy = None  # made on first use (:attr:`_content`): most documents hold no control-token text
         specials = sorted({t.content for t in backend.get_added_tokens_decoder().values() if t.special}, key=len,
                           reverse=True)
         self._specials = re.compile("|".join(map(re.escape, specials))) if specials else None
@@ -177,6 +175,17 @@ class Encoder:
         self._doc_cache: OrderedDict[str, tuple[str, Tokens]] = OrderedDict()
         self._cache_size = cache_size
         self._lock = threading.Lock()
+
+    @property
+    def _content(self):
+        """The tokenizer for content (documents, answers): literal "<|im_end|>" text never becomes a control token."""
+        from tokenizers import Tokenizer
+
+        with self._lock:
+            if self._content_copy is None:
+                self._content_copy = Tokenizer.from_str(self._template.to_str())
+                self._content_copy.encode_special_tokens = True
+            return self._content_copy
 
     def _tokens(self, texts: list[str], tokenizer=None) -> list[Tokens]:
         if not texts:
