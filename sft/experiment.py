@@ -394,7 +394,7 @@ def comparisons_table(found: list[dict[str, Any]]) -> str:
         for length, r in pair["ppl_ratio"].items():
             lines.append(f"| {pair['arm']} / {pair['reference']} | {length} | {r['ratio']:.4f} [{r['ci'][0]:.4f}, "
                          f"{r['ci'][1]:.4f}] | {r['lower_windows']} of {r['windows']} windows | "
-                         f"{paired_verdict(r['ci'])} |")
+                         f"{paired_verdict(r['ci'], r['windows'])} |")
     lines += ["", "The two arms' perplexity on the same held-out windows: below 1 the arm is better. The interval "
               "resamples windows with both arms' scores together (a paired bootstrap)."]
     return "\n".join(lines) + "\n"

@@ -217,9 +217,15 @@ def paired_summary(diffs: list[float]) -> dict:
             "lower": sum(d < 0 for d in diffs), "same": sum(d == 0 for d in diffs)}
 
 
-def paired_verdict_zero(ci) -> str:
-    """Whether a paired difference's interval excludes 0."""
+#: fewer paired items than this and a bootstrap interval is degenerate (one item: every resample is that item)
+MIN_PAIRED = 2
+
+
+def paired_verdict_zero(ci, n: int | None = None) -> str:
+    """Whether a paired difference's interval excludes 0 (`n`: the items paired; too few give no verdict)."""
     if ci is None:
         return "–"
+    if n is not None and n < MIN_PAIRED:
+        return f"{n} paired: too few for an interval"
     return "paired interval excludes 0: differ" if ci[0] > 0 or ci[1] < 0 else "paired interval includes 0: not " \
         "established"

@@ -154,7 +154,7 @@ def _comparison(results: dict[str, Any], names: list[str]) -> str:
                 rows.append([f"{task} F1, {other} − {first}, paired over the same {paired['n']} questions",
                              with_ci(paired["difference"], paired["ci"]),
                              f"{other} higher on {paired['higher']}, lower on {paired['lower']}",
-                             paired_verdict_zero(paired["ci"])])
+                             paired_verdict_zero(paired["ci"], paired["n"])])
         if "qa" in results and all("evidence" in results["qa"][n] for n in (first, other)):
             from sft.evaluation.evidence import paired as paired_by_evidence
 
@@ -162,7 +162,7 @@ def _comparison(results: dict[str, Any], names: list[str]) -> str:
                                                results["qa"][other]["evidence"]).items():
                 rows.append([f"qa F1 by evidence {label}, {other} − {first}, paired over {d['n']} questions",
                              with_ci(d["difference"], d["ci"]), f"{other} higher on {d['higher']}, lower on "
-                             f"{d['lower']}", paired_verdict_zero(d["ci"])])
+                             f"{d['lower']}", paired_verdict_zero(d["ci"], d["n"])])
         if "passkey" in results:
             a, b = (results["passkey"][n] for n in (first, other))
             add(f"passkey accuracy (n={a.get('n', len(a['trials']))})", (a["accuracy"], a.get("ci")),
@@ -179,7 +179,7 @@ def _comparison(results: dict[str, Any], names: list[str]) -> str:
                         rows.append([f"perplexity at {length} tokens, {other} / {first}, paired over the same "
                                      f"{paired['windows']} windows", with_ci(paired["ratio"], paired["ci"], 3),
                                      f"{other} lower in {paired['lower_windows']} of {paired['windows']}",
-                                     paired_verdict(paired["ci"])])
+                                     paired_verdict(paired["ci"], paired["windows"])])
         for task, by_model in results.items():  # other tasks that report headline scores with intervals
             if task in BUILT_IN:
                 continue
@@ -188,8 +188,12 @@ def _comparison(results: dict[str, Any], names: list[str]) -> str:
     return _table(["score", "", "", "intervals"], rows)
 
 
-def paired_verdict(ci: Sequence[float]) -> str:
-    """Whether a paired ratio's interval excludes 1."""
+def paired_verdict(ci: Sequence[float], windows: int | None = None) -> str:
+    """Whether a paired ratio's interval excludes 1 (`windows`: the windows paired; too few give no verdict)."""
+    from sft.evaluation.metrics import MIN_PAIRED
+
+    if windows is not None and windows < MIN_PAIRED:
+        return f"{windows} window(s): too few for an interval"
     return "paired interval excludes 1: differ" if ci[0] > 1 or ci[1] < 1 else "paired interval includes 1: " \
         "not established"
 
@@ -414,5 +418,5 @@ def paired_lines(report: dict[str, Any]) -> list[str]:
             ci = paired["ci"]
             lines.append(f"{task} F1 {other} − {first}: {paired['difference']:+.2f} points "
                          f"[{ci[0]:+.2f}, {ci[1]:+.2f}] paired over {paired['n']} questions ({other} higher on "
-                         f"{paired['higher']}, lower on {paired['lower']}): {paired_verdict_zero(ci)}")
+                         f"{paired['higher']}, lower on {paired['lower']}): {paired_verdict_zero(ci, paired['n'])}")
     return lines

@@ -232,3 +232,20 @@ def test_paired_difference_matches_questions_by_id_and_excludes_zero_only_when_i
     assert paired_difference(result(ids[:3], base[:3]), result(ids[1:5], base[1:5]))["n"] == 2
     assert paired_difference(result(["a"], [1.0]), result(["b"], [1.0])) is None
     assert paired_difference({"overall": {}}, better) is None  # an older report without per-question scores
+    # one pair: every bootstrap resample is that pair, a zero-width interval that "excludes 0" says nothing
+    one = paired_difference(result(ids[:1], base[:1]), result(ids[:1], [0.9]))
+    assert one["n"] == 1 and one["ci"][0] == one["ci"][1] > 0
+    assert paired_verdict_zero(one["ci"], one["n"]) == "1 paired: too few for an interval"
+    assert "excludes 0" in paired_verdict_zero(paired_difference(result(ids, base), better)["ci"], 40)
+
+
+def test_a_paired_perplexity_ratio_over_one_window_gives_no_verdict():
+    from sft.evaluation.ppl import paired_ratio
+    from sft.evaluation.report import paired_verdict
+
+    one = paired_ratio({"per_window": [[2.0, 100]]}, {"per_window": [[3.0, 100]]})
+    assert one["windows"] == 1 and one["ci"][0] == one["ci"][1] < 1
+    assert paired_verdict(one["ci"], one["windows"]) == "1 window(s): too few for an interval"
+    many = paired_ratio({"per_window": [[2.0 + 0.01 * i, 100] for i in range(8)]},
+                        {"per_window": [[3.0 + 0.02 * i, 100] for i in range(8)]})
+    assert paired_verdict(many["ci"], many["windows"]) == "paired interval excludes 1: differ"
