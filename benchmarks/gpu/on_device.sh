@@ -59,7 +59,9 @@ if [ "${1:-experiment}" = product ] || [ "${1:-experiment}" = stages ] || [ "${1
     eval "$(python benchmarks/gpu/stages_smoke.py --out "$out/smoke" ${CORPUS:+--corpus "$CORPUS"})"  # sets build,
     # experiment, data (CORPUS: the long-text corpus, default data/long-text)
   fi
-  [ -f "$data/manifest.json" ] || python -m longqa.build --config "$build" --out "$data" --no-progress
+  procs=$(nproc); [ "$procs" -gt 8 ] && procs=8
+  [ -f "$data/manifest.json" ] || python -m longqa.build --config "$build" --out "$data" --no-progress \
+    --num-proc "$procs"
   status=0
   python -m sft.experiment "$experiment" --no-progress "${flags[@]}" || status=$?
   results=$(python -c "import sys, yaml; print(yaml.safe_load(open(sys.argv[1]))['out'])" "$experiment")
