@@ -7,7 +7,11 @@ Flags (the litgpt habit: the typed config *is* the command line):
 - ``Literal`` fields list their choices; booleans are ``--x/--no-x`` (a boolean-or-choice field also ``--x CHOICE``);
   optional fields accept ``null``;
 - lists are comma lists (``--tasks qa,passkey``; a repeated flag adds to the list), mappings are ``NAME=VALUE``
-  items (``--models base=A tuned=B``), ``str | list[str]`` fields take one value or a repeated flag;
+  items (``--models base=A tuned=B``: the flag's items replace the recipe's), ``str | list[str]`` fields take one
+  value or a repeated flag;
+- free-form settings (``dict[str, Any]``: ``sft.experiment``'s ``--train-overrides``, ``--eval``, ``--arms.overrides``)
+  are ``NAME=VALUE`` items *merged into* the recipe's (``--train-overrides max_steps=2`` keeps its other overrides),
+  a dotted name reaching into a section (``--eval qa.limit=2``), each value read as YAML (``passkey.lengths=[512]``);
 - a list of sections (``inputs: list[InputSpec]``): ``--inputs.path P`` (repeatable) makes one item per path and the
   other ``--inputs.*`` flags go into each item;
 - a command may declare, once, aliases (``--input`` for ``--inputs.path``) and positional fields.
@@ -42,7 +46,7 @@ from pydantic import BaseModel
 from pydantic.fields import FieldInfo
 
 from schemas.errors import ConfigError, UserError
-from schemas.resolve import PathCheck, apply_overrides, check, load_recipe, report
+from schemas.resolve import PathCheck, Settings, apply_overrides, check, load_recipe, report
 
 log = logging.getLogger(__name__)
 
@@ -92,7 +96,7 @@ def _kind(annotation: Any) -> str:
     if origin is list:
         return "list"
     if origin is dict:
-        return "mapping"
+        return "settings" if len(args) == 2 and args[1] is Any else "mapping"
     if origin in (typing.Union, getattr(__import__("types"), "UnionType")) and any(
             typing.get_origin(a) is list for a in args):
         return "one_or_many"
@@ -276,7 +280,9 @@ class Command:
             group.add_argument(*options, dest=key, action=_List, metavar=_metavar(annotation), help=help_text)
         elif kind in ("one_or_many", "items"):
             group.add_argument(*options, dest=key, action=_Append, metavar="VALUE", help=help_text + " (repeatable)")
-        elif kind == "mapping":
+        elif kind in ("mapping", "settings"):
+            if kind == "settings":
+                help_text += " (merged into the recipe's; a dotted NAME reaches into a section; VALUE read as YAML)"
             group.add_argument(*options, dest=key, action=_Mapping, nargs="+", metavar="NAME=VALUE", help=help_text)
         else:
             group.add_argument(*options, dest=key, action=_Scalar, metavar=_metavar(annotation), help=help_text)
@@ -299,9 +305,12 @@ class Command:
             flag = self.flags[key]
             if flag.kind == "one_or_many" and isinstance(value, list):
                 value = None if value == [NULL] else value[0] if len(value) == 1 else value
-            elif flag.kind == "mapping" and isinstance(value, list):
+            elif flag.kind in ("mapping", "settings") and isinstance(value, list):
                 value, bad = _mapping(value, flag.options[0])
                 problems.extend(bad)
+                if flag.kind == "settings":
+                    value, bad = _settings(value, flag.options[0])
+                    problems.extend(bad)
             overrides[key] = value
         return overrides, problems, options
 
@@ -392,6 +401,17 @@ def _mapping(items: list[str], flag: str) -> tuple[dict[str, str], list[str]]:
         else:
             mapping[name] = value
     return mapping, problems
+
+
+def _settings(mapping: dict[str, str], flag: str) -> tuple[Settings, list[str]]:
+    """``NAME=VALUE`` items of a free-form settings flag: each VALUE read as YAML (``2``, ``[512]``, ``null``)."""
+    values, problems = Settings(), []
+    for name, text in mapping.items():
+        try:
+            values[name] = yaml.safe_load(text)
+        except yaml.YAMLError:
+            problems.append(f"{flag}: {name}={text!r}: the value is not valid YAML")
+    return values, problems
 
 
 def _dump(cfg: BaseModel) -> dict[str, Any]:

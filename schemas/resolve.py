@@ -48,8 +48,30 @@ def load_recipe(path: str | Path) -> dict[str, Any]:
     return data
 
 
+class Settings(dict):
+    """``NAME=VALUE`` items of a free-form settings flag (a ``dict[str, Any]`` field): :func:`apply_overrides` merges
+    them into the recipe's mapping instead of replacing it, a dotted NAME reaching into nested mappings."""
+
+
+def merge_settings(base: Any, items: Settings) -> dict[str, Any]:
+    """A copy of the mapping `base` (anything else: empty) with every item of `items` set, ``a.b`` as ``{a: {b}}``."""
+    import copy
+
+    merged = copy.deepcopy(base) if isinstance(base, dict) else {}
+    for name, value in items.items():
+        *heads, last = name.split(".")
+        target = merged
+        for head in heads:
+            if not isinstance(target.get(head), dict):
+                target[head] = {}
+            target = target[head]
+        target[last] = value
+    return merged
+
+
 def apply_overrides(model: type[BaseModel], base: dict[str, Any], overrides: dict[str, Any]) -> dict[str, Any]:
-    """`base` updated with `overrides` (dotted keys reach into sections: ``qa.limit``).
+    """`base` updated with `overrides` (dotted keys reach into sections: ``qa.limit``; :class:`Settings` values are
+    merged into the base's mapping).
 
     For a list of sections (``inputs: list[InputSpec]``) the section's first field makes the items: ``inputs.path``
     with N values replaces the list with N items, and the other ``inputs.*`` values go into each item (into every
@@ -60,6 +82,8 @@ def apply_overrides(model: type[BaseModel], base: dict[str, Any], overrides: dic
         head, dot, rest = key.partition(".")
         if dot:
             sections.setdefault(head, {})[rest] = value
+        elif isinstance(value, Settings):
+            data[key] = merge_settings(data.get(key), value)
         else:
             data[key] = value
     for head, values in sections.items():

@@ -51,6 +51,35 @@ def test_flags_follow_the_field_types():
     assert COMMAND.overrides(["--data", "x"]) == {"data": "x"}  # one value stays one value
 
 
+def test_free_form_settings_merge_into_the_recipes_and_mappings_replace_it(tmp_path):
+    """``--train-overrides max_steps=2`` once replaced the recipe's whole train_overrides (its RoPE scaling and
+    learning rate silently gone); now free-form settings merge, dotted names reach in, values are YAML. A typed
+    mapping (``--models``) still replaces: the flag names the models to compare."""
+    from schemas.experiment import ExperimentConfig
+    from sft.eval import COMMAND as EVAL
+
+    EXPERIMENT = Command("python -m sft.experiment", "", ExperimentConfig)
+
+    recipe = {"name": "x", "train": "t.yaml", "train_overrides": {"rope_scaling": "yarn", "learning_rate": 2e-4},
+              "arms": [{"name": "a", "overrides": {"s2_attn": False}}],
+              "eval": {"tasks": ["qa"], "qa": {"limit": 20, "split": "test"}}}
+    (tmp_path / "exp.yaml").write_text(yaml.safe_dump(recipe))
+    cfg, _, _ = EXPERIMENT.configure(["--config", str(tmp_path / "exp.yaml"), "--train-overrides", "max_steps=2",
+                                      "--eval", "qa.limit=2", "passkey.lengths=[512, 1024]", "dtype=null",
+                                      "--arms.overrides", "lora_r=4"])
+    assert cfg.train_overrides == {"rope_scaling": "yarn", "learning_rate": 2e-4, "max_steps": 2}
+    assert cfg.eval == {"tasks": ["qa"], "qa": {"limit": 2, "split": "test"}, "passkey": {"lengths": [512, 1024]},
+                        "dtype": None}
+    assert cfg.arms[0].overrides == {"s2_attn": False, "lora_r": 4}
+    assert recipe["eval"]["qa"]["limit"] == 20  # the recipe's own mapping is not changed in place
+    _, problems, _ = EXPERIMENT.configure(["--config", str(tmp_path / "exp.yaml"), "--eval", "qa.limit=[2"])
+    assert any("qa.limit='[2': the value is not valid YAML" in p for p in problems)
+    models = EVAL.overrides(["--models", "mine=path/to/merged"])["models"]
+    assert models == {"mine": "path/to/merged"} and type(models) is dict
+    cfg, _, _ = EVAL.configure(["--models", "mine=path/to/merged"])
+    assert cfg.models == {"mine": "path/to/merged"}  # not merged into the default base/tuned
+
+
 def test_help_shows_description_choices_and_default(capsys):
     from sft.run import COMMAND
 
