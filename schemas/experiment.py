@@ -83,7 +83,9 @@ class ExperimentConfig(BaseModel):
                                  "for every arm; `models` and `out` are set by the experiment")
     compare: list[tuple[str, str]] = Field(default_factory=list, description="pairs [arm, reference]: results.md "
                                            "adds each pair's perplexity ratio arm / reference at every length, with "
-                                           "a 95 % paired interval over the same windows (e.g. [longlora, full_attn])")
+                                           "a 95 % paired interval over the same windows (e.g. [longlora, full_attn]), "
+                                           "and on QA built with distractors the F1 difference arm − reference by "
+                                           "evidence position, paired over the same questions")
     only: list[str] | None = Field(None, description="run only these arms (others already finished are still "
                                    "reported); null: all")
 

@@ -384,6 +384,39 @@ def comparisons(cfg: ExperimentConfig, reports: dict[str, dict[str, Any]]) -> li
     return paired_comparisons(cfg.compare, ppl)
 
 
+def qa_comparisons(cfg: ExperimentConfig, reports: dict[str, dict[str, Any]]) -> list[dict[str, Any]]:
+    """``cfg.compare``'s pairs whose QA results both hold evidence positions (a distractor build): arm − reference F1
+    per evidence bucket and beyond the reference's native window, paired over the same questions
+    (:func:`sft.evaluation.evidence.paired`)."""
+    from sft.evaluation.evidence import paired
+
+    evidence = {name: result["evidence"] for name, report in reports.items()
+                for result in [report["results"].get("qa", {}).get(name)] if result and result.get("evidence")}
+    return [{"arm": arm, "reference": reference, "by_evidence": paired(evidence[reference], evidence[arm])}
+            for arm, reference in cfg.compare if arm in evidence and reference in evidence]
+
+
+def qa_comparisons_table(found: list[dict[str, Any]]) -> str:
+    """Markdown: one row per pair and evidence bucket."""
+    from sft.evaluation.metrics import paired_verdict_zero
+
+    lines = ["## Paired QA F1 by evidence position", "", "| arm − reference | evidence at token | questions | arm F1 | "
+             "reference F1 | arm / reference | difference [95 % paired interval] | arm higher / lower | verdict |",
+             "|---|---|---:|---:|---:|---:|---|---|---|"]
+    for pair in found:
+        for label, d in pair["by_evidence"].items():
+            ratio = f"{d['second_f1'] / d['first_f1']:.2f}x" if d["first_f1"] else "–"
+            verdict = paired_verdict_zero(d["ci"], d["n"])
+            lines.append(f"| {pair['arm']} − {pair['reference']} | {label} | {d['n']} | {d['second_f1']:.2f} | "
+                         f"{d['first_f1']:.2f} | {ratio} | {d['difference']:+.2f} [{d['ci'][0]:+.2f}, "
+                         f"{d['ci'][1]:+.2f}] | {d['higher']} / {d['lower']} | {verdict} |")
+    lines += ["", "F1 in points on the held-out questions both arms answered, grouped by where the question's evidence "
+              "lies (the reference answer's first token in the prompt); 'beyond N': every question whose evidence is "
+              "at or past the reference's native window. The interval resamples questions with both arms' scores "
+              "together (a paired bootstrap)."]
+    return "\n".join(lines) + "\n"
+
+
 def comparisons_table(found: list[dict[str, Any]]) -> str:
     """Markdown: one row per pair and length."""
     from sft.evaluation.report import paired_verdict
@@ -409,10 +442,12 @@ def write_results(cfg: ExperimentConfig, rows: dict[str, dict[str, Any]], report
     out = Path(cfg.out)
     if reports:
         write_report(combine(reports, f"python -m sft.experiment ({cfg.name})"), out / "report")
-    found = comparisons(cfg, reports)
+    found, qa = comparisons(cfg, reports), qa_comparisons(cfg, reports)
     write_text(out / f"{RESULTS}.json", json.dumps({"experiment": cfg.model_dump(mode="json"), "arms": rows,
-                                                     "comparisons": found}, indent=1, ensure_ascii=False) + "\n")
-    write_text(out / f"{RESULTS}.md", results_table(cfg, rows) + ("\n" + comparisons_table(found) if found else ""))
+                                                     "comparisons": found, "qa_comparisons": qa},
+                                                    indent=1, ensure_ascii=False) + "\n")
+    write_text(out / f"{RESULTS}.md", results_table(cfg, rows) + ("\n" + comparisons_table(found) if found else "")
+               + ("\n" + qa_comparisons_table(qa) if qa else ""))
     return out / f"{RESULTS}.md"
 
 

@@ -238,9 +238,9 @@ def target_verdict(results: dict) -> str:
 def write(out: Path, results: dict, skipped: list, meta: dict) -> None:
     lines = [f"# LongLoRA efficiency on {meta['device']}: seconds per training step and peak memory", "",
              f"`{meta['command']}`", "",
-             f"- torch {meta['torch']}, transformers {meta['transformers']}, peft {meta['peft']}; the product's training "
-             "step (sft.trainer.LongLoRATrainer, sft.train's arguments and collator); random weights of the real "
-             "shapes; LoRA r=8 on q/k/v/o + embeddings + norms trained (float32, AdamW), bf16 base and "
+             f"- torch {meta['torch']}, transformers {meta['transformers']}, peft {meta['peft']}; the product's "
+             "training step (sft.trainer.LongLoRATrainer, sft.train's arguments and collator); random weights of "
+             "the real shapes; LoRA r=8 on q/k/v/o + embeddings + norms trained (float32, AdamW), bf16 base and "
              "autocast, gradient checkpointing, batch 1; S2-Attn G = N/4; both attentions PyTorch SDPA",
              f"- median of {meta['repeats']} steps after a warm-up; elapsed {meta['elapsed_s']} s"
              f"{' (finished)' if meta.get('finished') else ' (partial)'}", "",

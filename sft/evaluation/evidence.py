@@ -74,7 +74,8 @@ def paired(a: dict[str, Any], b: dict[str, Any], edges: Sequence[int] | None = N
            ) -> dict[str, dict[str, Any]]:
     """``b - a`` F1 (percent) per evidence bucket and beyond the native window of `a`, over the questions both
     answered, with the 95 % paired bootstrap interval of the mean difference (the questions resampled in pairs: what
-    one question makes hard for both models cancels)."""
+    one question makes hard for both models cancels), and each model's mean F1 on those questions (``first_f1``:
+    `a`'s, ``second_f1``: `b`'s)."""
     edges = a["edges"] if edges is None else edges
     shared = sorted(set(a["f1_by_id"]) & set(b["f1_by_id"]))
     groups: dict[str, list[str]] = {}
@@ -85,5 +86,7 @@ def paired(a: dict[str, Any], b: dict[str, Any], edges: Sequence[int] | None = N
     for label, ids in [*((label, groups[label]) for label in bucket_labels(edges) if label in groups),
                        (f"beyond {a['native_window']}", beyond)]:
         if ids:
-            out[label] = paired_summary([b["f1_by_id"][q] - a["f1_by_id"][q] for q in ids])
+            out[label] = {**paired_summary([b["f1_by_id"][q] - a["f1_by_id"][q] for q in ids]),
+                          "first_f1": round(100 * sum(a["f1_by_id"][q] for q in ids) / len(ids), 2),
+                          "second_f1": round(100 * sum(b["f1_by_id"][q] for q in ids) / len(ids), 2)}
     return out

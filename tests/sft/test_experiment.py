@@ -458,3 +458,35 @@ def test_gpu_stages_run_the_products_build_and_experiment_at_smoke_size(tmp_path
     assert manifest["counts"]["by_split"]["test"] > 0 and manifest["distractors"]["by_split"]["test"]["samples"] > 0
     assert {rows[arm]["training"]["steps"] for arm in ("sft_only", "extend", "two_stage")} == {2}
     assert all("qa f1" in row["scores"] and any(k.startswith("ruler") for k in row["scores"]) for row in rows.values())
+
+
+def test_qa_comparisons_pair_the_same_questions_by_evidence_position(tmp_path):
+    """results.md's QA table: arm − reference F1 per evidence bucket and beyond the reference's native window, over
+    the questions both answered, each arm's mean beside it; arms without evidence positions are left out."""
+    from sft.evaluation.evidence import by_evidence
+
+    def rows(f1):
+        from sft.evaluation.metrics import METRICS
+
+        return [{**dict.fromkeys(METRICS, 0.0), "id": f"q{i}", "evidence_position": 1024 * i, "f1": f,
+                 "truncated": False, "evidence_cut": False} for i, f in enumerate(f1)]
+
+    base = [0.0, 0.5, 0.0, 0.0, 0.2, 0.0, 0.0, 0.1, 0.0, 0.0, 0.0, 0.0]  # evidence at 0, 1024, ..., 11264 tokens
+    tuned = [0.0, 0.5, 0.1, 0.0, 0.2, 0.0, 0.0, 0.1, 0.4, 0.6, 0.5, 0.8]  # better beyond 8k only
+    reports = {name: {"results": {"qa": {name: {"evidence": by_evidence(rows(f1), [4096, 8192], 8192)}}}}
+               for name, f1 in (("base", base), ("tuned", tuned))}
+    reports["plain"] = {"results": {"qa": {"plain": {"f1": 0.1}}}}  # a QA set without distractors
+    cfg = ExperimentConfig.model_validate({"name": "x", "train": "t.yaml", "arms": [
+        {"name": n, "train": False} for n in ("base", "tuned", "plain")],
+        "compare": [["tuned", "base"], ["plain", "base"]]})
+    found = experiment.qa_comparisons(cfg, reports)
+    assert [(f["arm"], f["reference"]) for f in found] == [("tuned", "base")]
+    by = found[0]["by_evidence"]
+    assert list(by) == ["0-4k", "4k-8k", "8k+", "beyond 8192"]
+    assert by["0-4k"]["n"] == 4 and by["0-4k"]["difference"] == pytest.approx(2.5)  # one question +0.1 of four
+    beyond = by["beyond 8192"]
+    assert beyond["n"] == 4 and beyond["first_f1"] == 0.0 and beyond["second_f1"] == pytest.approx(57.5)
+    assert beyond["higher"] == 4 and beyond["ci"][0] > 0
+    table = experiment.qa_comparisons_table(found)
+    assert "| tuned − base | beyond 8192 | 4 | 57.50 | 0.00 | – | +57.50 [" in table
+    assert "paired interval excludes 0: differ" in table.split("beyond 8192")[1]
