@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pyarrow as pa
+import pyarrow.compute as pc
 
 from longqa.paths import resolve_path
 
@@ -78,8 +79,6 @@ def fingerprint(table: pa.Table, version: int = FINGERPRINT_VERSION) -> str:
     Each column feeds its own streaming hashes (integer lists and, from version 2, strings: lengths and values apart),
     so chunk boundaries do not change the result; ``string`` and ``large_string`` columns of the same rows agree.
     """
-    import pyarrow.compute as pc
-
     h = hashlib.sha256()
     for name in table.column_names:
         lengths, values = hashlib.sha256(), hashlib.sha256()
@@ -107,8 +106,6 @@ def fingerprint_version(digest: str) -> int:
 
 def utf8_bytes(chunk: pa.Array) -> memoryview:
     """The UTF-8 bytes of a string array's values, concatenated in order (nulls as no bytes), without copying."""
-    import pyarrow.compute as pc
-
     if chunk.null_count:  # a null slot may own bytes in Arrow's layout: replace nulls (their lengths say -1)
         chunk = pc.fill_null(chunk, "")
     _, offsets, data = chunk.buffers()

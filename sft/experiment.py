@@ -499,6 +499,8 @@ def run_experiment(cfg: ExperimentConfig, trains: dict[str, TrainConfig], evalua
         rows[arm.name] = row
         path = write_results(cfg, rows, reports)
         log.info("experiment: arm %s done in %.0f s; results so far: %s", arm.name, row["seconds"], path)
+    if rows:  # finished arms read back after the last one run (``--only``) are reported too
+        write_results(cfg, rows, reports)
     return rows
 
 

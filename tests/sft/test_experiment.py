@@ -81,6 +81,11 @@ def test_experiment_runs_every_arm_into_one_report_and_reruns_skip_finished_work
     monkeypatch.setattr("sft.eval.evaluate", lambda *a, **k: (_ for _ in ()).throw(AssertionError("evaluated")))
     assert main([str(path)]) == 0
     assert adapter.stat().st_mtime_ns == stamp
+    # --only the first arm: the finished arms after it are read back and still reported (they were left out)
+    (out / "results.json").unlink()
+    assert main([str(path), "--only", "base"]) == 0
+    assert list(json.loads((out / "results.json").read_text())["arms"]) == ["base", "longlora", "full"]
+    assert "| full |" in (out / "results.md").read_text()
 
 
 def test_partial_results_are_written_after_every_arm(setup, monkeypatch):
