@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import difflib
 import logging
+import functools
 import os
 import sys
 import typing
@@ -347,9 +348,8 @@ class Command:
         setup_logging(quiet="--quiet" in argv, verbose="--verbose" in argv)
         try:
             cfg, problems, options = self.configure(argv)
-            if not options.progress:  # the libraries' own bars (GGUF conversion, datasets) read these when imported
-                os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
-                os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+            if not options.progress:
+                silence_progress_bars()
             if options.print_config:
                 print(yaml.safe_dump(_dump(cfg), sort_keys=False, allow_unicode=True), end="", flush=True)
             if problems:
@@ -460,6 +460,20 @@ class _StdHandler(logging.Handler):
 def rank() -> int:
     """This process's rank under torchrun/accelerate launch (0 when not launched)."""
     return int(os.environ.get("RANK", os.environ.get("LOCAL_RANK", "0")))
+
+
+def silence_progress_bars() -> None:
+    """No library progress bar in this process or its children: the Hub's and datasets' read their variables, plain
+    tqdm (transformers' GGUF conversion bar) reads TQDM_DISABLE only when imported, so its default is set here too."""
+    os.environ.setdefault("HF_HUB_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("HF_DATASETS_DISABLE_PROGRESS_BARS", "1")
+    os.environ.setdefault("TQDM_DISABLE", "1")  # child processes (torchrun ranks)
+    import tqdm.std
+
+    if not getattr(tqdm.std.tqdm.__init__, "_longqa_silenced", False):
+        silenced = functools.partialmethod(tqdm.std.tqdm.__init__, disable=True)
+        silenced._longqa_silenced = True
+        tqdm.std.tqdm.__init__ = silenced
 
 
 def setup_logging(*, quiet: bool = False, verbose: bool = False) -> None:

@@ -236,3 +236,27 @@ def test_a_command_run_as_a_module_logs_its_own_lines():
     done = subprocess.run([sys.executable, "-c", code], cwd=root, capture_output=True, text=True,
                           env={"PYTHONPATH": str(root), "PATH": ""})
     assert done.stdout == "own line\n", done.stderr
+
+
+def test_no_progress_silences_the_libraries_bars_too(monkeypatch, capsys):
+    """transformers' GGUF conversion bar is plain tqdm (it showed under ``sft.run --no-progress``)."""
+    import os
+
+    from tqdm.auto import tqdm as library_bar
+    from tqdm.std import tqdm as base
+
+    monkeypatch.setattr(base, "__init__", base.__init__)  # restored after the test
+
+    from schemas.train import TrainConfig
+
+    for name in ("TQDM_DISABLE", "HF_HUB_DISABLE_PROGRESS_BARS", "HF_DATASETS_DISABLE_PROGRESS_BARS"):
+        monkeypatch.delenv(name, raising=False)
+    command = Command("prog", "prog\n\nA test command.", TrainConfig)
+
+    def body(cfg, options):
+        for _ in library_bar(range(3), desc="library bar"):
+            pass
+
+    assert command.main(["--no-progress"], body) == 0
+    assert "library bar" not in capsys.readouterr().err
+    assert os.environ["TQDM_DISABLE"] == os.environ["HF_HUB_DISABLE_PROGRESS_BARS"] == "1"
