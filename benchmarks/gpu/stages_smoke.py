@@ -1,12 +1,14 @@
-"""python benchmarks/gpu/stages_smoke.py --out DIR [--corpus data/long-text]   (``on_device.sh stages --cpu-smoke``)
+"""python benchmarks/gpu/stages_smoke.py --out DIR [--corpus data/long-text] [--experiment CONFIG]
+(``on_device.sh stages|experiment --cpu-smoke``)
 
-Small copies of the two configs ``bash benchmarks/gpu/on_device.sh stages`` runs, so the same commands (``python -m
-longqa.build``, then ``python -m sft.experiment``, in the product's environment) can be tried on any machine in a
-few minutes: ``configs/build/longqa_distract_16k.yaml`` at 1,024 tokens, and
-``configs/experiments/longlora_smollm2_16k_stages_gpu.yaml`` with the same arms (``from: extend`` included),
-tasks and comparisons at 1,024 tokens, 2 steps an arm, 2 QA questions, one passkey prompt, one perplexity window and
-one RULER sample a task (at 2,048 tokens: qa_1 fits no fewer), float32. Only sizes change; every other field is the
-GPU config's.
+Small copies of the configs ``bash benchmarks/gpu/on_device.sh stages`` (or ``experiment``) runs, so the same
+commands (``python -m longqa.build``, then ``python -m sft.experiment``, in the product's environment) can be tried on
+any machine in a few minutes: ``configs/build/longqa_distract_16k.yaml`` at 1,024 tokens, and the experiment
+(default ``configs/experiments/longlora_smollm2_16k_stages_gpu.yaml``; ``on_device.sh experiment`` passes
+``configs/experiments/longlora_smollm2_16k.yaml``) with the same arms (``from: extend`` included), tasks and
+comparisons at 1,024 tokens, 2 steps an arm, 2 QA questions, one passkey prompt, one perplexity window and one RULER
+sample a task (at 2,048 tokens: qa_1 fits no fewer), float32. Only sizes change; every other field is the GPU
+config's.
 
 Writes ``DIR/build.yaml`` and ``DIR/experiment.yaml`` and prints the shell assignments ``on_device.sh`` evaluates
 (``build=...``, ``experiment=...``, ``data=...``). Needs pyyaml only.
@@ -46,12 +48,12 @@ def small_experiment(config: dict, out: Path, data: Path, corpus: Path) -> dict:
         arms.append(arm)
     config["arms"] = arms
     ev = config["eval"]
+    small = {"qa": {"data": str(data), "limit": 2, "length_buckets": [256, 512, 768]},
+             "passkey": {"lengths": [LENGTH - 8], "depths": [0.5], "trials": 1},
+             "ppl": {"data": str(corpus / "heldout"), "lengths": [512], "max_windows": 1, "stride": 512},
+             "ruler": {"lengths": [2 * LENGTH], "samples": 1}}  # qa_1 needs 2k
     config["eval"] = {**ev, "dtype": "float32",
-                      "qa": {**ev["qa"], "data": str(data), "limit": 2, "length_buckets": [256, 512, 768]},
-                      "passkey": {**ev["passkey"], "lengths": [LENGTH - 8], "depths": [0.5], "trials": 1},
-                      "ppl": {**ev["ppl"], "data": str(corpus / "heldout"), "lengths": [512], "max_windows": 1,
-                              "stride": 512},
-                      "ruler": {**ev["ruler"], "lengths": [2 * LENGTH], "samples": 1}}  # qa_1 needs 2k
+                      **{task: {**ev.get(task, {}), **sizes} for task, sizes in small.items() if task in ev["tasks"]}}
     return config
 
 
@@ -59,14 +61,15 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", required=True, help="folder of the small configs, the data and the experiment")
     p.add_argument("--corpus", default=str(ROOT / "data/long-text"), help="the long-text corpus (train/, heldout/)")
+    p.add_argument("--experiment", default=str(EXPERIMENT), help="the experiment config to copy small")
     args = p.parse_args(argv)
     out, corpus = Path(args.out).resolve(), Path(args.corpus).resolve()
     out.mkdir(parents=True, exist_ok=True)
     data = out / "longqa-distract-1k"
     build, experiment = out / "build.yaml", out / "experiment.yaml"
     build.write_text(yaml.safe_dump(small_build(yaml.safe_load(BUILD.read_text()), data), sort_keys=False))
-    experiment.write_text(yaml.safe_dump(small_experiment(yaml.safe_load(EXPERIMENT.read_text()), out, data, corpus),
-                                         sort_keys=False))
+    recipe = yaml.safe_load(Path(args.experiment).read_text())
+    experiment.write_text(yaml.safe_dump(small_experiment(recipe, out, data, corpus), sort_keys=False))
     print(f"build={shlex.quote(str(build))}; experiment={shlex.quote(str(experiment))}; data={shlex.quote(str(data))}")
     return 0
 

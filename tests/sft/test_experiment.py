@@ -158,51 +158,42 @@ def test_shipped_experiments_validate():
 
 
 # ----------------------------------------------------------------------------------------------------------------------
-# benchmarks/gpu/longlora_experiment.py: its CPU smoke mode, where neither datasets nor pydantic exist (as on the GPU)
+# bash benchmarks/gpu/on_device.sh experiment: LongLoRA's ablations (issue 10) on the GPU through sft.experiment itself
 # ----------------------------------------------------------------------------------------------------------------------
 
 
 @pytest.mark.slow
-def test_gpu_experiment_script_runs_on_cpu_without_datasets_or_pydantic(tmp_path, tiny_llama_dir):
+def test_gpu_ablations_run_the_products_experiment_at_smoke_size(tmp_path):
+    """``on_device.sh experiment --cpu-smoke``: sft.experiment on a small copy of longlora_smollm2_16k.yaml (every
+    arm, untrained RoPE changes and trained arms on the same tokens, the paired ratios), results copied to $OUT; it
+    replaced a script with a training loop of its own, so a GPU result tests the product."""
+    import os
     import subprocess
-    import sys
     from pathlib import Path
 
     root = Path(__file__).resolve().parents[2]
-    corpus = tmp_path / "corpus"
-    for split, n in (("train", 12), ("heldout", 4)):
+    corpus = tmp_path / "long-text"
+    for split, n in (("train", 6), ("heldout", 2)):
         (corpus / split).mkdir(parents=True)
         (corpus / split / "essays.jsonl").write_text("".join(
-            json.dumps({"text": f"{split} {i}.\n" + ESSAY.replace(". ", ".\n")}) + "\n" for i in range(n)))
-    out, script = tmp_path / "smoke.md", root / "benchmarks/gpu/longlora_experiment.py"
-    code = ("import runpy, sys\n"
-            "sys.modules['datasets'] = None; sys.modules['pydantic'] = None  # importing either now fails\n"
-            f"sys.argv = [{str(script)!r}, '--cpu-smoke', '--model', {tiny_llama_dir!r}, '--corpus', "
-            f"{str(corpus)!r}, '--out', {str(out)!r}]\n"
-            f"runpy.run_path({str(script)!r}, run_name='__main__')\n")
-    proc = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, capture_output=True, text=True, timeout=900)
+            json.dumps({"text": f"{split} essay {i}.\n" + ESSAY.replace(". ", ".\n") * 8}) + "\n" for i in range(n)))
+    out = tmp_path / "out"
+    env = {**os.environ, "OUT": str(out), "CORPUS": str(corpus), "TMPDIR": str(tmp_path)}
+    proc = subprocess.run(["bash", "benchmarks/gpu/on_device.sh", "experiment", "--cpu-smoke"], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
-    table = out.read_text()
-    for arm in ("base", "linear_x2", "yarn_x2", "dynamic_ntk", "longlora", "full_attn", "s2_lora_only"):
-        assert f"| {arm} |" in table
-    rows = json.loads(out.with_suffix(".json").read_text())["arms"]
-    steps = {rows[a]["training"]["steps"] for a in ("longlora", "full_attn", "s2_lora_only")}
-    assert steps == {2}  # the same tokens for every trained arm
-    assert "(finished)" in table and "ppl@512" in table and "filler: the paper's repeated sentences" in table
-    assert all("ruler niah_single_1@1024" in row["scores"] for row in rows.values())  # RULER's single needle
-    assert "- RULER: niah_single_1, 1 samples at 1024 tokens" in table
-    # the paired ratios on the same windows, and every target of the issue judged from them
-    result = json.loads(out.with_suffix(".json").read_text())
-    pairs = {(p["arm"], p["reference"]): p["ppl_ratio"]["512"] for p in result["paired"]}
-    assert set(pairs) == {("longlora", "full_attn"), ("s2_lora_only", "longlora"), ("longlora", "linear_x2"),
-                          ("longlora", "base"), ("longlora", "yarn_x2"), ("longlora", "dynamic_ntk")}
-    for (arm, reference), r in pairs.items():
-        assert r["windows"] == 3 and r["ci"][0] <= r["ratio"] <= r["ci"][1]
-        assert r["ratio"] == pytest.approx(rows[arm]["scores"]["ppl@512"] / rows[reference]["scores"]["ppl@512"],
-                                           rel=2e-3)
-    verdicts = {t["target"].split(":")[0]: t["verdict"] for t in result["targets"]}
-    assert len(result["targets"]) == 5 and set(verdicts.values()) <= {"met", "not met"}  # all measured
-    assert "## Issue 10's targets" in table and "| longlora / full_attn | 512 |" in table
+    gpu = yaml.safe_load((root / "configs/experiments/longlora_smollm2_16k.yaml").read_text())
+    small = yaml.safe_load((out / "smoke" / "experiment.yaml").read_text())
+    assert [a["name"] for a in small["arms"]] == [a["name"] for a in gpu["arms"]] and small["compare"] == gpu["compare"]
+    assert small["eval"]["tasks"] == gpu["eval"]["tasks"] and "qa" not in small["eval"]  # no QA section made up
+    rows = json.loads((out / "smoke" / "experiment" / "results.json").read_text())["arms"]
+    assert set(rows) == {"base", "linear_x2", "yarn_x2", "dynamic_ntk", "longlora", "full_attn", "s2_lora_only"}
+    assert {rows[arm]["training"]["steps"] for arm in ("longlora", "full_attn", "s2_lora_only")} == {2}
+    table = (out / "experiment_gpu_results.md").read_text()  # the copy the device call brings back
+    assert all(f"| {arm} |" in table for arm in rows)
+    assert all(any(k.startswith("ruler") for k in row["scores"]) and any(k.startswith("ppl") for k in row["scores"])
+               for row in rows.values())
+    assert not (out / "smoke" / "longqa-distract-1k").exists()  # the ablations build no QA
 
 
 @pytest.mark.slow
