@@ -33,8 +33,8 @@ from __future__ import annotations
 
 import argparse
 import difflib
-import logging
 import functools
+import logging
 import os
 import sys
 import typing

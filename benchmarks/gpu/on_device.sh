@@ -38,8 +38,7 @@ case "${1:-}" in
 esac
 out=${OUT:-benchmarks/results}
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader || true
-case "${1:-}" in product|stages|experiment|efficiency) product=1 ;; *) product= ;; esac
-if [ -n "$product" ]; then
+if [ "$1" != steps ]; then
   # the product's environment: its missing wheels (gpu_carry/c) beside the image's packages
   site=${TMPDIR:-/tmp}/longqa-site
   if ! PYTHONPATH=$site python -c "import datasets, pydantic, gguf, matplotlib" 2>/dev/null; then

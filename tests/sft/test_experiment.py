@@ -162,11 +162,9 @@ def test_shipped_experiments_validate():
 # ----------------------------------------------------------------------------------------------------------------------
 
 
-@pytest.mark.slow
-def test_gpu_ablations_run_the_products_experiment_at_smoke_size(tmp_path):
-    """``on_device.sh experiment --cpu-smoke``: sft.experiment on a small copy of longlora_smollm2_16k.yaml (every
-    arm, untrained RoPE changes and trained arms on the same tokens, the paired ratios), results copied to $OUT; it
-    replaced a script with a training loop of its own, so a GPU result tests the product."""
+def on_device_smoke(tmp_path, command: str):
+    """``bash benchmarks/gpu/on_device.sh COMMAND --cpu-smoke`` on a small essay corpus, $OUT in tmp_path; the
+    repository root and $OUT."""
     import os
     import subprocess
     from pathlib import Path
@@ -179,9 +177,18 @@ def test_gpu_ablations_run_the_products_experiment_at_smoke_size(tmp_path):
             json.dumps({"text": f"{split} essay {i}.\n" + ESSAY.replace(". ", ".\n") * 8}) + "\n" for i in range(n)))
     out = tmp_path / "out"
     env = {**os.environ, "OUT": str(out), "CORPUS": str(corpus), "TMPDIR": str(tmp_path)}
-    proc = subprocess.run(["bash", "benchmarks/gpu/on_device.sh", "experiment", "--cpu-smoke"], cwd=root, env=env,
+    proc = subprocess.run(["bash", "benchmarks/gpu/on_device.sh", command, "--cpu-smoke"], cwd=root, env=env,
                           capture_output=True, text=True, timeout=1500)
     assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    return root, out
+
+
+@pytest.mark.slow
+def test_gpu_ablations_run_the_products_experiment_at_smoke_size(tmp_path):
+    """``on_device.sh experiment --cpu-smoke``: sft.experiment on a small copy of longlora_smollm2_16k.yaml (every
+    arm, untrained RoPE changes and trained arms on the same tokens, the paired ratios), results copied to $OUT; it
+    replaced a script with a training loop of its own, so a GPU result tests the product."""
+    root, out = on_device_smoke(tmp_path, "experiment")
     gpu = yaml.safe_load((root / "configs/experiments/longlora_smollm2_16k.yaml").read_text())
     small = yaml.safe_load((out / "smoke" / "experiment.yaml").read_text())
     assert [a["name"] for a in small["arms"]] == [a["name"] for a in gpu["arms"]] and small["compare"] == gpu["compare"]
@@ -425,21 +432,7 @@ def test_stage_problems_are_refused_when_the_config_loads(setup, capsys, arms, m
 def test_gpu_stages_run_the_products_build_and_experiment_at_smoke_size(tmp_path):
     """``on_device.sh stages --cpu-smoke``: longqa.build then sft.experiment on small copies of the GPU configs (the
     same arms, a stage started from another's merged model, the same tasks), results after every arm copied to $OUT."""
-    import os
-    import subprocess
-    from pathlib import Path
-
-    root = Path(__file__).resolve().parents[2]
-    corpus = tmp_path / "long-text"
-    for split, n in (("train", 6), ("heldout", 2)):
-        (corpus / split).mkdir(parents=True)
-        (corpus / split / "essays.jsonl").write_text("".join(
-            json.dumps({"text": f"{split} essay {i}.\n" + ESSAY.replace(". ", ".\n") * 8}) + "\n" for i in range(n)))
-    out = tmp_path / "out"
-    env = {**os.environ, "OUT": str(out), "CORPUS": str(corpus), "TMPDIR": str(tmp_path)}
-    proc = subprocess.run(["bash", "benchmarks/gpu/on_device.sh", "stages", "--cpu-smoke"], cwd=root, env=env,
-                          capture_output=True, text=True, timeout=1500)
-    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-4000:]
+    root, out = on_device_smoke(tmp_path, "stages")
     gpu = yaml.safe_load((root / "configs/experiments/longlora_smollm2_16k_stages_gpu.yaml").read_text())
     small = yaml.safe_load((out / "smoke" / "experiment.yaml").read_text())
     assert [a["name"] for a in small["arms"]] == [a["name"] for a in gpu["arms"]] and small["compare"] == gpu["compare"]
