@@ -73,7 +73,7 @@ from __future__ import annotations
 
 import functools
 import logging
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 
 import torch
@@ -355,67 +355,95 @@ def tree_spans(samples: tuple, position_ids: torch.Tensor | None) -> TreeSpans |
     return TreeSpans(tuple(kept), tuple(branches)) if branches else None
 
 
-def tree_key_mask(query_branch: torch.Tensor, key_branch: torch.Tensor) -> torch.Tensor:
-    """``(b, m)`` boolean: may a query of branch ``query_branch[i]`` see a key of branch ``key_branch[j]`` (-1: the
-    tree's prefix)? The prefix and its own branch, never another branch."""
-    return (key_branch[None, :] == -1) | (key_branch[None, :] == query_branch[:, None])
+def branch_key_tokens(spans: Sequence[tuple[int, int]], k: int) -> torch.Tensor:
+    """The row slots whose keys branch ``k`` of a tree (its ``spans``, in row order) sees besides the prefix: its own
+    tokens, never another branch's."""
+    start, end = spans[k]
+    return torch.arange(start, end)
 
 
-def branch_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, group_size: int | None, shifted: bool) -> torch.Tensor:
-    """``(b, m)`` boolean: may the query at position ``q_pos[i]`` see the key at ``k_pos[j]``? Causal by position;
-    with a ``group_size`` G also inside the same S2 segment (``wrap="none"``): unshifted ``[0, G), [G, 2G), ...``,
-    shifted ``[0, G/2), [G/2, G/2 + G), ...``, as :func:`segment_spans` cuts the sample alone."""
-    mask = k_pos[None, :] <= q_pos[:, None]
+def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, group_size: int | None, shifted: bool) -> torch.Tensor:
+    """May the query at position ``q_pos`` see the key at ``k_pos`` (broadcast together)? Causal by position; with a
+    ``group_size`` G also inside the same S2 segment (``wrap="none"``): unshifted ``[0, G), [G, 2G), ...``, shifted
+    ``[0, G/2), [G/2, G/2 + G), ...``, as :func:`segment_spans` cuts the sample alone."""
+    mask = k_pos <= q_pos
     if group_size is None:
         return mask
     shift = group_size // 2 if shifted else 0
     segment = lambda p: torch.div(p - shift, group_size, rounding_mode="floor")  # noqa: E731
-    return mask & (segment(k_pos)[None, :] == segment(q_pos)[:, None])
+    return mask & (segment(k_pos) == segment(q_pos))
 
 
-def _first_visible(prefix: int, group_size: int | None) -> int:
-    """The earliest position a branch starting at ``prefix`` may see in any head half (0 for full attention)."""
+def branch_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, group_size: int | None, shifted: bool) -> torch.Tensor:
+    """``(b, m)`` boolean: :func:`visible` for queries at positions ``q_pos (b,)`` and keys at ``k_pos (m,)``."""
+    return visible(q_pos[:, None], k_pos[None, :], group_size, shifted)
+
+
+def _first_visible(prefix: int, group_size: int | None, shifted: bool) -> int:
+    """The earliest position a branch starting at ``prefix`` may see in a head half: the start of the S2 segment
+    holding ``prefix`` (0 for full attention)."""
     if group_size is None:
         return 0
-    shift = group_size // 2
-    shifted = 0 if prefix < shift else shift + (prefix - shift) // group_size * group_size
-    return min(prefix // group_size * group_size, shifted)
+    shift = group_size // 2 if shifted else 0
+    return 0 if prefix < shift else shift + (prefix - shift) // group_size * group_size
+
+
+def _padded(parts: list[torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """``(index (n, L), valid (n, L))``: the 1-D index tensors `parts` as rows padded to the longest with each row's
+    last entry (a real slot: gathers stay in range), and which entries are real."""
+    width = max(len(x) for x in parts)
+    index = torch.stack([torch.cat([x, x[-1:].expand(width - len(x))]) for x in parts])
+    valid = torch.arange(width)[None, :] < torch.tensor([len(x) for x in parts])[:, None]
+    return index, valid
 
 
 def _attend_branches(out: torch.Tensor, q_t, k_t, v_t, position_ids: torch.Tensor, branches: tuple,
                      group_size: int | None, dropout: float, scaling: float | None,
                      rules: ScoreRules = NO_RULES) -> torch.Tensor:
     """``out (B, N, H, D)`` with the branch tokens' attention written in. The branches of one tree are one SDPA call
-    (per head half for S2): their queries over the prefix's keys (from the earliest position any of them may see)
-    and every branch's own, with an explicit boolean mask (:func:`branch_mask` by position, :func:`tree_key_mask`:
-    never another branch's keys). One call a tree gathers the prefix's keys once (a call a branch gathered them for
-    every branch). ``group_size=None``: full causal attention."""
+    (per head half for S2) batched over the branches: branch k's queries over the prefix's keys (from the start of the
+    S2 segment the branches start in, in that head half; gathered once and broadcast) followed by its own keys
+    (:func:`branch_key_tokens`), each padded to the tree's longest branch and masked by position (:func:`visible`)
+    and padding. So a tree costs ``branches x (prefix + branch)`` scores, not ``(all branch tokens) x (prefix + all
+    branch tokens)`` (one mask over every branch's keys: quadratic in the branches, 2x a whole 8k row's attention at
+    100 branches). ``group_size=None``: full causal attention."""
     batch, seq_len, num_heads, _ = q_t.shape
     n_rep = num_heads // k_t.shape[2]
     pos = position_ids[0] if position_ids.ndim == 3 else position_ids
     halves = ([(slice(0, num_heads // 2), False), (slice(num_heads // 2, num_heads), True)]
               if group_size is not None else [(slice(0, num_heads), False)])
+    halves = [(h, shifted) for h, shifted in halves if h.stop > h.start]
+    own_rules = ScoreRules(rules.softcap)  # the window goes into the mask (positions here are not slots)
     trees: dict[tuple[int, int, int], list[tuple[int, int]]] = {}
     for row, start, end, root, prefix in branches:
         trees.setdefault((row, root, prefix), []).append((start, end))
     index, parts = [], []
     for (row, root, prefix), spans in trees.items():
-        shared = torch.arange(root + _first_visible(prefix, group_size), root + prefix)
-        own = [torch.arange(start, end) for start, end in spans]
-        queries = torch.cat(own).to(q_t.device)
-        cols = torch.cat([shared, *own]).to(q_t.device)
-        owner = torch.cat([torch.full((len(x),), k) for k, x in enumerate(own)]).to(q_t.device)  # branch of a query
-        key_owner = torch.cat([torch.full((len(shared),), -1), owner.cpu()]).to(q_t.device)  # -1: the prefix
+        device = q_t.device
+        queries, q_valid = (x.to(device) for x in _padded([torch.arange(s, e) for s, e in spans]))
+        keys, k_valid = (x.to(device) for x in _padded([branch_key_tokens(spans, k) for k in range(len(spans))]))
         row_pos = pos[row if pos.shape[0] > 1 else 0]
-        q_pos, k_pos = row_pos[queries], row_pos[cols]
-        mine = tree_key_mask(owner, key_owner)
-        q = q_t[row, queries].transpose(0, 1)  # (H, b, D)
-        k, v = (x[row, cols].repeat_interleave(n_rep, dim=1).transpose(0, 1) for x in (k_t, v_t))  # (H, m, D)
-        heads = [attend(q[h], k[h], v[h], dropout=dropout, scaling=scaling, rules=rules, q_pos=q_pos, k_pos=k_pos,
-                        allowed=branch_mask(q_pos, k_pos, group_size, shifted) & mine)
-                 for h, shifted in halves if h.stop > h.start]
-        parts.append(torch.cat(heads).transpose(0, 1) if len(heads) > 1 else heads[0].transpose(0, 1))  # (b, H, D)
-        index.append(queries.cpu() + row * seq_len)
+        q_pos, k_pos = row_pos[queries][..., None], row_pos[keys][:, None]
+        q = q_t[row, queries].transpose(1, 2)  # (branches, H, Lq, D)
+        k_own, v_own = (x[row, keys].repeat_interleave(n_rep, dim=2).transpose(1, 2) for x in (k_t, v_t))
+        heads = []
+        for h, shifted in halves:  # each half from the start of its own segment: no keys it may not see
+            shared = torch.arange(root + _first_visible(prefix, group_size, shifted), root + prefix, device=device)
+            shared_pos = row_pos[shared][None, None, :]
+            k_shared, v_shared = (x[row, shared].repeat_interleave(n_rep, dim=1).transpose(0, 1)[h]
+                                  for x in (k_t, v_t))
+            allowed = torch.cat([visible(q_pos, shared_pos, group_size, shifted).expand(-1, -1, len(shared)),
+                                 visible(q_pos, k_pos, group_size, shifted) & k_valid[:, None, :]], dim=-1)
+            if rules.window is not None:
+                allowed = allowed & (q_pos - torch.cat([shared_pos.expand(len(spans), 1, -1), k_pos], -1)
+                                     < rules.window)
+            k = torch.cat([k_shared[None].expand(len(spans), -1, -1, -1), k_own[:, h]], dim=2)
+            v = torch.cat([v_shared[None].expand(len(spans), -1, -1, -1), v_own[:, h]], dim=2)
+            heads.append(attend(q[:, h], k, v, dropout=dropout, scaling=scaling, rules=own_rules,
+                                allowed=allowed[:, None]))
+        result = (torch.cat(heads, dim=1) if len(heads) > 1 else heads[0]).transpose(1, 2)  # (branches, Lq, H, D)
+        parts.append(result[q_valid])
+        index.append(queries[q_valid] + row * seq_len)
     flat = out.reshape(batch * seq_len, *out.shape[2:])
     values = torch.cat(parts).to(flat.dtype)
     return flat.index_put((torch.cat(index).to(flat.device),), values).view(out.shape)

@@ -179,3 +179,25 @@ def test_position_interpolation_survives_save_and_reload(family, tmp_path):
     with torch.no_grad():
         assert (plain(input_ids=ids).logits - model(input_ids=ids).logits).abs().max() > 1e-6
 
+
+
+@pytest.mark.parametrize("attn", ["s2_attn", "packed_causal"])
+def test_tree_rows_give_each_branch_the_logits_of_its_sample_alone(family, attn):
+    """A tree row (one document, two questions as branches, issue 22) in training and eval mode: every branch token
+    gets the logits its sample has alone, with the family's soft-capping and windows (Mistral's and Gemma2's window of
+    5 bites inside a branch; the branches cross the S2 segment boundary at 16)."""
+    from sft.tree import tree_row
+
+    doc, first, second = (tokens(1, n, seed=s)[0].tolist() for n, s in ((14, 4), (5, 5), (4, 6)))
+    samples = [{"input_ids": doc + q, "labels": [-100] * 15 + q[1:]} for q in (first, second)]
+    row = tree_row(samples, [(2, 14)])
+    ids, position_ids = torch.tensor([row["input_ids"]]), torch.tensor([row["position_ids"]])
+    assert position_ids[0, 19:].tolist() == [14, 15, 16, 17]  # the second sample is a branch, not a whole sample
+    model = build(family, attn, s2={"group_size": G})
+    for mode in ("train", "eval"):
+        getattr(model, mode)()
+        with torch.no_grad():
+            got = model(input_ids=ids, position_ids=position_ids).logits[0]
+            alone = [model(input_ids=torch.tensor([s["input_ids"]])).logits[0] for s in samples]
+        torch.testing.assert_close(got[:19], alone[0], atol=1e-10, rtol=1e-9, msg=mode)
+        torch.testing.assert_close(got[19:], alone[1][14:], atol=1e-10, rtol=1e-9, msg=mode)

@@ -197,10 +197,10 @@ def test_a_tree_row_gives_its_samples_their_own_loss_and_gradients(case, layout,
     assert loss_rel <= 1e-9 and grad_rel <= 1e-9, (loss_rel, grad_rel)
 
     # the leaky control: each branch also sees the branches before it in the tree; the same check fails
-    def leaky(query_branch, key_branch):
-        return key_branch[None, :] <= query_branch[:, None]
+    def leaky(spans, k):
+        return torch.cat([torch.arange(start, end) for start, end in spans[:k + 1]])
 
-    monkeypatch.setattr(s2attn, "tree_key_mask", leaky)
+    monkeypatch.setattr(s2attn, "branch_key_tokens", leaky)
     leak_loss, leak_grad = tree_vs_alone(model, layout, reduction)
     assert leak_loss > 1e-6 and leak_grad > 1e-4, (leak_loss, leak_grad)
 
