@@ -50,9 +50,10 @@ boundaries); rows that are not packed go to transformers' SDPA attention unchang
 
 Prefix-tree rows (``packing: tree``, ``sft.tree``, issue 22): a span whose positions start at ``p > 0`` right after a
 root span that started at 0 is a branch of that root (:func:`tree_spans`). Roots and ordinary samples take the routes
-below; every branch is one SDPA call per head half over the root's first ``p`` keys (from the earliest S2 segment its
-queries can reach) and its own, with an explicit boolean mask (:func:`branch_mask`: causal, inside the segments the
-sample has alone), on every backend (flash-attn's varlen call cannot express a prefix shared by several segments).
+below; the branches of a tree are one SDPA call per head half, batched over the branches: each branch's queries over
+the root's first ``p`` keys (from the start of the S2 segment holding ``p`` in that half; gathered once, broadcast)
+and its own keys, with an explicit boolean mask (:func:`visible`: causal, inside the segments the sample has alone),
+on every backend (flash-attn's varlen call cannot express a prefix shared by several segments).
 
 Cost (LongLoRA Sec. 3.2): attention FLOPs ~ ``N * G`` instead of ``N**2 / 2``, never an N x N mask.
 
@@ -372,11 +373,6 @@ def visible(q_pos: torch.Tensor, k_pos: torch.Tensor, group_size: int | None, sh
     shift = group_size // 2 if shifted else 0
     segment = lambda p: torch.div(p - shift, group_size, rounding_mode="floor")  # noqa: E731
     return mask & (segment(k_pos) == segment(q_pos))
-
-
-def branch_mask(q_pos: torch.Tensor, k_pos: torch.Tensor, group_size: int | None, shifted: bool) -> torch.Tensor:
-    """``(b, m)`` boolean: :func:`visible` for queries at positions ``q_pos (b,)`` and keys at ``k_pos (m,)``."""
-    return visible(q_pos[:, None], k_pos[None, :], group_size, shifted)
 
 
 def _first_visible(prefix: int, group_size: int | None, shifted: bool) -> int:

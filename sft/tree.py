@@ -11,7 +11,8 @@ A branch attends to the prefix and to itself, never to another branch, and its p
 has alone, so every sample gets exactly the loss and gradients it has alone (``tests/sft/test_tree.py``, float64).
 The layout is told to the attention functions by the positions alone: a span that starts at a position ``p > 0``
 right after a tree's root (``sft.s2attn.tree_spans``) is a branch whose keys are the root's first ``p`` tokens and
-itself (an explicit boolean mask per branch: causal, and for S2-Attn inside the segments the sample has alone).
+itself (one SDPA call a tree, batched over its branches, with an explicit boolean mask: causal, and for S2-Attn
+inside the segments the sample has alone).
 
 **The prefix** of a document's samples is their longest common token prefix, shortened so that no token of it is a
 target: ``p = min(common prefix, first supervised position - 1)`` over the samples (the label at position ``p``, the
